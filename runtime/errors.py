@@ -1,0 +1,261 @@
+"""Every public error treadle raises; all derive from :class:`TreadleError`.
+
+Errors carry structured fields (the node, session, step, URL…) so callers can branch on data, and a
+message that is one sentence naming the thing and what to do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class TreadleError(Exception):
+    """Base class of every error treadle raises on purpose."""
+
+
+# -- graph compilation ---------------------------------------------------------------------------
+
+
+class GraphCompileError(TreadleError):
+    """The graph definition is invalid; raised by :meth:`GraphBuilder.compile`."""
+
+
+class MissingEntry(GraphCompileError):
+    def __init__(self) -> None:
+        super().__init__(
+            "the graph has no entry: add an edge from START (add_edge(START, 'node'))"
+        )
+
+
+class UnknownNode(GraphCompileError):
+    def __init__(self, name: str, *, where: str = "") -> None:
+        self.name = name
+        suffix = f" (used in {where})" if where else ""
+        super().__init__(f"unknown node {name!r}{suffix}: add it with add_node() first")
+
+
+class DuplicateNode(GraphCompileError):
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"node {name!r} is added twice: node names must be unique")
+
+
+class ReservedNodeName(GraphCompileError):
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(
+            f"node name {name!r} is reserved or invalid: use a non-empty name other than "
+            "START/END"
+        )
+
+
+class DuplicateEdge(GraphCompileError):
+    def __init__(self, src: str, dst: str) -> None:
+        self.src = src
+        self.dst = dst
+        super().__init__(f"edge {src!r} -> {dst!r} is added twice")
+
+
+class EdgeFromEnd(GraphCompileError):
+    def __init__(self, dst: str) -> None:
+        self.dst = dst
+        super().__init__(f"edge END -> {dst!r} is invalid: END has no outgoing edges")
+
+
+class EdgeToStart(GraphCompileError):
+    def __init__(self, src: str) -> None:
+        self.src = src
+        super().__init__(f"edge {src!r} -> START is invalid: START has no incoming edges")
+
+
+class CycleDetected(GraphCompileError):
+    def __init__(self, path: Sequence[str]) -> None:
+        self.path = tuple(path)
+        super().__init__(
+            "unconditional edges form a cycle: "
+            + " -> ".join(self.path)
+            + "; loop through a conditional edge or a frontier command instead"
+        )
+
+
+class UnreachableNodes(GraphCompileError):
+    def __init__(self, names: Sequence[str]) -> None:
+        self.names = tuple(names)
+        super().__init__(
+            f"nodes not reachable from START: {', '.join(self.names)}; add edges to them or "
+            "declare them in a path_map"
+        )
+
+
+class NoPathToEnd(GraphCompileError):
+    def __init__(self, names: Sequence[str]) -> None:
+        self.names = tuple(names)
+        super().__init__(
+            f"nodes with no path to END: {', '.join(self.names)}; add an edge towards END or "
+            "declare it in a path_map"
+        )
+
+
+# -- running ---------------------------------------------------------------------------------------
+
+
+class NodeRunError(TreadleError):
+    """A node failed (after its retries, or on timeout); the step was discarded."""
+
+    def __init__(self, node: str, step: int, cause: BaseException) -> None:
+        self.node = node
+        self.step = step
+        self.cause = cause
+        super().__init__(f"node {node!r} failed at step {step}: {type(cause).__name__}: {cause}")
+
+
+class NodeTimeoutError(TreadleError, TimeoutError):
+    """One attempt of a node exceeded its ``timeout``."""
+
+    def __init__(self, node: str, timeout: float) -> None:
+        self.node = node
+        self.timeout = timeout
+        super().__init__(f"node {node!r} timed out after {timeout:g} s")
+
+
+class SessionNotFound(TreadleError):
+    def __init__(self, session_id: str) -> None:
+        self.session_id = session_id
+        super().__init__(
+            f"session {session_id!r} not found: create it with create_session() first"
+        )
+
+
+class SessionExists(TreadleError):
+    def __init__(self, session_id: str) -> None:
+        self.session_id = session_id
+        super().__init__(f"session {session_id!r} is already open on this runner")
+
+
+class NoStartNodes(TreadleError):
+    def __init__(self) -> None:
+        super().__init__("the graph has no node to start from: every START route was empty")
+
+
+class InvalidIterativeEntry(TreadleError):
+    def __init__(self, entry: str) -> None:
+        self.entry = entry
+        super().__init__(
+            f"invalid iterative entry {entry!r}: use START or the name of a node in the graph"
+        )
+
+
+class UnexpectedPause(TreadleError):
+    def __init__(self, session_id: str, reason: str) -> None:
+        self.session_id = session_id
+        self.reason = reason
+        super().__init__(f"session {session_id!r} paused unexpectedly ({reason})")
+
+
+class RunnerClosed(TreadleError):
+    def __init__(self) -> None:
+        super().__init__("the runner is closed: use it inside 'async with AppRunner(...)'")
+
+
+class ActorGone(TreadleError):
+    """An actor this call depended on stopped before answering (it crashed or was cancelled)."""
+
+    def __init__(self, actor: str) -> None:
+        self.actor = actor
+        super().__init__(f"actor {actor!r} stopped before it answered")
+
+
+# -- checkpoints -----------------------------------------------------------------------------------
+
+
+class CheckpointerError(TreadleError):
+    """A checkpoint could not be read or written."""
+
+
+class CheckpointNotFound(CheckpointerError):
+    def __init__(self, session_id: str, step: int | None = None) -> None:
+        self.session_id = session_id
+        self.step = step
+        where = f" at step {step}" if step is not None else ""
+        super().__init__(f"no checkpoint for session {session_id!r}{where}")
+
+
+class CheckpointBackendError(CheckpointerError):
+    def __init__(self, backend: str, message: str) -> None:
+        self.backend = backend
+        super().__init__(f"{backend}: {message}")
+
+
+class ConcurrencyConflict(CheckpointerError):
+    def __init__(self, session_id: str, expected_step: int | None, actual_step: int | None) -> None:
+        self.session_id = session_id
+        self.expected_step = expected_step
+        self.actual_step = actual_step
+        super().__init__(
+            f"session {session_id!r} was written by someone else: expected latest step "
+            f"{expected_step}, found {actual_step}"
+        )
+
+
+class SessionLeased(CheckpointerError):
+    def __init__(self, session_id: str, holder: str) -> None:
+        self.session_id = session_id
+        self.holder = holder
+        super().__init__(
+            f"session {session_id!r} is being run by another process ({holder}); wait for it to "
+            "finish or use another session id"
+        )
+
+
+# Namespaced aliases matching the spec's ``CheckpointerError.NotFound`` spelling.
+CheckpointerError.NotFound = CheckpointNotFound  # type: ignore[attr-defined]
+CheckpointerError.Backend = CheckpointBackendError  # type: ignore[attr-defined]
+CheckpointerError.ConcurrencyConflict = ConcurrencyConflict  # type: ignore[attr-defined]
+
+
+# -- state slots -----------------------------------------------------------------------------------
+
+
+class StateSlotError(TreadleError):
+    """A typed state slot could not be read or written."""
+
+    def __init__(self, key: str, message: str) -> None:
+        self.key = key
+        super().__init__(f"state slot {key!r}: {message}")
+
+
+class StateSlotMissing(StateSlotError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key, "missing from extra")
+
+
+class StateSlotSerialize(StateSlotError):
+    def __init__(self, key: str, cause: str) -> None:
+        super().__init__(key, f"value is not JSON-serialisable ({cause})")
+
+
+class StateSlotDeserialize(StateSlotError):
+    def __init__(self, key: str, cause: str) -> None:
+        super().__init__(key, f"stored value cannot be read back ({cause})")
+
+
+StateSlotError.Missing = StateSlotMissing  # type: ignore[attr-defined]
+StateSlotError.Serialize = StateSlotSerialize  # type: ignore[attr-defined]
+StateSlotError.Deserialize = StateSlotDeserialize  # type: ignore[attr-defined]
+
+
+# -- workflow layer --------------------------------------------------------------------------------
+
+
+class TaskExecutionError(TreadleError):
+    def __init__(self, task: str, cause: BaseException) -> None:
+        self.task = task
+        self.cause = cause
+        super().__init__(f"task {task!r} failed: {type(cause).__name__}: {cause}")
+
+
+class WorkflowExecutionError(TreadleError, RuntimeError):
+    def __init__(self, workflow: str, failed_task: str) -> None:
+        self.workflow = workflow
+        self.failed_task = failed_task
+        super().__init__(f"workflow {workflow!r} failed at task {failed_task!r}")
