@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-
-class TreadleError(Exception):
-    """Base class of every error treadle raises on purpose."""
+from ..actors.errors import ActorGone as ActorGone
+from ..actors.errors import TreadleError as TreadleError
 
 
 # -- graph compilation ---------------------------------------------------------------------------
@@ -155,14 +154,6 @@ class UnexpectedPause(TreadleError):
 class RunnerClosed(TreadleError):
     def __init__(self) -> None:
         super().__init__("the runner is closed: use it inside 'async with AppRunner(...)'")
-
-
-class ActorGone(TreadleError):
-    """An actor this call depended on stopped before answering (it crashed or was cancelled)."""
-
-    def __init__(self, actor: str) -> None:
-        self.actor = actor
-        super().__init__(f"actor {actor!r} stopped before it answered")
 
 
 # -- checkpoints -----------------------------------------------------------------------------------
