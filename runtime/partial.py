@@ -46,13 +46,21 @@ class Append:
 FrontierCommand: TypeAlias = Replace | Append
 
 
-def _optional_tuple(value: Iterable[T] | None) -> tuple[T, ...] | None:
+def _optional_tuple(value: Iterable[object] | None) -> tuple[object, ...] | None:
     if value is None or type(value) is tuple:
         return value
     if isinstance(value, str | bytes | Mapping):
-        # Would otherwise be split into characters or keys; the check below names the mistake.
+        # Would otherwise be split into characters or keys; __attrs_post_init__ names the mistake.
         return value  # type: ignore[return-value]  # rejected by __attrs_post_init__
     return tuple(value)
+
+
+def _optional_messages(value: Iterable[Message] | None) -> tuple[Message, ...] | None:
+    return _optional_tuple(value)  # type: ignore[return-value]  # items checked in post-init
+
+
+def _optional_errors(value: Iterable[ErrorEvent] | None) -> tuple[ErrorEvent, ...] | None:
+    return _optional_tuple(value)  # type: ignore[return-value]  # items checked in post-init
 
 
 @attrs.frozen
@@ -68,9 +76,9 @@ class NodePartial:
         frontier: A :class:`Replace` or :class:`Append` command for this node's routing.
     """
 
-    messages: tuple[Message, ...] | None = attrs.field(default=None, converter=_optional_tuple)
+    messages: tuple[Message, ...] | None = attrs.field(default=None, converter=_optional_messages)
     extra: Mapping[str, object] | None = None
-    errors: tuple[ErrorEvent, ...] | None = attrs.field(default=None, converter=_optional_tuple)
+    errors: tuple[ErrorEvent, ...] | None = attrs.field(default=None, converter=_optional_errors)
     frontier: FrontierCommand | None = None
 
     def __attrs_post_init__(self) -> None:
