@@ -1,0 +1,7 @@
+"""``python -m treadle``."""
+
+import sys
+
+from .runtime.cli import main
+
+sys.exit(main())

@@ -1,0 +1,161 @@
+"""The ``ctx`` every node receives: who and when it is, and how it emits events."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import attrs
+import trio
+
+from .clock import Clock
+from .events import (
+    LLM_CHUNK_SCOPE,
+    LLM_ERROR_SCOPE,
+    LLM_FINAL_SCOPE,
+    DiagnosticEvent,
+    LLMEvent,
+    NodeEvent,
+)
+from .frozen import freeze
+
+AnyEvent = NodeEvent | DiagnosticEvent | LLMEvent
+Publish = Callable[[str | None, AnyEvent], Awaitable[object]]
+PublishNowait = Callable[[str | None, AnyEvent], object]
+
+
+@attrs.define(eq=False)
+class NodeContext:
+    """The context of one node execution.
+
+    Attributes:
+        node_id: the node's name.
+        step: the superstep being run (1-based, monotonic for the session).
+        session_id: the session this execution belongs to.
+        invocation_id: identifies the run (the session id unless an iterative invocation set one).
+        frontier_index: the node's position in this step's frontier, which fixes its merge order.
+    """
+
+    node_id: str
+    step: int
+    session_id: str
+    invocation_id: str
+    frontier_index: int
+    _publish: Publish = attrs.field(alias="publish", repr=False)
+    _publish_nowait: PublishNowait = attrs.field(alias="publish_nowait", repr=False)
+    _clock: Clock | None = attrs.field(alias="clock", default=None, repr=False)
+    _seq: int = attrs.field(default=0, init=False, repr=False)
+
+    def now_unix_ms(self) -> int:
+        """The run's clock (a :class:`MockClock` when one was given) in Unix milliseconds."""
+        if self._clock is None:
+            return trio_wall_ms()
+        return self._clock.now_unix_ms()
+
+    def _metadata(self, extra: dict[str, Any]) -> Any:
+        self._seq += 1
+        meta: dict[str, Any] = {
+            **extra,
+            "node_id": self.node_id,
+            "step": self.step,
+            "invocation_id": self.invocation_id,
+            "frontier_index": self.frontier_index,
+            "node_seq": self._seq,
+        }
+        if self._clock is not None:
+            meta["now_unix_ms"] = self._clock.now_unix_ms()
+        return freeze(meta, path="metadata")
+
+    def _timestamp(self) -> float:
+        if self._clock is None:
+            return trio_wall_ms() / 1000
+        return self._clock.now_seconds()
+
+    def _node_event(self, scope: str, message: str, metadata: dict[str, Any]) -> NodeEvent:
+        return NodeEvent(
+            node_id=self.node_id,
+            step=self.step,
+            scope=scope,
+            message=message,
+            metadata=self._metadata(metadata),
+            timestamp=self._timestamp(),
+        )
+
+    async def emit(self, scope: str, message: str, **metadata: Any) -> None:
+        """Publish a :class:`NodeEvent`; never fails for lack of listeners.
+
+        Metadata values must be JSON values; ``node_id``, ``step``, ``invocation_id``,
+        ``frontier_index``, ``node_seq`` (and ``now_unix_ms`` with a clock) are added.
+        """
+        await self._publish(self.session_id, self._node_event(scope, message, metadata))
+
+    def emit_nowait(self, scope: str, message: str, **metadata: Any) -> None:
+        """Like :meth:`emit`, for plain ``def`` nodes, inline or in a worker thread."""
+        event = self._node_event(scope, message, metadata)
+        _call_on_trio_thread(self._publish_nowait, self.session_id, event)
+
+    async def emit_diagnostic(self, scope: str, message: str, **metadata: Any) -> None:
+        """Publish a :class:`DiagnosticEvent` attributed to this node."""
+        event = DiagnosticEvent(
+            scope=scope,
+            message=message,
+            metadata=self._metadata(metadata),
+            timestamp=self._timestamp(),
+        )
+        await self._publish(self.session_id, event)
+
+    def _llm_event(
+        self, chunk: str, *, scope: str, is_final: bool, stream_id: str | None, meta: dict[str, Any]
+    ) -> LLMEvent:
+        return LLMEvent(
+            session_id=self.session_id,
+            node_id=self.node_id,
+            stream_id=stream_id,
+            chunk=chunk,
+            is_final=is_final,
+            scope=scope,
+            metadata=self._metadata(meta),
+            timestamp=self._timestamp(),
+        )
+
+    async def emit_llm_chunk(
+        self, chunk: str, *, stream_id: str | None = None, **metadata: Any
+    ) -> None:
+        """Publish one streamed token chunk of an LLM response."""
+        event = self._llm_event(
+            chunk, scope=LLM_CHUNK_SCOPE, is_final=False, stream_id=stream_id, meta=metadata
+        )
+        await self._publish(self.session_id, event)
+
+    async def emit_llm_final(
+        self, chunk: str = "", *, stream_id: str | None = None, **metadata: Any
+    ) -> None:
+        """Publish the final chunk of an LLM response (scope ``"final"``)."""
+        event = self._llm_event(
+            chunk, scope=LLM_FINAL_SCOPE, is_final=True, stream_id=stream_id, meta=metadata
+        )
+        await self._publish(self.session_id, event)
+
+    async def emit_llm_error(
+        self, error: str, *, stream_id: str | None = None, **metadata: Any
+    ) -> None:
+        """Publish an LLM stream failure (scope ``"error"``); it ends that stream."""
+        event = self._llm_event(
+            error, scope=LLM_ERROR_SCOPE, is_final=True, stream_id=stream_id, meta=metadata
+        )
+        await self._publish(self.session_id, event)
+
+
+def trio_wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _call_on_trio_thread(fn: PublishNowait, session_id: str, event: AnyEvent) -> None:
+    try:
+        trio.lowlevel.current_task()
+    except RuntimeError:
+        # A worker thread (a ``thread=True`` node): hop to the Trio thread to publish.
+        trio.from_thread.run_sync(fn, session_id, event)
+    else:
+        fn(session_id, event)

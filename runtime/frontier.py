@@ -1,0 +1,130 @@
+"""Routing after a barrier: the next frontier, join edges, and the initial frontier of a session."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+
+import attrs
+
+from .graph import END, START, CompiledGraph, ConditionalEdge, JoinEdge
+from .partial import Append, FrontierCommand, Replace
+from .state import StateSnapshot
+
+log = logging.getLogger("treadle.routing")
+
+JoinState = Mapping[str, tuple[str, ...]]
+
+
+@attrs.frozen
+class Routing:
+    """The result of routing one step."""
+
+    frontier: tuple[str, ...]
+    join_state: JoinState
+    unknown_targets: tuple[tuple[str, str], ...]  # (source node, unknown target)
+
+
+def join_key(join: JoinEdge) -> str:
+    """The stable name of a join in checkpoints: ``"a+b->c"``."""
+    return "+".join(join.sources) + "->" + join.target
+
+
+def route(
+    graph: CompiledGraph,
+    ran_nodes: Sequence[str],
+    snapshot: StateSnapshot,
+    commands: Iterable[tuple[str, FrontierCommand]],
+    join_state: JoinState,
+) -> Routing:
+    """Compute the next frontier from the nodes that ran, in frontier order.
+
+    For each ran node: its static edges (or its frontier command), then the joins it completes, then its
+    conditional targets evaluated on the post-barrier ``snapshot`` (``Replace`` suppresses them).
+    Unknown targets are dropped and reported; duplicates keep their first position.
+    """
+    by_node: dict[str, list[FrontierCommand]] = {}
+    for node, command in commands:
+        by_node.setdefault(node, []).append(command)
+
+    nodes = graph.nodes
+    joins = dict(join_state) if graph.joins else {}
+    seen: set[str] = set()
+    frontier: list[str] = []
+    unknown: list[tuple[str, str]] = []
+
+    for node in ran_nodes:
+        targets, replaced = _static_targets(graph.edges.get(node, ()), by_node.get(node))
+        for join in graph.joins_by_source.get(node, ()):
+            if _mark_join(joins, join, node):
+                targets.append(join.target)
+        if not replaced:
+            for edge in graph.conditional_by_source.get(node, ()):
+                targets.extend(_conditional_targets(edge, snapshot))
+        for target in targets:
+            if target in seen:
+                continue
+            if target == END or target in nodes:
+                seen.add(target)
+                frontier.append(target)
+            else:
+                log.warning("node %r routed to unknown node %r; dropped", node, target)
+                unknown.append((node, target))
+    return Routing(tuple(frontier), joins, tuple(unknown))
+
+
+def initial_frontier(graph: CompiledGraph, snapshot: StateSnapshot) -> Routing:
+    """The frontier a new session starts from: START's edges, then its conditional targets."""
+    return route(graph, (START,), snapshot, (), {})
+
+
+def _static_targets(
+    default: Sequence[str], commands: list[FrontierCommand] | None
+) -> tuple[list[str], bool]:
+    if not commands:
+        return list(default), False
+    targets: list[str] = []
+    replaced = False
+    for command in commands:
+        match command:
+            case Replace(targets=new):
+                if replaced:
+                    log.warning("a node sent two Replace commands in one step; the second is ignored")
+                    continue
+                targets = list(new)
+                replaced = True
+            case Append(targets=more):
+                if not targets and not replaced:
+                    targets.extend(default)
+                targets.extend(more)
+    if not targets and not replaced:
+        targets.extend(default)
+    return targets, replaced
+
+
+def _mark_join(joins: dict[str, tuple[str, ...]], join: JoinEdge, node: str) -> bool:
+    key = join_key(join)
+    seen = joins.get(key, ())
+    if node not in seen:
+        seen = (*seen, node)
+    if len(seen) == len(join.sources):
+        joins.pop(key, None)
+        return True
+    joins[key] = tuple(s for s in join.sources if s in seen)
+    return False
+
+
+class RouterFailed(Exception):
+    """A conditional edge's router raised; the step fails as if its source node had."""
+
+    def __init__(self, node: str, cause: Exception) -> None:
+        self.node = node
+        self.cause = cause
+        super().__init__(f"router of {node!r} raised {type(cause).__name__}: {cause}")
+
+
+def _conditional_targets(edge: ConditionalEdge, snapshot: StateSnapshot) -> list[str]:
+    try:
+        return list(edge.resolve(edge.fn(snapshot)))
+    except Exception as exc:
+        raise RouterFailed(edge.source, exc) from exc

@@ -1,0 +1,128 @@
+"""The node actor: one per graph node per session, long-lived across steps."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
+
+import trio
+
+from ..actors.mailbox import MailboxReceiver, MailboxSender
+from .clock import Clock
+from .context import NodeContext, Publish, PublishNowait
+from .errors import NodeTimeoutError
+from .graph import NodeSpec
+from .messages import Execute, NodeDone
+from .partial import NodePartial
+from .state import StateSnapshot
+
+log = logging.getLogger("treadle.node")
+
+NodeFn = Callable[[StateSnapshot, NodeContext], Any]
+
+
+async def node_actor(
+    spec: NodeSpec,
+    inbox: MailboxReceiver[Execute],
+    replies: MailboxSender[NodeDone],
+    *,
+    session_id: str,
+    publish: Publish,
+    publish_nowait: PublishNowait,
+    clock: Clock | None,
+    thread_limiter: trio.CapacityLimiter,
+) -> None:
+    """Run ``spec`` once per :class:`Execute` and answer each with exactly one :class:`NodeDone`.
+
+    Cancellation: cancelling the actor ends it between or during executions; an execution cancelled
+    through its step's :class:`StepCancel` is answered with ``NodeDone(cancelled=True)``.
+
+    Backpressure: the scheduler sends at most one Execute at a time to each node and its reply mailbox
+    has room for one reply per node, so neither side ever waits on the other's buffer.
+
+    Errors: exceptions from the node are retried per its :class:`RetryPolicy` and then sent back as the
+    reply's ``error``; they never crash the actor.
+    """
+    with inbox, replies:
+        async for msg in inbox:
+            ctx = NodeContext(
+                node_id=spec.name,
+                step=msg.step,
+                session_id=session_id,
+                invocation_id=msg.invocation_id,
+                frontier_index=msg.frontier_index,
+                publish=publish,
+                publish_nowait=publish_nowait,
+                clock=clock,
+            )
+            done = await _execute(spec, msg, ctx, thread_limiter)
+            await replies.send(done)
+
+
+async def _execute(
+    spec: NodeSpec, msg: Execute, ctx: NodeContext, thread_limiter: trio.CapacityLimiter
+) -> NodeDone:
+    attempt = 1
+    with trio.CancelScope() as scope:
+        msg.cancel.register(msg.index, scope)
+        try:
+            while True:
+                try:
+                    partial = await _attempt(spec, msg.snapshot, ctx, thread_limiter)
+                except Exception as exc:
+                    if not spec.retry.should_retry(exc, attempt):
+                        return NodeDone(spec.name, msg.step, msg.index, error=exc, attempts=attempt)
+                    delay = spec.retry.delay(attempt)
+                    log.info(
+                        "node %r failed attempt %d at step %d (%r); retrying in %.3f s",
+                        spec.name, attempt, msg.step, exc, delay,
+                    )  # fmt: skip
+                    await trio.sleep(delay)
+                    attempt += 1
+                else:
+                    return NodeDone(spec.name, msg.step, msg.index, partial=partial, attempts=attempt)
+        finally:
+            msg.cancel.unregister(msg.index)
+    # Only reached when the step's cancel handle cancelled this execution.
+    assert scope.cancelled_caught
+    return NodeDone(spec.name, msg.step, msg.index, cancelled=True, attempts=attempt)
+
+
+async def _attempt(
+    spec: NodeSpec, snapshot: StateSnapshot, ctx: NodeContext, thread_limiter: trio.CapacityLimiter
+) -> NodePartial:
+    if spec.timeout is None:
+        result = await _call(spec, snapshot, ctx, thread_limiter)
+    else:
+        try:
+            with trio.fail_after(spec.timeout):
+                result = await _call(spec, snapshot, ctx, thread_limiter)
+        except trio.TooSlowError:
+            raise NodeTimeoutError(spec.name, spec.timeout) from None
+    if result is None:
+        return _EMPTY
+    if isinstance(result, NodePartial):
+        return result
+    raise TypeError(
+        f"node {spec.name!r} returned {type(result).__name__}; return a NodePartial or None"
+    )
+
+
+async def _call(
+    spec: NodeSpec, snapshot: StateSnapshot, ctx: NodeContext, thread_limiter: trio.CapacityLimiter
+) -> object:
+    if spec.kind == "async":
+        return await cast(Callable[[StateSnapshot, NodeContext], Awaitable[object]], spec.fn)(
+            snapshot, ctx
+        )
+    if spec.kind == "runner":
+        run = cast(Callable[[StateSnapshot, NodeContext], Awaitable[object]], spec.fn.run)  # type: ignore[attr-defined]
+        return await run(snapshot, ctx)
+    fn = cast(Callable[[StateSnapshot, NodeContext], object], spec.fn)
+    if spec.thread:
+        return await trio.to_thread.run_sync(fn, snapshot, ctx, limiter=thread_limiter)
+    return fn(snapshot, ctx)
+
+
+_EMPTY = NodePartial()

@@ -1,0 +1,333 @@
+"""``AppRunner``: the async context that owns every actor of a run."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import uuid
+from contextlib import AsyncExitStack
+from types import TracebackType
+from typing import TYPE_CHECKING, Literal
+
+import attrs
+import trio
+
+from ..actors.mailbox import MailboxSender, open_mailbox
+from ..actors.perturb import Perturbation
+from ..actors.request import ask
+from .bus import EventBus, EventStream
+from .checkpoint import Checkpoint, Checkpointer, CheckpointerType, StepInfo, resolve_checkpointer
+from .checkpointer_actor import CheckpointerActor
+from .clock import Clock
+from .errors import NoStartNodes, RunnerClosed, SessionNotFound
+from .frontier import initial_frontier
+from .scheduler import (
+    Durability,
+    FlushCheckpoint,
+    GetView,
+    RunStep,
+    RunToEnd,
+    Scheduler,
+    SchedulerConfig,
+    SchedulerMsg,
+    SessionCore,
+)
+from .session import Fresh, Resumed, SessionInit, SessionView, StepOptions, StepResult
+from .state import VersionedState
+
+if TYPE_CHECKING:
+    from .app import App
+
+_DURABILITY = ("sync", "async", "exit")
+# How long a clean exit waits for queued checkpoint writes and sink deliveries before cancelling.
+_SHUTDOWN_GRACE = 10.0
+
+
+@attrs.frozen
+class RunMetadata:
+    """What a run depended on, for comparing runs and replays."""
+
+    graph_hash: str
+    runtime_config_hash: str
+    checkpointer_backend: str
+    clock_mode: str
+
+
+class AppRunner:
+    """Runs sessions of an :class:`App`; every actor lives under this context's nursery.
+
+    Leaving ``async with AppRunner(...)`` flushes queued checkpoint writes and sink deliveries (bounded
+    by a grace period), then cancels and joins every actor: no task or thread outlives the block.
+
+    Args:
+        app: the compiled graph.
+        checkpointer: a :class:`CheckpointerType`, a URL (``memory://``, ``sqlite:///path.db``,
+            ``postgresql://…``, ``json:///dir``), a :class:`Checkpointer`, or ``None`` for in-memory.
+        autosave: write a checkpoint after every step (subject to ``durability``).
+        event_bus: where events go; a bus with no sinks by default.
+        clock: the clock nodes read (``ctx.now_unix_ms()``) and error/checkpoint times come from.
+        concurrency_limit: how many nodes of one step execute at once (default ``os.cpu_count()``).
+        durability: ``"sync"`` waits for each checkpoint before the next step, ``"async"`` pipelines
+            writes in order, ``"exit"`` writes only when a run ends, pauses or the runner closes.
+        perturbation: a hook awaited at every mailbox operation, for interleaving tests.
+        max_threads: how many ``thread=True`` nodes may run in worker threads at once.
+    """
+
+    def __init__(
+        self,
+        app: App,
+        *,
+        checkpointer: CheckpointerType | str | Checkpointer | None = None,
+        autosave: bool = True,
+        event_bus: EventBus | None = None,
+        clock: Clock | None = None,
+        concurrency_limit: int | None = None,
+        durability: Durability = "sync",
+        perturbation: Perturbation | None = None,
+        max_threads: int = 8,
+    ) -> None:
+        if durability not in _DURABILITY:
+            raise ValueError(f"durability must be one of {', '.join(_DURABILITY)}, not {durability!r}")
+        if concurrency_limit is not None and concurrency_limit < 1:
+            raise ValueError(f"concurrency_limit must be at least 1, not {concurrency_limit}")
+        self.app = app
+        self.bus = event_bus if event_bus is not None else EventBus()
+        self.clock = clock
+        self.autosave = autosave
+        self.durability: Durability = durability
+        self.concurrency_limit = concurrency_limit or os.cpu_count() or 1
+        self._checkpointer = resolve_checkpointer(checkpointer)
+        self._checkpoints = CheckpointerActor(self._checkpointer, perturb=perturbation)
+        self._perturb = perturbation
+        self._max_threads = max_threads
+        self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._sessions: dict[str, MailboxSender[SchedulerMsg]] = {}
+        self._stack: AsyncExitStack | None = None
+        self._nursery: trio.Nursery | None = None
+        self._config: SchedulerConfig | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> AppRunner:
+        if self._stack is not None:
+            raise RuntimeError("an AppRunner can be entered only once")
+        stack = AsyncExitStack()
+        self._stack = stack
+        nursery = await stack.enter_async_context(trio.open_nursery())
+        try:
+            await nursery.start(self.bus.run)
+            await nursery.start(self._checkpoints.run)
+        except BaseException:
+            nursery.cancel_scope.cancel(reason="AppRunner failed to start")
+            await stack.aclose()
+            raise
+        self._nursery = nursery
+        self._config = SchedulerConfig(
+            graph=self.app.graph,
+            publish=self.bus.publish,
+            publish_nowait=self.bus.publish_nowait,
+            clock=self.clock,
+            checkpoints=self._checkpoints,
+            autosave=self.autosave,
+            durability=self.durability,
+            thread_limiter=trio.CapacityLimiter(self._max_threads),
+            perturb=self._perturb,
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        stack, nursery = self._stack, self._nursery
+        assert stack is not None
+        self._nursery = None
+        try:
+            if exc is None and nursery is not None:
+                with trio.move_on_after(_SHUTDOWN_GRACE) as grace:
+                    grace.shield = True
+                    await self._shutdown()
+        finally:
+            if nursery is not None:
+                nursery.cancel_scope.cancel(reason="AppRunner closed")
+            sessions, self._sessions = self._sessions, {}
+            for inbox in sessions.values():
+                inbox.close()
+        return await stack.__aexit__(exc_type, exc, tb)
+
+    async def _shutdown(self) -> None:
+        for session_id, inbox in list(self._sessions.items()):
+            await ask(inbox, FlushCheckpoint, actor=f"scheduler of {session_id!r}")
+        await self._checkpoints.flush()
+        for session_id in self._sessions:
+            await self._checkpoints.release_lease(session_id, self._owner)
+        await self.bus.aclose()
+
+    # -- sessions ----------------------------------------------------------------------------------
+
+    async def create_session(
+        self,
+        session_id: str,
+        state: VersionedState | None = None,
+        *,
+        concurrency_limit: int | None = None,
+    ) -> SessionInit:
+        """Open a session: resume it if the checkpointer holds it, else start it from ``state``.
+
+        Returns:
+            :class:`Resumed` with the stored step (``state`` is then ignored), or :class:`Fresh`.
+
+        Raises:
+            NoStartNodes: a fresh session's START routes lead nowhere.
+            SessionLeased: another process is running this session (PostgreSQL).
+        """
+        config = self._require_open()
+        if not isinstance(session_id, str) or not session_id:
+            raise ValueError(f"a session id must be a non-empty string, not {session_id!r}")
+        inbox = self._sessions.get(session_id)
+        if inbox is not None:
+            view = await self._view(session_id, inbox)
+            return Resumed(view.step)
+        await self._checkpoints.acquire_lease(session_id, self._owner)
+        stored = await self._checkpoints.load_latest(session_id)
+        if stored is not None:
+            await self._spawn(SessionCore.from_checkpoint(stored), config, fresh=False)
+            return Resumed(stored.step)
+        state = state if state is not None else VersionedState()
+        routing = initial_frontier(self.app.graph, state.snapshot())
+        if not routing.frontier:
+            raise NoStartNodes()
+        core = SessionCore(
+            session_id=session_id,
+            state=state,
+            step=0,
+            frontier=routing.frontier,
+            versions_seen={},
+            join_state=dict(routing.join_state),
+            concurrency_limit=concurrency_limit or self.concurrency_limit,
+        )
+        await self._spawn(core, config, fresh=True)
+        return Fresh()
+
+    async def _spawn(self, core: SessionCore, config: SchedulerConfig, *, fresh: bool) -> Scheduler:
+        assert self._nursery is not None
+        scheduler = Scheduler(config, core, invocation_id=core.session_id)
+        send, receive = open_mailbox[SchedulerMsg](
+            16, name=f"{core.session_id}/scheduler", perturb=self._perturb
+        )
+        await self._nursery.start(scheduler.run, receive)
+        self._sessions[core.session_id] = send
+        if fresh:
+            await scheduler.save_initial()
+        return scheduler
+
+    async def run_step(self, session_id: str, options: StepOptions | None = None) -> StepResult:
+        """Run one superstep of a session (see :class:`StepOptions` for interrupts).
+
+        Raises:
+            NodeRunError: a node failed; the step was discarded and the session can be retried.
+            SessionNotFound: no such session is open on this runner.
+        """
+        inbox = self._inbox(session_id)
+        opts = options if options is not None else StepOptions()
+        return await ask(
+            inbox, lambda r: RunStep(opts, r), actor=f"scheduler of {session_id!r}"
+        )
+
+    async def run_until_complete(self, session_id: str) -> VersionedState:
+        """Run supersteps until the frontier is empty or only END; return the final state.
+
+        The session's event stream ends with one ``STREAM_END`` event (``status=completed`` or
+        ``status=error``).
+        """
+        inbox = self._inbox(session_id)
+        return await ask(inbox, RunToEnd, actor=f"scheduler of {session_id!r}")
+
+    async def get_session(self, session_id: str) -> SessionView:
+        """The session's current state, step and frontier."""
+        return await self._view(session_id, self._inbox(session_id))
+
+    async def _view(self, session_id: str, inbox: MailboxSender[SchedulerMsg]) -> SessionView:
+        return await ask(inbox, GetView, actor=f"scheduler of {session_id!r}")
+
+    def sessions(self) -> list[str]:
+        """The ids of the sessions open on this runner, in creation order."""
+        return list(self._sessions)
+
+    # -- time travel -------------------------------------------------------------------------------
+
+    async def get_state_history(self, session_id: str) -> list[StepInfo]:
+        """The stored steps of a session, oldest first (the in-memory store keeps only the latest)."""
+        self._require_open()
+        return await self._checkpoints.list_steps(session_id)
+
+    async def load_checkpoint(self, session_id: str, step: int) -> Checkpoint:
+        """The stored checkpoint of ``session_id`` at ``step``."""
+        self._require_open()
+        return await self._checkpoints.load(session_id, step)
+
+    async def fork(self, session_id: str, step: int, new_session_id: str) -> Resumed:
+        """Start ``new_session_id`` from the stored ``step`` of ``session_id``.
+
+        The new session has its own history; the original is untouched.
+        """
+        config = self._require_open()
+        if new_session_id in self._sessions:
+            raise ValueError(f"session {new_session_id!r} is already open on this runner")
+        stored = await self._checkpoints.load(session_id, step)
+        await self._checkpoints.acquire_lease(new_session_id, self._owner)
+        record = attrs.evolve(stored, session_id=new_session_id)
+        await self._checkpoints.save(record)
+        await self._spawn(SessionCore.from_checkpoint(record), config, fresh=False)
+        return Resumed(step)
+
+    # -- events and metadata -----------------------------------------------------------------------
+
+    def event_stream(
+        self, *, session_id: str | None = None, capacity: int | None = None
+    ) -> EventStream:
+        """Subscribe to the events of every session (or one), from now on."""
+        return self.bus.subscribe(session_id=session_id, capacity=capacity)
+
+    def run_metadata(self) -> RunMetadata:
+        """Hashes and modes that identify what this runner's runs depend on."""
+        config = {
+            "concurrency_limit": self.concurrency_limit,
+            "durability": self.durability,
+            "autosave": self.autosave,
+        }
+        digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+        return RunMetadata(
+            graph_hash=self.app.graph_metadata().graph_hash,
+            runtime_config_hash=digest,
+            checkpointer_backend=self._checkpointer.backend,
+            clock_mode=self.clock.mode if self.clock is not None else "system",
+        )
+
+    @property
+    def checkpointer(self) -> Checkpointer:
+        """The storage backend (use :attr:`checkpoints` to reach it while the runner is open)."""
+        return self._checkpointer
+
+    @property
+    def checkpoints(self) -> CheckpointerActor:
+        """The checkpointer actor: every storage request of this runner goes through it."""
+        return self._checkpoints
+
+    # -- internals ---------------------------------------------------------------------------------
+
+    def _require_open(self) -> SchedulerConfig:
+        if self._config is None or self._nursery is None:
+            raise RunnerClosed()
+        return self._config
+
+    def _inbox(self, session_id: str) -> MailboxSender[SchedulerMsg]:
+        self._require_open()
+        inbox = self._sessions.get(session_id)
+        if inbox is None:
+            raise SessionNotFound(session_id)
+        return inbox

@@ -1,0 +1,416 @@
+"""The scheduler actor: one per session; it owns the session's state and runs its supersteps."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Literal
+
+import attrs
+import outcome
+import trio
+
+from ..actors.mailbox import MailboxReceiver, MailboxSender, open_mailbox
+from ..actors.perturb import Perturbation
+from ..actors.request import ReplyTo, reply
+from .barrier import apply_barrier
+from .checkpoint import Checkpoint
+from .checkpointer_actor import CheckpointerActor
+from .clock import Clock
+from .context import Publish, PublishNowait, trio_wall_ms
+from .errors import NodeRunError
+from .events import DiagnosticEvent, stream_end
+from .frontier import RouterFailed, route
+from .graph import END, START, CompiledGraph
+from .messages import Execute, NodeDone, StepCancel
+from .node_actor import node_actor
+from .partial import NodePartial
+from .session import (
+    Completed,
+    Paused,
+    PauseReason,
+    SessionView,
+    StepOptions,
+    StepReport,
+    StepResult,
+    is_complete,
+)
+from .state import ErrorEvent, ErrorScope, StateSnapshot, VersionedState
+
+log = logging.getLogger("treadle.scheduler")
+
+Durability = Literal["sync", "async", "exit"]
+
+
+@attrs.define
+class SessionCore:
+    """Everything a session is between steps; the scheduler actor is its only owner."""
+
+    session_id: str
+    state: VersionedState
+    step: int
+    frontier: tuple[str, ...]
+    versions_seen: dict[str, tuple[int, int]]
+    join_state: dict[str, tuple[str, ...]]
+    concurrency_limit: int
+
+    @classmethod
+    def from_checkpoint(cls, cp: Checkpoint) -> SessionCore:
+        return cls(
+            session_id=cp.session_id,
+            state=cp.state,
+            step=cp.step,
+            frontier=tuple(cp.frontier),
+            versions_seen={k: (v[0], v[1]) for k, v in cp.versions_seen.items()},
+            join_state={k: tuple(v) for k, v in cp.join_state.items()},
+            concurrency_limit=cp.concurrency_limit,
+        )
+
+    def view(self) -> SessionView:
+        return SessionView(self.session_id, self.state, self.step, self.frontier)
+
+
+@attrs.frozen
+class RunStep:
+    options: StepOptions
+    reply_to: ReplyTo[StepResult]
+
+
+@attrs.frozen
+class RunToEnd:
+    reply_to: ReplyTo[VersionedState]
+
+
+@attrs.frozen
+class GetView:
+    reply_to: ReplyTo[SessionView]
+
+
+@attrs.frozen
+class FlushCheckpoint:
+    """Write the session's current state now (used on exit under ``durability="exit"``)."""
+
+    reply_to: ReplyTo[None]
+
+
+SchedulerMsg = RunStep | RunToEnd | GetView | FlushCheckpoint
+
+
+@attrs.define(eq=False)
+class SchedulerConfig:
+    """What a scheduler actor needs from its runner; shared by every session of one runner."""
+
+    graph: CompiledGraph
+    publish: Publish
+    publish_nowait: PublishNowait
+    clock: Clock | None
+    checkpoints: CheckpointerActor | None
+    autosave: bool
+    durability: Durability
+    thread_limiter: trio.CapacityLimiter
+    perturb: Perturbation | None = None
+
+    def now_ms(self) -> int:
+        return self.clock.now_unix_ms() if self.clock is not None else trio_wall_ms()
+
+
+@attrs.define(eq=False)
+class Scheduler:
+    """The scheduler actor of one session.
+
+    It owns :class:`SessionCore`, starts node actors on first use, and answers :data:`SchedulerMsg`
+    requests one at a time, so steps of one session never overlap.
+    """
+
+    config: SchedulerConfig
+    core: SessionCore
+    invocation_id: str
+    _nodes: dict[str, MailboxSender[Execute]] = attrs.field(factory=dict, init=False)
+    _replies_send: MailboxSender[NodeDone] = attrs.field(init=False)
+    _replies: MailboxReceiver[NodeDone] = attrs.field(init=False)
+    _nursery: trio.Nursery | None = attrs.field(default=None, init=False)
+    _dirty: bool = attrs.field(default=False, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        # One reply per node at most is ever outstanding, so this mailbox never makes a node wait.
+        size = max(1, len(self.config.graph.nodes))
+        self._replies_send, self._replies = open_mailbox[NodeDone](
+            size, name=f"{self.core.session_id}/replies", perturb=self.config.perturb
+        )
+
+    async def run(
+        self,
+        inbox: MailboxReceiver[SchedulerMsg],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve requests until the inbox closes or the actor is cancelled.
+
+        Cancellation: cancelling the actor cancels every node actor of the session with it; a step
+        cut short that way is not checkpointed, so the session resumes from the previous one.
+
+        Backpressure: requests queue in ``inbox``; one is handled at a time.
+
+        Errors: a failing step answers its request with :class:`NodeRunError`; the actor goes on.
+        """
+        with inbox, self._replies, self._replies_send:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                async for msg in inbox:
+                    match msg:
+                        case RunStep(options=options):
+                            await _answer(msg.reply_to, self.run_step, options)
+                        case RunToEnd():
+                            await _answer(msg.reply_to, self.run_to_end)
+                        case GetView():
+                            reply(msg.reply_to, outcome.Value(self.core.view()))
+                        case FlushCheckpoint():
+                            await _answer(msg.reply_to, self.flush_exit_checkpoint)
+                        case _:
+                            raise AssertionError(f"unknown scheduler message {msg!r}")
+                nursery.cancel_scope.cancel(reason="session closed")
+
+    # -- requests ----------------------------------------------------------------------------------
+
+    async def run_step(self, options: StepOptions) -> StepResult:
+        core = self.core
+        if is_complete(core.frontier):
+            report = StepReport(core.step, (), core.frontier, (), (), completed=True)
+            return Completed(report)
+        if options.interrupt_before:
+            for node in core.frontier:
+                if node in options.interrupt_before:
+                    await self.flush_exit_checkpoint()
+                    return Paused(PauseReason("before_node", node), None)
+        report = await self._superstep()
+        if options.interrupt_after:
+            for node in report.ran_nodes:
+                if node in options.interrupt_after:
+                    await self.flush_exit_checkpoint()
+                    return Paused(PauseReason("after_node", node), report)
+        if options.interrupt_each_step:
+            await self.flush_exit_checkpoint()
+            return Paused(PauseReason("after_step", None), report)
+        return Completed(report)
+
+    async def run_to_end(self) -> VersionedState:
+        core = self.core
+        try:
+            while not is_complete(core.frontier):
+                await self._superstep()
+            await self.flush_exit_checkpoint()
+        except NodeRunError as exc:
+            await self._publish_end(error=str(exc))
+            raise
+        await self._publish_end()
+        return core.state
+
+    async def flush_exit_checkpoint(self) -> None:
+        if self._dirty:
+            self._dirty = False
+            await self._save(self._record(StepReport(self.core.step, (), (), (), (), False)))
+
+    # -- the superstep -----------------------------------------------------------------------------
+
+    async def _superstep(self) -> StepReport:
+        core = self.core
+        graph = self.config.graph
+        core.step += 1
+        step = core.step
+        snapshot = core.state.snapshot()
+        versions = (snapshot.messages_version, snapshot.extra_version)
+
+        run: list[tuple[int, str]] = []
+        skipped: list[str] = []
+        for index, node in enumerate(core.frontier):
+            if node == END or node == START or core.versions_seen.get(node) == versions:
+                skipped.append(node)
+            else:
+                run.append((index, node))
+        ran = tuple(node for _, node in run)
+
+        partials, failure = await self._execute(step, snapshot, run)
+        if failure is not None:
+            await self._fail(step, *failure)
+
+        state, outcome_ = apply_barrier(core.state, ran, partials, graph.reducers)
+        try:
+            routing = route(
+                graph, ran, state.snapshot(), outcome_.frontier_commands, core.join_state
+            )
+        except RouterFailed as exc:
+            await self._fail(step, exc.node, exc.cause)
+
+        core.state = state
+        for node in ran:
+            core.versions_seen[node] = versions
+        core.frontier = routing.frontier
+        core.join_state = dict(routing.join_state)
+        report = StepReport(
+            step=step,
+            ran_nodes=ran,
+            skipped_nodes=tuple(skipped),
+            updated_channels=outcome_.updated_channels,
+            next_frontier=routing.frontier,
+            completed=is_complete(routing.frontier),
+        )
+        await self._checkpoint(report)
+        for source, target in routing.unknown_targets:
+            await self.config.publish(
+                core.session_id,
+                DiagnosticEvent(
+                    scope="routing.unknown_target",
+                    message=f"node {source!r} routed to unknown node {target!r} at step {step}",
+                ),
+            )
+        return report
+
+    async def _execute(
+        self, step: int, snapshot: StateSnapshot, run: list[tuple[int, str]]
+    ) -> tuple[list[NodePartial], tuple[str, BaseException] | None]:
+        """Run the step's nodes and wait for exactly one reply from each one started."""
+        count = len(run)
+        results: list[NodePartial] = [_EMPTY] * count
+        if not count:
+            return results, None
+        cancel = StepCancel()
+        limit = max(1, self.core.concurrency_limit)
+        sent = 0
+        in_flight = 0
+        failed: tuple[int, str, BaseException] | None = None
+
+        async def dispatch(index: int) -> None:
+            frontier_index, node = run[index]
+            execute = Execute(step, index, frontier_index, snapshot, self.invocation_id, cancel)
+            await self._mailbox(node).send(execute)
+
+        while sent < count and sent < limit:
+            await dispatch(sent)
+            sent += 1
+            in_flight += 1
+        while in_flight:
+            done = await self._replies.receive()
+            in_flight -= 1
+            if done.step != step:
+                raise AssertionError(f"reply for step {done.step} arrived during step {step}")
+            if done.cancelled:
+                pass
+            elif done.error is not None:
+                if failed is None or done.index < failed[0]:
+                    failed = (done.index, done.node, done.error)
+                    cancel.cancel_after(done.index)
+            else:
+                assert done.partial is not None
+                results[done.index] = done.partial
+            # Nodes not yet started come after every started one in frontier order, so once a node
+            # has failed none of them could take precedence: they are never started.
+            if sent < count and failed is None:
+                await dispatch(sent)
+                sent += 1
+                in_flight += 1
+        if failed is not None:
+            return results, (failed[1], failed[2])
+        return results, None
+
+    async def _fail(self, step: int, node: str, error: BaseException) -> None:
+        """Record a failed step and raise: partials dropped, frontier kept, step stays advanced."""
+        core = self.core
+        event = ErrorEvent(
+            when=self.config.now_ms(),
+            scope=ErrorScope.node(node, step),
+            error=f"{type(error).__name__}: {error}",
+            tags=("node",),
+        )
+        core.state, _ = apply_barrier(
+            core.state, (), [NodePartial(errors=(event,))], self.config.graph.reducers
+        )
+        report = StepReport(step, (), (), ("errors",), core.frontier, False)
+        await self._checkpoint(report)
+        raise NodeRunError(node, step, error) from error
+
+    # -- helpers -----------------------------------------------------------------------------------
+
+    def _mailbox(self, node: str) -> MailboxSender[Execute]:
+        mailbox = self._nodes.get(node)
+        if mailbox is None:
+            assert self._nursery is not None
+            spec = self.config.graph.nodes[node]
+            mailbox, inbox = open_mailbox[Execute](
+                1, name=f"{self.core.session_id}/{node}", perturb=self.config.perturb
+            )
+            config = self.config
+            actor = functools.partial(
+                node_actor,
+                spec,
+                inbox,
+                self._replies_send.clone(),
+                session_id=self.core.session_id,
+                publish=config.publish,
+                publish_nowait=config.publish_nowait,
+                clock=config.clock,
+                thread_limiter=config.thread_limiter,
+            )
+            self._nursery.start_soon(
+                actor, name=f"treadle node {node!r} of session {self.core.session_id!r}"
+            )
+            self._nodes[node] = mailbox
+        return mailbox
+
+    def _record(self, report: StepReport) -> Checkpoint:
+        core = self.core
+        return Checkpoint(
+            session_id=core.session_id,
+            step=core.step,
+            state=core.state,
+            frontier=core.frontier,
+            versions_seen=dict(core.versions_seen),
+            join_state=dict(core.join_state),
+            concurrency_limit=core.concurrency_limit,
+            created_at=self.config.now_ms(),
+            ran_nodes=report.ran_nodes,
+            skipped_nodes=report.skipped_nodes,
+            updated_channels=report.updated_channels,
+        )
+
+    async def _checkpoint(self, report: StepReport) -> None:
+        config = self.config
+        if config.checkpoints is None or not config.autosave:
+            return
+        if config.durability == "exit":
+            self._dirty = True
+            return
+        await self._save(self._record(report))
+
+    async def _save(self, record: Checkpoint) -> None:
+        checkpoints = self.config.checkpoints
+        if checkpoints is None:
+            return
+        if self.config.durability == "async":
+            await checkpoints.save_pipelined(record)
+        else:
+            await checkpoints.save(record)
+
+    async def save_initial(self) -> None:
+        """Write the step-0 checkpoint of a fresh session."""
+        await self._checkpoint(StepReport(self.core.step, (), (), (), self.core.frontier, False))
+
+    async def _publish_end(self, *, error: str | None = None) -> None:
+        core = self.core
+        await self.config.publish(core.session_id, stream_end(core.session_id, core.step, error=error))
+
+
+async def _answer(
+    reply_to: ReplyTo[object], fn: Callable[..., Awaitable[object]], *args: object
+) -> None:
+    """Answer a request with ``fn``'s result or exception; cancellation is never swallowed."""
+    try:
+        value = await fn(*args)
+    except Exception as exc:
+        reply(reply_to, outcome.Error(exc))
+    else:
+        reply(reply_to, outcome.Value(value))
+
+
+_EMPTY = NodePartial()
