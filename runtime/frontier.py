@@ -62,6 +62,10 @@ def route(
             for edge in graph.conditional_by_source.get(node, ()):
                 targets.extend(_conditional_targets(edge, snapshot))
         for target in targets:
+            if not isinstance(target, str):
+                log.warning("node %r routed to %r, which is not a node name; dropped", node, target)
+                unknown.append((node, repr(target)))
+                continue
             if target in seen:
                 continue
             if target == END or target in nodes:
