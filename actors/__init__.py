@@ -1,0 +1,37 @@
+"""The actor kernel: mailboxes, request/reply, supervision and the scheduling-perturbation hook.
+
+It knows nothing of graphs; ``runtime/`` builds on it.
+"""
+
+from .errors import ActorGone, RequestDropped, TreadleError
+from .mailbox import (
+    MailboxReceiver,
+    MailboxSender,
+    MailboxStatistics,
+    Overflow,
+    open_mailbox,
+)
+from .perturb import MailboxOp, Perturbation, perturbation_from_plan
+from .request import ReplyTo, ask, reply, serve_request
+
+__all__ = [
+    # errors
+    "TreadleError",
+    "ActorGone",
+    "RequestDropped",
+    # mailboxes
+    "open_mailbox",
+    "Overflow",
+    "MailboxSender",
+    "MailboxReceiver",
+    "MailboxStatistics",
+    # request/reply
+    "ReplyTo",
+    "ask",
+    "reply",
+    "serve_request",
+    # perturbation
+    "MailboxOp",
+    "Perturbation",
+    "perturbation_from_plan",
+]

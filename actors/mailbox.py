@@ -1,0 +1,636 @@
+"""Mailboxes: bounded, named, typed channels between actors, with a stated policy when full.
+
+``BLOCK`` mailboxes are a thin layer over ``trio.open_memory_channel``; ``DROP_OLDEST`` ones evict.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from types import TracebackType
+from typing import Generic, Literal, TypeAlias, TypeVar
+
+import attrs
+import outcome
+import trio
+
+from .perturb import MailboxOp, Perturbation
+
+T = TypeVar("T")
+
+UndeliveredReason: TypeAlias = Literal["dropped", "stranded"]
+"""Why a watched message left a mailbox without being received (see ``ask``)."""
+
+
+class Overflow(enum.Enum):
+    """What a mailbox does when a message arrives and its buffer is full."""
+
+    BLOCK = "block"
+    """``send()`` waits for room (backpressure); ``send_nowait()`` raises ``trio.WouldBlock``."""
+    DROP_OLDEST = "drop_oldest"
+    """``send()``/``send_nowait()`` never wait: the oldest buffered message is evicted, counted."""
+
+
+@attrs.frozen
+class MailboxStatistics:
+    """A snapshot of one mailbox, shared by all its sender and receiver clones.
+
+    ``sent``/``received`` count operations that completed (a ``send`` counts once it returns), so
+    while a hand-off between two tasks is in flight they may briefly disagree with ``buffered``.
+    Once the tasks are quiet, ``sent == received + buffered + dropped``; messages stranded after
+    every receiver closed stay in ``buffered``.
+    """
+
+    name: str
+    capacity: int
+    overflow: Overflow
+    buffered: int
+    peak_buffered: int
+    sent: int
+    received: int
+    dropped: int
+    open_senders: int
+    open_receivers: int
+    waiting_senders: int
+    waiting_receivers: int
+
+
+@attrs.define(eq=False)
+class _MailboxCore:
+    """State shared by every clone of one mailbox: identity, counters and watched requests."""
+
+    name: str
+    capacity: int
+    overflow: Overflow
+    send_op: MailboxOp
+    receive_op: MailboxOp
+    sent: int = 0
+    received: int = 0
+    dropped: int = 0
+    # id(message) -> (message, callback) for requests whose asker must learn that the message was
+    # evicted or stranded; holding the message keeps its id unique while it is watched.
+    watched: dict[int, tuple[object, Callable[[UndeliveredReason], None]]] = attrs.Factory(dict)
+
+    def undelivered(self, message: object, reason: UndeliveredReason) -> None:
+        entry = self.watched.pop(id(message), None)
+        if entry is not None:
+            entry[1](reason)
+
+    def strand_all(self) -> None:
+        # Called when the last receiver closes: no watched message can be received any more. A
+        # watched message still inside a blocked send() is told too; its send raises anyway.
+        watched, self.watched = self.watched, {}
+        for _message, callback in watched.values():
+            callback("stranded")
+
+
+def _closed(core: _MailboxCore, end: str) -> trio.ClosedResourceError:
+    return trio.ClosedResourceError(
+        f"this {end} of mailbox {core.name!r} is closed: use an open clone instead"
+    )
+
+
+def _broken(core: _MailboxCore) -> trio.BrokenResourceError:
+    return trio.BrokenResourceError(
+        f"mailbox {core.name!r} has no open receivers: the actor reading it has stopped"
+    )
+
+
+class MailboxSender(trio.abc.SendChannel[T]):
+    """The sending end of a mailbox; clone it to give each producer its own end.
+
+    A ``trio.abc.SendChannel``, so it fits wherever a channel is expected. Closing is synchronous:
+    ``with sender:`` and ``async with sender:`` both close without a checkpoint, so leaving the
+    block never replaces a real error with a pending ``Cancelled`` (the trio hazard of
+    ``async with send_channel:``). The ``perturb`` hook, when installed, is awaited by ``send()``
+    only, not by ``send_nowait()`` (which must stay synchronous).
+    """
+
+    __slots__ = ("_core", "_perturb")
+
+    def __init__(self, core: _MailboxCore, perturb: Perturbation | None) -> None:
+        self._core = core
+        self._perturb = perturb
+
+    @property
+    def name(self) -> str:
+        """The mailbox name."""
+        return self._core.name
+
+    @abc.abstractmethod
+    def send_nowait(self, msg: T) -> None:
+        """Send without waiting.
+
+        Raises:
+            trio.WouldBlock: A full ``BLOCK`` mailbox (``DROP_OLDEST`` evicts instead).
+            trio.BrokenResourceError: Every receiver is closed.
+            trio.ClosedResourceError: This end is closed.
+        """
+
+    @abc.abstractmethod
+    def clone(self) -> MailboxSender[T]:
+        """Another sending end of the same mailbox; receivers see the end once all are closed."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Close this end (idempotent, not a checkpoint)."""
+
+    @abc.abstractmethod
+    def statistics(self) -> MailboxStatistics:
+        """A snapshot of the mailbox."""
+
+    async def aclose(self) -> None:
+        """Close this end, then checkpoint (trio's convention for async methods)."""
+        self.close()
+        await trio.lowlevel.checkpoint()
+
+    def __enter__(self) -> MailboxSender[T]:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        # Deliberately no checkpoint: see the class docstring.
+        self.close()
+
+    def _watch(self, message: object, callback: Callable[[UndeliveredReason], None]) -> None:
+        """Call ``callback`` if ``message`` is later evicted or stranded instead of received."""
+        self._core.watched[id(message)] = (message, callback)
+
+    def _unwatch(self, message: object) -> None:
+        entry = self._core.watched.get(id(message))
+        if entry is not None and entry[0] is message:
+            del self._core.watched[id(message)]
+
+
+class MailboxReceiver(trio.abc.ReceiveChannel[T]):
+    """The receiving end of a mailbox; ``async for msg in receiver`` ends at end-of-channel.
+
+    Closing is synchronous, as for :class:`MailboxSender`. The ``perturb`` hook is awaited by
+    ``receive()`` (and so by ``async for``) only, not by ``receive_nowait()``/``drain_nowait()``.
+    """
+
+    __slots__ = ("_core", "_perturb")
+
+    def __init__(self, core: _MailboxCore, perturb: Perturbation | None) -> None:
+        self._core = core
+        self._perturb = perturb
+
+    @property
+    def name(self) -> str:
+        """The mailbox name."""
+        return self._core.name
+
+    @abc.abstractmethod
+    def receive_nowait(self) -> T:
+        """Receive without waiting.
+
+        Raises:
+            trio.WouldBlock: Nothing is buffered.
+            trio.EndOfChannel: Nothing is buffered and every sender is closed.
+            trio.ClosedResourceError: This end is closed.
+        """
+
+    @abc.abstractmethod
+    def drain_nowait(self, limit: int | None = None) -> list[T]:
+        """Everything receivable right now (at most ``limit`` messages), oldest first; never waits.
+
+        Meant for batching after a ``receive()``. It returns ``[]`` rather than raising
+        ``EndOfChannel`` so that a batch already received is never lost; the next ``receive()``
+        reports the end.
+
+        Raises:
+            ValueError: ``limit`` is negative.
+            trio.ClosedResourceError: This end is closed.
+        """
+
+    @abc.abstractmethod
+    def clone(self) -> MailboxReceiver[T]:
+        """Another receiving end; each message goes to exactly one of the clones."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Close this end (idempotent, not a checkpoint)."""
+
+    @abc.abstractmethod
+    def statistics(self) -> MailboxStatistics:
+        """A snapshot of the mailbox."""
+
+    async def aclose(self) -> None:
+        """Close this end, then checkpoint (trio's convention for async methods)."""
+        self.close()
+        await trio.lowlevel.checkpoint()
+
+    def __enter__(self) -> MailboxReceiver[T]:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        # Deliberately no checkpoint: see MailboxSender.
+        self.close()
+
+
+def _check_limit(limit: int | None) -> int:
+    if limit is None:
+        return -1
+    if limit < 0:
+        raise ValueError(f"drain limit must be >= 0 or None, not {limit}")
+    return limit
+
+
+# -- BLOCK: a thin layer over trio memory channels ------------------------------------------------
+
+
+class _BlockSender(MailboxSender[T]):
+    __slots__ = ("_chan",)
+
+    def __init__(
+        self, core: _MailboxCore, perturb: Perturbation | None, chan: trio.MemorySendChannel[T]
+    ) -> None:
+        super().__init__(core, perturb)
+        self._chan = chan
+
+    async def send(self, msg: T) -> None:
+        if self._perturb is not None:
+            await self._perturb(self._core.send_op)
+        try:
+            await self._chan.send(msg)
+        except trio.BrokenResourceError:
+            raise _broken(self._core) from None
+        except trio.ClosedResourceError:
+            raise _closed(self._core, "sender") from None
+        self._core.sent += 1
+
+    def send_nowait(self, msg: T) -> None:
+        try:
+            self._chan.send_nowait(msg)
+        except trio.BrokenResourceError:
+            raise _broken(self._core) from None
+        except trio.ClosedResourceError:
+            raise _closed(self._core, "sender") from None
+        self._core.sent += 1
+
+    def clone(self) -> MailboxSender[T]:
+        try:
+            chan = self._chan.clone()
+        except trio.ClosedResourceError:
+            raise _closed(self._core, "sender") from None
+        return _BlockSender(self._core, self._perturb, chan)
+
+    def close(self) -> None:
+        self._chan.close()
+
+    def statistics(self) -> MailboxStatistics:
+        return _block_statistics(self._core, self._chan.statistics())
+
+
+class _BlockReceiver(MailboxReceiver[T]):
+    __slots__ = ("_chan",)
+
+    def __init__(
+        self,
+        core: _MailboxCore,
+        perturb: Perturbation | None,
+        chan: trio.MemoryReceiveChannel[T],
+    ) -> None:
+        super().__init__(core, perturb)
+        self._chan = chan
+
+    async def receive(self) -> T:
+        if self._perturb is not None:
+            await self._perturb(self._core.receive_op)
+        try:
+            msg = await self._chan.receive()
+        except trio.ClosedResourceError:
+            raise _closed(self._core, "receiver") from None
+        core = self._core
+        core.received += 1
+        if core.watched:
+            core.watched.pop(id(msg), None)
+        return msg
+
+    def receive_nowait(self) -> T:
+        try:
+            msg = self._chan.receive_nowait()
+        except trio.ClosedResourceError:
+            raise _closed(self._core, "receiver") from None
+        core = self._core
+        core.received += 1
+        if core.watched:
+            core.watched.pop(id(msg), None)
+        return msg
+
+    def drain_nowait(self, limit: int | None = None) -> list[T]:
+        remaining = _check_limit(limit)
+        chan = self._chan
+        batch: list[T] = []
+        while remaining != 0:
+            try:
+                batch.append(chan.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+            except trio.ClosedResourceError:
+                raise _closed(self._core, "receiver") from None
+            remaining -= 1
+        core = self._core
+        core.received += len(batch)
+        if core.watched:
+            for msg in batch:
+                core.watched.pop(id(msg), None)
+        return batch
+
+    def clone(self) -> MailboxReceiver[T]:
+        try:
+            chan = self._chan.clone()
+        except trio.ClosedResourceError:
+            raise _closed(self._core, "receiver") from None
+        return _BlockReceiver(self._core, self._perturb, chan)
+
+    def close(self) -> None:
+        self._chan.close()
+        if self._core.watched and self._chan.statistics().open_receive_channels == 0:
+            self._core.strand_all()
+
+    def statistics(self) -> MailboxStatistics:
+        return _block_statistics(self._core, self._chan.statistics())
+
+
+def _block_statistics(core: _MailboxCore, stats: trio.MemoryChannelStatistics) -> MailboxStatistics:
+    return MailboxStatistics(
+        name=core.name,
+        capacity=core.capacity,
+        overflow=core.overflow,
+        buffered=stats.current_buffer_used,
+        peak_buffered=stats.peak_buffer_used,
+        sent=core.sent,
+        received=core.received,
+        dropped=0,
+        open_senders=stats.open_send_channels,
+        open_receivers=stats.open_receive_channels,
+        waiting_senders=stats.tasks_waiting_send,
+        waiting_receivers=stats.tasks_waiting_receive,
+    )
+
+
+# -- DROP_OLDEST: a deque that evicts, with trio's close semantics --------------------------------
+
+
+@attrs.define(eq=False)
+class _DropOldestCore(_MailboxCore, Generic[T]):
+    data: deque[T] = attrs.Factory(deque)
+    # Receivers parked in receive(), oldest first, with the clone each one waits on.
+    waiting: OrderedDict[trio.lowlevel.Task, _DropOldestReceiver[T]] = attrs.Factory(OrderedDict)
+    open_senders: int = 0
+    open_receivers: int = 0
+    peak_buffered: int = 0
+
+    def statistics(self) -> MailboxStatistics:
+        return MailboxStatistics(
+            name=self.name,
+            capacity=self.capacity,
+            overflow=self.overflow,
+            buffered=len(self.data),
+            peak_buffered=self.peak_buffered,
+            sent=self.sent,
+            received=self.received,
+            dropped=self.dropped,
+            open_senders=self.open_senders,
+            open_receivers=self.open_receivers,
+            waiting_senders=0,
+            waiting_receivers=len(self.waiting),
+        )
+
+
+class _DropOldestSender(MailboxSender[T]):
+    __slots__ = ("_closed", "_state")
+
+    def __init__(self, state: _DropOldestCore[T], perturb: Perturbation | None) -> None:
+        super().__init__(state, perturb)
+        self._state = state
+        self._closed = False
+        state.open_senders += 1
+
+    async def send(self, msg: T) -> None:
+        if self._perturb is not None:
+            await self._perturb(self._core.send_op)
+        await trio.lowlevel.checkpoint_if_cancelled()
+        self.send_nowait(msg)
+        await trio.lowlevel.cancel_shielded_checkpoint()
+
+    def send_nowait(self, msg: T) -> None:
+        if self._closed:
+            raise _closed(self._state, "sender")
+        state = self._state
+        if not state.open_receivers:
+            raise _broken(state)
+        state.sent += 1
+        if state.waiting:
+            # Hand over directly: a waiting receiver means the buffer is empty.
+            task, owner = state.waiting.popitem(last=False)
+            owner._tasks.remove(task)
+            state.received += 1
+            if state.watched:
+                state.watched.pop(id(msg), None)
+            trio.lowlevel.reschedule(task, outcome.Value(msg))
+            return
+        data = state.data
+        if len(data) >= state.capacity:
+            evicted = data.popleft()
+            state.dropped += 1
+            if state.watched:
+                state.undelivered(evicted, "dropped")
+        data.append(msg)
+        if len(data) > state.peak_buffered:
+            state.peak_buffered = len(data)
+
+    def clone(self) -> MailboxSender[T]:
+        if self._closed:
+            raise _closed(self._state, "sender")
+        return _DropOldestSender(self._state, self._perturb)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        state = self._state
+        state.open_senders -= 1
+        if state.open_senders == 0:
+            for task, owner in state.waiting.items():
+                owner._tasks.remove(task)
+                trio.lowlevel.reschedule(task, outcome.Error(trio.EndOfChannel()))
+            state.waiting.clear()
+
+    def statistics(self) -> MailboxStatistics:
+        return self._state.statistics()
+
+
+class _DropOldestReceiver(MailboxReceiver[T]):
+    __slots__ = ("_closed", "_state", "_tasks")
+
+    def __init__(self, state: _DropOldestCore[T], perturb: Perturbation | None) -> None:
+        super().__init__(state, perturb)
+        self._state = state
+        self._closed = False
+        # Tasks parked on this clone, so that closing it wakes exactly them.
+        self._tasks: set[trio.lowlevel.Task] = set()
+        state.open_receivers += 1
+
+    async def receive(self) -> T:
+        if self._perturb is not None:
+            await self._perturb(self._core.receive_op)
+        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            msg = self.receive_nowait()
+        except trio.WouldBlock:
+            pass
+        else:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return msg
+
+        task = trio.lowlevel.current_task()
+        state = self._state
+        self._tasks.add(task)
+        state.waiting[task] = self
+
+        def abort_fn(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
+            self._tasks.remove(task)
+            del state.waiting[task]
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        # The sender reschedules us with exactly one T (or an error outcome).
+        return await trio.lowlevel.wait_task_rescheduled(abort_fn)  # type: ignore[no-any-return]
+
+    def receive_nowait(self) -> T:
+        if self._closed:
+            raise _closed(self._state, "receiver")
+        state = self._state
+        if state.data:
+            msg = state.data.popleft()
+            state.received += 1
+            if state.watched:
+                state.watched.pop(id(msg), None)
+            return msg
+        if not state.open_senders:
+            raise trio.EndOfChannel
+        raise trio.WouldBlock
+
+    def drain_nowait(self, limit: int | None = None) -> list[T]:
+        remaining = _check_limit(limit)
+        if self._closed:
+            raise _closed(self._state, "receiver")
+        data = self._state.data
+        count = len(data) if remaining < 0 else min(remaining, len(data))
+        batch = [data.popleft() for _ in range(count)]
+        state = self._state
+        state.received += count
+        if state.watched:
+            for msg in batch:
+                state.watched.pop(id(msg), None)
+        return batch
+
+    def clone(self) -> MailboxReceiver[T]:
+        if self._closed:
+            raise _closed(self._state, "receiver")
+        return _DropOldestReceiver(self._state, self._perturb)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        state = self._state
+        for task in self._tasks:
+            trio.lowlevel.reschedule(task, outcome.Error(_closed(state, "receiver")))
+            del state.waiting[task]
+        self._tasks.clear()
+        state.open_receivers -= 1
+        if state.open_receivers == 0 and state.watched:
+            state.strand_all()
+
+    def statistics(self) -> MailboxStatistics:
+        return self._state.statistics()
+
+
+# Written as a class, like trio.open_memory_channel, so that ``open_mailbox[Msg](8, name="x")``
+# type-checks.
+class open_mailbox(tuple[MailboxSender[T], MailboxReceiver[T]]):
+    """Open a named mailbox: a bounded channel with a stated policy when full.
+
+    Use ``tx, rx = open_mailbox[Msg](8, name="node:plan")``. Hand producers ``tx.clone()``s and
+    close every end you own (``with rx:``). Receivers see ``trio.EndOfChannel`` once every sender is
+    closed and the buffer is drained; senders get ``trio.BrokenResourceError`` once every receiver
+    is closed; using a closed end raises ``trio.ClosedResourceError``.
+
+    Args:
+        capacity: Messages buffered before the overflow policy applies; ``>= 0`` for ``BLOCK`` (0 is
+            a rendezvous), ``>= 1`` for ``DROP_OLDEST``.
+        name: Names the mailbox in statistics, errors and perturbation hooks.
+        overflow: ``Overflow.BLOCK`` (backpressure) or ``Overflow.DROP_OLDEST`` (evict and count).
+        perturb: Awaited before every ``send()``/``receive()`` to perturb scheduling in tests; the
+            ``_nowait`` methods never await it. ``None`` costs a single ``is not None`` check.
+
+    Returns:
+        ``(sender, receiver)``: data flows left to right.
+
+    Raises:
+        ValueError: The capacity is invalid for the policy.
+    """
+
+    def __new__(  # type: ignore[misc]  # returns a plain tuple, like trio.open_memory_channel
+        cls,
+        capacity: int,
+        *,
+        name: str,
+        overflow: Overflow = Overflow.BLOCK,
+        perturb: Perturbation | None = None,
+    ) -> tuple[MailboxSender[T], MailboxReceiver[T]]:
+        if isinstance(capacity, bool) or not isinstance(capacity, int):
+            raise TypeError(f"mailbox {name!r}: capacity must be an int, not {capacity!r}")
+        send_op, receive_op = MailboxOp(name, "send"), MailboxOp(name, "receive")
+        if overflow is Overflow.BLOCK:
+            if capacity < 0:
+                raise ValueError(f"mailbox {name!r}: capacity must be >= 0, not {capacity}")
+            core = _MailboxCore(name, capacity, overflow, send_op, receive_op)
+            tx, rx = trio.open_memory_channel[T](capacity)
+            return _BlockSender(core, perturb, tx), _BlockReceiver(core, perturb, rx)
+        if overflow is Overflow.DROP_OLDEST:
+            if capacity < 1:
+                raise ValueError(
+                    f"mailbox {name!r}: a drop-oldest mailbox needs capacity >= 1, not {capacity}"
+                )
+            state = _DropOldestCore[T](name, capacity, overflow, send_op, receive_op)
+            return _DropOldestSender(state, perturb), _DropOldestReceiver(state, perturb)
+        raise TypeError(f"mailbox {name!r}: overflow must be an Overflow, not {overflow!r}")
+
+    def __init__(
+        self,
+        capacity: int,
+        *,
+        name: str,
+        overflow: Overflow = Overflow.BLOCK,
+        perturb: Perturbation | None = None,
+    ) -> None: ...

@@ -1,0 +1,88 @@
+"""Ping-pong cost of raw trio memory channels vs BLOCK and DROP_OLDEST mailboxes, in ns per op.
+
+Run: ``python tests/benchmarks/bench_mailbox.py [round_trips]``. One op is one send plus the
+matching receive; a round trip is two ops (ping and pong). Best of 5 repeats, to dodge noisy
+neighbours on a shared machine.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+
+
+def _load_treadle() -> None:
+    """Make ``import treadle`` work from an uninstalled checkout (its root is the package)."""
+    if importlib.util.find_spec("treadle") is not None:
+        return
+    root = Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location(
+        "treadle", root / "__init__.py", submodule_search_locations=[str(root)]
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["treadle"] = module
+    spec.loader.exec_module(module)
+
+
+_load_treadle()
+from treadle.actors.mailbox import Overflow, open_mailbox  # noqa: E402  (after the path setup)
+
+Pair = tuple[Any, Any]
+
+
+async def ping_pong(make: Callable[[str], Pair], round_trips: int) -> float:
+    ping_tx, ping_rx = make("ping")
+    pong_tx, pong_rx = make("pong")
+
+    async def echo() -> None:
+        with ping_rx, pong_tx:
+            async for msg in ping_rx:
+                await pong_tx.send(msg)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(echo)
+        start = time.perf_counter_ns()
+        with ping_tx, pong_rx:
+            for i in range(round_trips):
+                await ping_tx.send(i)
+                await pong_rx.receive()
+        elapsed = time.perf_counter_ns() - start
+    return elapsed / (2 * round_trips)
+
+
+def main() -> None:
+    round_trips = int(sys.argv[1]) if len(sys.argv) > 1 else 20_000
+    contenders: dict[str, Callable[[str], Pair]] = {
+        "raw trio channel (cap 1)": lambda name: trio.open_memory_channel[int](1),
+        "BLOCK mailbox (cap 1)": lambda name: open_mailbox[int](1, name=name),
+        "DROP_OLDEST mailbox (cap 1)": lambda name: open_mailbox[int](
+            1, name=name, overflow=Overflow.DROP_OLDEST
+        ),
+        "raw trio channel (cap 0)": lambda name: trio.open_memory_channel[int](0),
+        "BLOCK mailbox (cap 0)": lambda name: open_mailbox[int](0, name=name),
+    }
+    results: dict[str, float] = {}
+    for _repeat in range(5):
+        for label, make in contenders.items():
+            ns = trio.run(ping_pong, make, round_trips)
+            results[label] = min(results.get(label, float("inf")), ns)
+    for label, ns in results.items():
+        print(f"{label:<30} {ns:8.0f} ns/op")
+    for cap in ("1", "0"):
+        raw = results[f"raw trio channel (cap {cap})"]
+        block = results[f"BLOCK mailbox (cap {cap})"]
+        print(f"BLOCK overhead over raw (cap {cap}): {block - raw:+.0f} ns/op")
+    raw1 = results["raw trio channel (cap 1)"]
+    print(f"DROP_OLDEST vs raw (cap 1): {results['DROP_OLDEST mailbox (cap 1)'] - raw1:+.0f} ns/op")
+
+
+if __name__ == "__main__":
+    main()
