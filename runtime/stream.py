@@ -1,0 +1,263 @@
+"""Bounded drop-oldest buffers and the streams that read them (:class:`EventStream`).
+
+Each sink and subscriber of the bus owns one buffer, so a slow reader only loses its own events.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterator
+from types import TracebackType
+from typing import Generic, Self, TypeVar
+
+import attrs
+import trio
+
+from .events import Event
+
+T = TypeVar("T")
+
+__all__ = ["BufferedStream", "EventStream", "StreamStatistics"]
+
+
+@attrs.define(eq=False)
+class Buffer(Generic[T]):
+    """A bounded FIFO read by one task; when full the oldest item that may be evicted goes.
+
+    ``keep`` marks items that are never evicted (stream sentinels). When every buffered item is
+    one, the oldest of those goes after all, which takes ``capacity`` unread sentinels; so the
+    buffer never holds more than ``capacity`` items.
+
+    Not thread-safe: every method runs on the Trio thread.
+    """
+
+    capacity: int
+    keep: Callable[[T], bool] | None = None
+    items: deque[T] = attrs.Factory(deque)
+    dropped: int = 0
+    ended: bool = False
+    """No more items will arrive; readers see the end once ``items`` is empty."""
+    _waiter: trio.lowlevel.Task | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if self.capacity < 1:
+            raise ValueError(f"buffer capacity must be at least 1, not {self.capacity}")
+
+    def put(self, item: T) -> None:
+        """Append ``item``, evicting one if full, and wake the reader; never waits."""
+        if self.ended:
+            return
+        items = self.items
+        items.append(item)
+        if len(items) > self.capacity:
+            self._evict()
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            trio.lowlevel.reschedule(waiter)
+
+    def _evict(self) -> None:
+        items = self.items
+        keep = self.keep
+        self.dropped += 1
+        if keep is None or not keep(items[0]):
+            items.popleft()
+            return
+        for index, item in enumerate(items):
+            if not keep(item):
+                del items[index]
+                return
+        items.popleft()
+
+    def end(self) -> None:
+        """Mark the end of input; a waiting reader wakes and sees it after the buffered items."""
+        self.ended = True
+        self.wake()
+
+    def discard(self) -> int:
+        """Drop everything buffered (counted in ``dropped``) and end; returns how many went."""
+        count = len(self.items)
+        self.dropped += count
+        self.items.clear()
+        self.end()
+        return count
+
+    def wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            trio.lowlevel.reschedule(waiter)
+
+    async def wait_readable(self) -> None:
+        """Wait until an item is buffered or the input ended; always a checkpoint.
+
+        Raises:
+            trio.BusyResourceError: Another task is already waiting on this buffer.
+        """
+        if self.items or self.ended:
+            await trio.lowlevel.checkpoint()
+            return
+        if self._waiter is not None:
+            raise trio.BusyResourceError("another task is already reading this event stream")
+        self._waiter = trio.lowlevel.current_task()
+
+        def abort(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
+            self._waiter = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+
+
+@attrs.frozen
+class StreamStatistics:
+    """A snapshot of one stream: how full its buffer is and how much it lost."""
+
+    capacity: int
+    buffered: int
+    dropped: int
+    ended: bool
+    closed: bool
+
+
+class BufferedStream(trio.abc.ReceiveChannel[T]):
+    """The reading end of one bus buffer; a ``trio.abc.ReceiveChannel``.
+
+    ``async for item in stream`` ends at the end of the stream. Only one task may read at a time.
+    Closing (``close()``, ``with stream:``, ``async with stream:``) unsubscribes at once and drops
+    what is still buffered; reading a closed stream raises ``trio.ClosedResourceError``.
+    """
+
+    __slots__ = ("_buffer", "_closed", "_on_close")
+
+    def __init__(self, buffer: Buffer[T], on_close: Callable[[], None] | None = None) -> None:
+        self._buffer = buffer
+        self._on_close = on_close
+        self._closed = False
+
+    @property
+    def dropped(self) -> int:
+        """How many items this stream lost because its buffer was full."""
+        return self._buffer.dropped
+
+    def statistics(self) -> StreamStatistics:
+        buffer = self._buffer
+        return StreamStatistics(
+            capacity=buffer.capacity,
+            buffered=len(buffer.items),
+            dropped=buffer.dropped,
+            ended=buffer.ended,
+            closed=self._closed,
+        )
+
+    def receive_nowait(self) -> T:
+        """The next item without waiting.
+
+        Raises:
+            trio.WouldBlock: Nothing is buffered yet.
+            trio.EndOfChannel: The stream ended and everything was read.
+            trio.ClosedResourceError: This stream was closed.
+        """
+        if self._closed:
+            raise trio.ClosedResourceError("this event stream is closed")
+        buffer = self._buffer
+        if buffer.items:
+            return buffer.items.popleft()
+        if buffer.ended:
+            raise trio.EndOfChannel
+        raise trio.WouldBlock
+
+    async def receive(self) -> T:
+        """The next item, waiting for one.
+
+        Raises:
+            trio.EndOfChannel: The stream ended and everything was read.
+            trio.ClosedResourceError: This stream was closed.
+        """
+        while True:
+            await self._buffer.wait_readable()
+            try:
+                return self.receive_nowait()
+            except trio.WouldBlock:
+                continue
+
+    async def next_timeout(self, seconds: float) -> T | None:
+        """The next item, or ``None`` if none arrives within ``seconds`` or the stream ended."""
+        with trio.move_on_after(seconds):
+            try:
+                return await self.receive()
+            except trio.EndOfChannel:
+                return None
+        return None
+
+    def _receive_batch(self) -> list[T]:
+        buffer = self._buffer
+        batch = list(buffer.items)
+        buffer.items.clear()
+        return batch
+
+    async def _next_batch(self) -> list[T]:
+        try:
+            first = await self.receive()
+        except trio.EndOfChannel:
+            return []
+        batch = self._receive_batch()
+        batch.insert(0, first)
+        return batch
+
+    def blocking_iter(self, *, trio_token: trio.lowlevel.TrioToken | None = None) -> Iterator[T]:
+        """Iterate from a worker thread (started with ``trio.to_thread.run_sync``, or pass the
+        ``trio_token``); each hop to the Trio thread takes everything buffered at once.
+
+        The iterator ends when the stream ends.
+        """
+        while True:
+            batch = trio.from_thread.run(self._next_batch, trio_token=trio_token)
+            if not batch:
+                return
+            yield from batch
+
+    def close(self) -> None:
+        """Unsubscribe and drop what is buffered (idempotent, not a checkpoint)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._buffer.items.clear()
+        self._buffer.end()
+        if self._on_close is not None:
+            self._on_close()
+
+    async def aclose(self) -> None:
+        self.close()
+        await trio.lowlevel.checkpoint()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        # No checkpoint, so leaving the block never turns a real error into a pending Cancelled.
+        self.close()
+
+
+class EventStream(BufferedStream[Event]):
+    """Events of a bus subscription (``bus.subscribe()`` / ``runner.event_stream()``).
+
+    A subscriber sees events published after it subscribed. A stream for one session ends right
+    after that session's ``STREAM_END``; an unfiltered stream ends when the bus closes. When the
+    reader falls behind, the oldest events are dropped and counted in :attr:`dropped`; sentinels
+    (``STREAM_END``, ``INVOCATION_END``) are kept.
+    """
+
+    __slots__ = ()
