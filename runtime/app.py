@@ -13,11 +13,9 @@ import trio
 if TYPE_CHECKING:
     from ..sinks.base import Sink
     from .bus import EventStream
-    from .events import DiagnosticEvent, LLMEvent, NodeEvent
+    from .events import Event
     from .graph import CompiledGraph, GraphMetadata
     from .state import VersionedState
-
-    AnyEvent = NodeEvent | DiagnosticEvent | LLMEvent
 
 
 class App:
@@ -55,7 +53,7 @@ class App:
 
     async def invoke_with_channel(
         self, state: VersionedState, **runner_options: Any
-    ) -> tuple[VersionedState, trio.MemoryReceiveChannel[AnyEvent]]:
+    ) -> tuple[VersionedState, trio.MemoryReceiveChannel[Event]]:
         """Run to completion; return the final state and a channel holding every event of the run.
 
         The channel is closed for sending, so ``async for event in events`` ends after the run's
@@ -66,7 +64,7 @@ class App:
         memory = MemorySink()
         final = await self.invoke_with_sinks(state, [memory], **runner_options)
         events = memory.snapshot()
-        send, receive = trio.open_memory_channel["AnyEvent"](max(1, len(events)))
+        send, receive = trio.open_memory_channel["Event"](max(1, len(events)))
         with send:
             for event in events:
                 send.send_nowait(event)

@@ -46,7 +46,9 @@ def _parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run a graph given as MODULE:ATTR")
     run.add_argument("target", help="MODULE:ATTR naming an App (or a GraphBuilder)")
-    run.add_argument("--input", default=None, help="initial state as JSON (or a plain user message)")
+    run.add_argument(
+        "--input", default=None, help="initial state as JSON (or a plain user message)"
+    )
     run.add_argument("--session", default="run", help="session id (default: run)")
     run.add_argument("--checkpointer", default=None, help="checkpointer URL (default: SQLite)")
     run.add_argument("--jsonl", default=None, help="also write every event to this JSON Lines file")
@@ -85,7 +87,9 @@ async def _demo(args: argparse.Namespace) -> int:
 
     app = build_demo()
     bus = EventBus([StdOutSink()])
-    async with AppRunner(app, checkpointer=_checkpointer(args.checkpointer), event_bus=bus) as runner:
+    async with AppRunner(
+        app, checkpointer=_checkpointer(args.checkpointer), event_bus=bus
+    ) as runner:
         print(f"treadle demo: {runner.checkpointer.backend} checkpoints")
         if args.fresh:
             await runner.checkpoints.delete_session(args.session)
@@ -114,7 +118,9 @@ async def _run(args: argparse.Namespace) -> int:
     if args.jsonl:
         sinks.append(JsonLinesSink(args.jsonl))
     bus = EventBus(sinks)
-    async with AppRunner(app, checkpointer=_checkpointer(args.checkpointer), event_bus=bus) as runner:
+    async with AppRunner(
+        app, checkpointer=_checkpointer(args.checkpointer), event_bus=bus
+    ) as runner:
         init = await runner.create_session(args.session, state)
         if isinstance(init, Resumed):
             print(f"resumed session {args.session!r} at step {init.step}")

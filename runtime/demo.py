@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import trio
 
+from .app import App
 from .context import NodeContext
 from .graph import END, START, GraphBuilder
 from .partial import NodePartial
@@ -22,7 +25,7 @@ async def plan(snapshot: StateSnapshot, ctx: NodeContext) -> NodePartial:
     )
 
 
-def researcher(topic: str) -> object:
+def researcher(topic: str) -> Callable[[StateSnapshot, NodeContext], Awaitable[NodePartial]]:
     async def research(snapshot: StateSnapshot, ctx: NodeContext) -> NodePartial:
         round_ = snapshot.extra["round"]
         # Researchers of one step run concurrently; their writes merge in frontier order.
@@ -46,7 +49,7 @@ def again(snapshot: StateSnapshot) -> str:
     return "plan" if snapshot.extra["round"] < ROUNDS else END
 
 
-def build_demo() -> object:
+def build_demo() -> App:
     builder = GraphBuilder().add_node("plan", plan).add_node("summarize", summarize)
     for topic in TOPICS:
         builder.add_node(f"research_{topic}", researcher(topic))

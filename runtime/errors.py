@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from ..actors.errors import ActorGone as ActorGone
 from ..actors.errors import TreadleError as TreadleError
 
-
 # -- graph compilation ---------------------------------------------------------------------------
 
 

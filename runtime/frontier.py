@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import attrs
 
@@ -54,6 +55,8 @@ def route(
     unknown: list[tuple[str, str]] = []
 
     for node in ran_nodes:
+        # Routers are user code: their targets are checked here, whatever their annotations say.
+        targets: list[Any]
         targets, replaced = _static_targets(graph.edges.get(node, ()), by_node.get(node))
         for join in graph.joins_by_source.get(node, ()):
             if _mark_join(joins, join, node):
@@ -93,7 +96,9 @@ def _static_targets(
         match command:
             case Replace(targets=new):
                 if replaced:
-                    log.warning("a node sent two Replace commands in one step; the second is ignored")
+                    log.warning(
+                        "a node sent two Replace commands in one step; the second is ignored"
+                    )
                     continue
                 targets = list(new)
                 replaced = True

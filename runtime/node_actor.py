@@ -81,7 +81,9 @@ async def _execute(
                     await trio.sleep(delay)
                     attempt += 1
                 else:
-                    return NodeDone(spec.name, msg.step, msg.index, partial=partial, attempts=attempt)
+                    return NodeDone(
+                        spec.name, msg.step, msg.index, partial=partial, attempts=attempt
+                    )
         finally:
             msg.cancel.unregister(msg.index)
     # Only reached when the step's cancel handle cancelled this execution.

@@ -9,7 +9,7 @@ import socket
 import uuid
 from contextlib import AsyncExitStack
 from types import TracebackType
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import attrs
 import trio
@@ -89,7 +89,9 @@ class AppRunner:
         max_threads: int = 8,
     ) -> None:
         if durability not in _DURABILITY:
-            raise ValueError(f"durability must be one of {', '.join(_DURABILITY)}, not {durability!r}")
+            raise ValueError(
+                f"durability must be one of {', '.join(_DURABILITY)}, not {durability!r}"
+            )
         if concurrency_limit is not None and concurrency_limit < 1:
             raise ValueError(f"concurrency_limit must be at least 1, not {concurrency_limit}")
         self.app = app
@@ -186,7 +188,7 @@ class AppRunner:
             SessionLeased: another process is running this session (PostgreSQL).
         """
         config = self._require_open()
-        if not isinstance(session_id, str) or not session_id:
+        if not _is_session_id(session_id):
             raise ValueError(f"a session id must be a non-empty string, not {session_id!r}")
         inbox = self._sessions.get(session_id)
         if inbox is not None:
@@ -234,9 +236,7 @@ class AppRunner:
         """
         inbox = self._inbox(session_id)
         opts = options if options is not None else StepOptions()
-        return await ask(
-            inbox, lambda r: RunStep(opts, r), actor=f"scheduler of {session_id!r}"
-        )
+        return await ask(inbox, lambda r: RunStep(opts, r), actor=f"scheduler of {session_id!r}")
 
     async def run_until_complete(self, session_id: str) -> VersionedState:
         """Run supersteps until the frontier is empty or only END; return the final state.
@@ -331,3 +331,7 @@ class AppRunner:
         if inbox is None:
             raise SessionNotFound(session_id)
         return inbox
+
+
+def _is_session_id(value: object) -> bool:
+    return isinstance(value, str) and bool(value)

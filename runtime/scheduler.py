@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Literal
+from typing import Literal, TypeVar
 
 import attrs
 import outcome
@@ -39,6 +39,7 @@ from .session import (
 from .state import ErrorEvent, ErrorScope, StateSnapshot, VersionedState
 
 log = logging.getLogger("treadle.scheduler")
+T = TypeVar("T")
 
 Durability = Literal["sync", "async", "exit"]
 
@@ -225,7 +226,7 @@ class Scheduler:
         run: list[tuple[int, str]] = []
         skipped: list[str] = []
         for index, node in enumerate(core.frontier):
-            if node == END or node == START or core.versions_seen.get(node) == versions:
+            if node in (END, START) or core.versions_seen.get(node) == versions:
                 skipped.append(node)
             else:
                 run.append((index, node))
@@ -398,12 +399,12 @@ class Scheduler:
 
     async def _publish_end(self, *, error: str | None = None) -> None:
         core = self.core
-        await self.config.publish(core.session_id, stream_end(core.session_id, core.step, error=error))
+        await self.config.publish(
+            core.session_id, stream_end(core.session_id, core.step, error=error)
+        )
 
 
-async def _answer(
-    reply_to: ReplyTo[object], fn: Callable[..., Awaitable[object]], *args: object
-) -> None:
+async def _answer(reply_to: ReplyTo[T], fn: Callable[..., Awaitable[T]], *args: object) -> None:
     """Answer a request with ``fn``'s result or exception; cancellation is never swallowed."""
     try:
         value = await fn(*args)
