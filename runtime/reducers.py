@@ -6,14 +6,12 @@ Built-ins: :data:`add_messages`, :data:`map_merge` (shallow, ``None`` deletes), 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Protocol
 
 import attrs
 
 from .frozen import FrozenDict, _trusted
 from .state import ErrorEvent, Message
-
-V = TypeVar("V")
 
 CHANNELS = ("messages", "extra", "errors")
 """The state channels, in the order the barrier reports them."""
@@ -36,17 +34,17 @@ class Reducer(Protocol):
 
 
 @attrs.frozen
-class FunctionReducer(Generic[V]):
+class FunctionReducer:
     """A reducer made from a plain function by :func:`reducer`."""
 
-    fn: Callable[[V, V], V]
+    fn: Callable[[Any, Any], Any]
     definition_label: str
 
-    def apply(self, current: V, update: V) -> V:
+    def apply(self, current: Any, update: Any) -> Any:
         return self.fn(current, update)
 
 
-def reducer(fn: Callable[[V, V], V], *, label: str) -> Reducer:
+def reducer(fn: Callable[[Any, Any], Any], *, label: str) -> Reducer:
     """Wrap ``fn(current, update) -> new`` as a custom reducer.
 
     Args:
