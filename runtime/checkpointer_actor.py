@@ -1,0 +1,303 @@
+"""The checkpointer actor: one per runner; it owns the storage backend and serialises all its I/O."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeAlias, TypeVar, assert_never, runtime_checkable
+
+import attrs
+import outcome
+import trio
+
+from ..actors.errors import ActorGone
+from ..actors.mailbox import MailboxReceiver, MailboxSender, open_mailbox
+from ..actors.perturb import Perturbation
+from ..actors.request import ReplyTo, ask, reply
+from .checkpoint import Checkpoint, Checkpointer, StepInfo
+
+log = logging.getLogger("treadle.checkpointer")
+
+T = TypeVar("T")
+
+# Closing the backend on the way out is shielded, and bounded so a hung server cannot hang exit.
+_CLOSE_TIMEOUT = 5.0
+
+
+@runtime_checkable
+class RenewsLeases(Protocol):
+    """A backend whose session leases expire unless renewed (PostgreSQL)."""
+
+    lease_renew_interval: float
+    """Seconds between renewals."""
+
+    async def renew_leases(self) -> None:
+        """Extend every lease this backend holds."""
+
+
+# -- messages --------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Call:
+    """Run one backend operation and answer with its result (every read and acknowledged write)."""
+
+    name: str
+    op: Callable[[], Awaitable[Any]]
+    reply_to: ReplyTo[Any]
+
+
+@attrs.frozen
+class PipelinedSave:
+    """Write a checkpoint nobody waits for (``durability="async"``); a failure is kept for later."""
+
+    checkpoint: Checkpoint
+
+
+@attrs.frozen
+class Flush:
+    """Answer once every earlier request is done, with the first pipelined failure if any."""
+
+    reply_to: ReplyTo[None]
+
+
+@attrs.frozen
+class RenewLeases:
+    """Sent by the heartbeat task: extend the leases the backend holds."""
+
+
+CheckpointerMsg: TypeAlias = Call | PipelinedSave | Flush | RenewLeases
+
+
+@attrs.define(eq=False)
+class CheckpointerActor:
+    """The handle and the actor of a runner's checkpointer.
+
+    Every method sends a request to the actor's mailbox and the actor performs them one at a time, in
+    arrival order, so storage I/O is serialised and writes land in the order they were made.
+
+    Args:
+        checkpointer: The backend this actor owns (it opens and closes it).
+        capacity: Requests buffered before senders wait.
+        perturb: The scheduling-perturbation hook for interleaving tests.
+    """
+
+    checkpointer: Checkpointer
+    capacity: int = attrs.field(default=64, kw_only=True)
+    perturb: Perturbation | None = attrs.field(default=None, kw_only=True)
+    _pending_error: BaseException | None = attrs.field(default=None, init=False)
+    _send: MailboxSender[CheckpointerMsg] = attrs.field(init=False)
+    _receive: MailboxReceiver[CheckpointerMsg] | None = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._send, self._receive = open_mailbox[CheckpointerMsg](
+            self.capacity, name="checkpointer", perturb=self.perturb
+        )
+
+    @property
+    def backend(self) -> str:
+        """The backend's name: ``"memory"``, ``"sqlite"``, ``"postgres"`` or ``"json"``."""
+        return self.checkpointer.backend
+
+    # -- the actor ---------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Open the backend, then serve requests until cancelled; close the backend on the way out.
+
+        ``await nursery.start(actor.run)`` returns once the backend is open, so a backend that cannot
+        connect fails the caller's start with its own clear error.
+
+        Cancellation:
+            Stops serving at once; queued requests are dropped and their askers get ``ActorGone``
+            (callers that care flush first). The backend is then closed, shielded, within 5 s. A
+            backend call already in a worker thread finishes before the actor stops.
+
+        Backpressure:
+            The mailbox holds ``capacity`` requests; further senders wait, so ``async`` durability
+            cannot run ahead of storage by more than that.
+
+        Errors:
+            A failing operation is answered to its asker and the actor goes on. A failing pipelined
+            write is kept and raised by the next ``save``, ``save_pipelined`` or ``flush``; writes
+            queued behind it are skipped so that the stored history has no gap.
+        """
+        receive = self._receive
+        if receive is None:
+            raise RuntimeError("a CheckpointerActor can run only once")
+        self._receive = None
+        with receive:
+            await self.checkpointer.open()
+            try:
+                async with trio.open_nursery() as nursery:
+                    if isinstance(self.checkpointer, RenewsLeases):
+                        nursery.start_soon(self._heartbeat, self.checkpointer.lease_renew_interval)
+                    task_status.started()
+                    async for msg in receive:
+                        await self._handle(msg)
+                    nursery.cancel_scope.cancel()
+            finally:
+                with trio.move_on_after(_CLOSE_TIMEOUT) as scope:
+                    scope.shield = True
+                    await self.checkpointer.aclose()
+
+    async def _handle(self, msg: CheckpointerMsg) -> None:
+        match msg:
+            case Call(name=name, op=op, reply_to=reply_to):
+                with reply_to:
+                    try:
+                        value = await op()
+                    except Exception as exc:
+                        log.debug("checkpointer %s failed: %r", name, exc)
+                        reply(reply_to, outcome.Error(exc))
+                    else:
+                        reply(reply_to, outcome.Value(value))
+            case PipelinedSave(checkpoint=cp):
+                if self._pending_error is not None:
+                    return  # an earlier write failed: never leave a gap in the history
+                try:
+                    await self.checkpointer.save(cp)
+                except Exception as exc:
+                    log.warning(
+                        "checkpoint of session %r step %d failed: %s", cp.session_id, cp.step, exc
+                    )
+                    self._pending_error = exc
+            case Flush(reply_to=reply_to):
+                error, self._pending_error = self._pending_error, None
+                reply(reply_to, outcome.Value(None) if error is None else outcome.Error(error))
+            case RenewLeases():
+                if isinstance(self.checkpointer, RenewsLeases):
+                    try:
+                        await self.checkpointer.renew_leases()
+                    except Exception as exc:
+                        log.warning("renewing session leases failed: %s", exc)
+            case _:
+                assert_never(msg)
+
+    async def _heartbeat(self, interval: float) -> None:
+        send = self._send.clone()
+        with send:
+            while True:
+                await trio.sleep(interval)
+                await send.send(RenewLeases())
+
+    # -- requests ----------------------------------------------------------------------------------
+
+    async def _call(self, name: str, op: Callable[[], Awaitable[T]]) -> T:
+        def make(reply_to: ReplyTo[T]) -> Call:
+            return Call(name, op, reply_to)
+
+        result: T = await ask(self._send, make, actor="checkpointer")
+        return result
+
+    def _raise_pending(self) -> None:
+        error, self._pending_error = self._pending_error, None
+        if error is not None:
+            raise error
+
+    async def save(self, cp: Checkpoint) -> None:
+        """Write a checkpoint and wait until it is stored (``durability="sync"``).
+
+        Raises:
+            CheckpointerError: This write failed, or an earlier pipelined one did.
+        """
+        self._raise_pending()
+        await self._call("save", lambda: self._save_after_pipeline(cp))
+
+    async def _save_after_pipeline(self, cp: Checkpoint) -> None:
+        # Runs in the actor: a pipelined failure that arrived after the caller's check still wins.
+        self._raise_pending()
+        await self.checkpointer.save(cp)
+
+    async def save_with_concurrency_check(self, cp: Checkpoint, expected_step: int | None) -> None:
+        """Write a checkpoint only if the session's latest stored step is ``expected_step``.
+
+        Raises:
+            ConcurrencyConflict: Someone else wrote the session.
+        """
+        self._raise_pending()
+        await self._call(
+            "save_with_concurrency_check",
+            lambda: self.checkpointer.save_with_concurrency_check(cp, expected_step),
+        )
+
+    async def save_pipelined(self, cp: Checkpoint) -> None:
+        """Queue a checkpoint write without waiting for it (``durability="async"``).
+
+        Writes stay in order behind earlier ones. Waits only when ``capacity`` requests are queued.
+
+        Raises:
+            CheckpointerError: An earlier pipelined write failed (raised once).
+            ActorGone: The actor has stopped.
+        """
+        self._raise_pending()
+        try:
+            await self._send.send(PipelinedSave(cp))
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise ActorGone("checkpointer") from exc
+
+    async def flush(self) -> None:
+        """Wait until every queued write is stored.
+
+        Raises:
+            CheckpointerError: The first pipelined write that failed since the last report.
+        """
+        self._raise_pending()
+        await ask(self._send, Flush, actor="checkpointer")
+
+    async def load_latest(self, session_id: str) -> Checkpoint | None:
+        """The latest stored checkpoint of a session, or ``None``."""
+        return await self._call("load_latest", lambda: self.checkpointer.load_latest(session_id))
+
+    async def load(self, session_id: str, step: int) -> Checkpoint:
+        """The stored checkpoint of a session at ``step``.
+
+        Raises:
+            CheckpointNotFound: No such step is stored.
+        """
+        return await self._call("load", lambda: self.checkpointer.load(session_id, step))
+
+    async def list_sessions(self) -> list[str]:
+        """Every stored session id, sorted."""
+        return await self._call("list_sessions", self.checkpointer.list_sessions)
+
+    async def list_steps(self, session_id: str) -> list[StepInfo]:
+        """The stored steps of a session, oldest first."""
+        return await self._call("list_steps", lambda: self.checkpointer.list_steps(session_id))
+
+    async def delete_session(self, session_id: str) -> bool:
+        """Remove a session and its history; whether it existed."""
+        return await self._call(
+            "delete_session", lambda: self.checkpointer.delete_session(session_id)
+        )
+
+    async def prune(
+        self,
+        *,
+        older_than: float | datetime.timedelta | None = None,
+        keep_last: int | None = None,
+        session_id: str | None = None,
+    ) -> int:
+        """Remove old steps (never a session's latest); how many were removed."""
+        return await self._call(
+            "prune",
+            lambda: self.checkpointer.prune(
+                older_than=older_than, keep_last=keep_last, session_id=session_id
+            ),
+        )
+
+    async def acquire_lease(self, session_id: str, owner: str) -> None:
+        """Claim a session for ``owner``.
+
+        Raises:
+            SessionLeased: Another live process holds it (PostgreSQL).
+        """
+        await self._call(
+            "acquire_lease", lambda: self.checkpointer.acquire_lease(session_id, owner)
+        )
+
+    async def release_lease(self, session_id: str, owner: str) -> None:
+        """Give up a lease taken by :meth:`acquire_lease`."""
+        await self._call(
+            "release_lease", lambda: self.checkpointer.release_lease(session_id, owner)
+        )
