@@ -34,6 +34,7 @@ class BarrierOutcome:
 
 
 _NOTHING = BarrierOutcome()
+_RUNTIME = "<runtime>"
 
 
 def apply_barrier(
@@ -52,7 +53,8 @@ def apply_barrier(
 
     Args:
         state: The state before the barrier.
-        ran_nodes: The nodes that ran, in frontier order.
+        ran_nodes: The nodes that ran, in frontier order. Empty for writes made by the runtime
+            itself (such as the error of a failed step); those partials carry no frontier command.
         partials: ``partials[i]`` is what ``ran_nodes[i]`` returned.
         reducers: The graph's reducer per channel.
 
@@ -60,11 +62,16 @@ def apply_barrier(
         The new state (``state`` itself when nothing changed) and what changed.
 
     Raises:
-        ValueError: ``ran_nodes`` and ``partials`` differ in length.
+        ValueError: ``ran_nodes`` is non-empty and differs in length from ``partials``.
         TypeError: a node wrote a value to ``extra`` that is not JSON (the message names the node
             and the path), or a custom reducer returned the wrong type.
     """
-    if len(ran_nodes) != len(partials):
+    if not ran_nodes and partials:
+        # Writes made by the runtime itself (e.g. the error of a failed step): no node to route.
+        if any(p.frontier is not None for p in partials):
+            raise ValueError("apply_barrier got a frontier command without a ran node to own it")
+        ran_nodes = (_RUNTIME,) * len(partials)
+    elif len(ran_nodes) != len(partials):
         raise ValueError(
             f"apply_barrier needs one partial per ran node, got {len(partials)} partials for "
             f"{len(ran_nodes)} nodes"

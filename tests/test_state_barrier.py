@@ -231,6 +231,20 @@ def test_bad_value_names_the_node_and_path() -> None:
 def test_mismatched_lengths_are_rejected() -> None:
     with pytest.raises(ValueError, match="one partial per ran node, got 1 partials for 2 nodes"):
         apply_barrier(VersionedState(), ["a", "b"], [NodePartial()], DEFAULT)
+    with pytest.raises(ValueError, match="a frontier command without a ran node"):
+        apply_barrier(VersionedState(), [], [NodePartial(frontier=Append(["x"]))], DEFAULT)
+
+
+def test_runtime_writes_need_no_ran_node() -> None:
+    # How the scheduler records a failed step: no node ran, one error is appended.
+    failure = ErrorEvent(7, ErrorScope.node("work", 3), "ValueError: boom", ("node",))
+    state = VersionedState.with_user_message("hi")
+    new, outcome = apply_barrier(state, (), [NodePartial(errors=(failure,))], DEFAULT)
+    assert new.errors == (failure,)
+    assert (new.messages_version, new.extra_version, new.errors_version) == (1, 1, 2)
+    assert outcome == BarrierOutcome(("errors",), (failure,), ())
+    with pytest.raises(TypeError, match="node '<runtime>' wrote a value that is not JSON"):
+        apply_barrier(state, (), [NodePartial(extra={"a": {1}})], DEFAULT)
 
 
 def test_snapshot_of_merged_state_is_shared_not_copied() -> None:
