@@ -13,6 +13,17 @@ from .mailbox import (
 )
 from .perturb import MailboxOp, Perturbation, perturbation_from_plan
 from .request import ReplyTo, ask, reply, serve_request
+from .supervisor import (
+    DEFAULT_RESTART_POLICY,
+    ChildCrash,
+    ChildHandle,
+    ChildState,
+    ChildStatistics,
+    RestartPolicy,
+    Supervisor,
+    open_supervisor,
+    supervise,
+)
 
 __all__ = [
     # errors
@@ -30,6 +41,16 @@ __all__ = [
     "ask",
     "reply",
     "serve_request",
+    # supervision
+    "supervise",
+    "open_supervisor",
+    "Supervisor",
+    "RestartPolicy",
+    "DEFAULT_RESTART_POLICY",
+    "ChildState",
+    "ChildCrash",
+    "ChildStatistics",
+    "ChildHandle",
     # perturbation
     "MailboxOp",
     "Perturbation",
