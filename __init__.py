@@ -1,0 +1,96 @@
+"""treadle: graph-driven, concurrent workflows on Trio, as a single-process actor system.
+
+Layers: ``actors/`` is the actor kernel (mailboxes, request/reply, supervision); ``runtime/`` builds
+graphs, state, the scheduler, checkpointers and the event bus on it; ``sinks/`` consume events. This
+module only re-exports the public API.
+"""
+
+from .actors.errors import ActorGone as ActorGone
+from .actors.errors import TreadleError as TreadleError
+from .runtime.app import App as App
+from .runtime.app import StreamingRun as StreamingRun
+from .runtime.app import run as run
+from .runtime.bus import DiagnosticsConfig as DiagnosticsConfig
+from .runtime.bus import EventBus as EventBus
+from .runtime.bus import SinkDiagnostic as SinkDiagnostic
+from .runtime.bus import SinkHealth as SinkHealth
+from .runtime.checkpoint import Checkpoint as Checkpoint
+from .runtime.checkpoint import Checkpointer as Checkpointer
+from .runtime.checkpoint import CheckpointerType as CheckpointerType
+from .runtime.checkpoint import InMemoryCheckpointer as InMemoryCheckpointer
+from .runtime.checkpoint import StepInfo as StepInfo
+from .runtime.clock import Clock as Clock
+from .runtime.clock import MockClock as MockClock
+from .runtime.clock import SystemClock as SystemClock
+from .runtime.context import NodeContext as NodeContext
+from .runtime.errors import CheckpointBackendError as CheckpointBackendError
+from .runtime.errors import CheckpointerError as CheckpointerError
+from .runtime.errors import CheckpointNotFound as CheckpointNotFound
+from .runtime.errors import ConcurrencyConflict as ConcurrencyConflict
+from .runtime.errors import CycleDetected as CycleDetected
+from .runtime.errors import DuplicateEdge as DuplicateEdge
+from .runtime.errors import DuplicateNode as DuplicateNode
+from .runtime.errors import EdgeFromEnd as EdgeFromEnd
+from .runtime.errors import EdgeToStart as EdgeToStart
+from .runtime.errors import GraphCompileError as GraphCompileError
+from .runtime.errors import InvalidIterativeEntry as InvalidIterativeEntry
+from .runtime.errors import MissingEntry as MissingEntry
+from .runtime.errors import NodeRunError as NodeRunError
+from .runtime.errors import NodeTimeoutError as NodeTimeoutError
+from .runtime.errors import NoPathToEnd as NoPathToEnd
+from .runtime.errors import NoStartNodes as NoStartNodes
+from .runtime.errors import ReservedNodeName as ReservedNodeName
+from .runtime.errors import RunnerClosed as RunnerClosed
+from .runtime.errors import SessionLeased as SessionLeased
+from .runtime.errors import SessionNotFound as SessionNotFound
+from .runtime.errors import StateSlotError as StateSlotError
+from .runtime.errors import TaskExecutionError as TaskExecutionError
+from .runtime.errors import UnknownNode as UnknownNode
+from .runtime.errors import UnreachableNodes as UnreachableNodes
+from .runtime.errors import WorkflowExecutionError as WorkflowExecutionError
+from .runtime.events import INVOCATION_END_SCOPE as INVOCATION_END_SCOPE
+from .runtime.events import STREAM_END_SCOPE as STREAM_END_SCOPE
+from .runtime.events import AnyEvent as AnyEvent
+from .runtime.events import DiagnosticEvent as DiagnosticEvent
+from .runtime.events import Event as Event
+from .runtime.events import LLMEvent as LLMEvent
+from .runtime.events import NodeEvent as NodeEvent
+from .runtime.events import canonical_order as canonical_order
+from .runtime.graph import END as END
+from .runtime.graph import START as START
+from .runtime.graph import GraphBuilder as GraphBuilder
+from .runtime.graph import GraphMetadata as GraphMetadata
+from .runtime.graph import InvalidJoin as InvalidJoin
+from .runtime.graph import RetryPolicy as RetryPolicy
+from .runtime.partial import Append as Append
+from .runtime.partial import NodePartial as NodePartial
+from .runtime.partial import Replace as Replace
+from .runtime.reducers import Reducer as Reducer
+from .runtime.reducers import ReducerRegistry as ReducerRegistry
+from .runtime.reducers import add_errors as add_errors
+from .runtime.reducers import add_messages as add_messages
+from .runtime.reducers import map_merge as map_merge
+from .runtime.reducers import reducer as reducer
+from .runtime.runner import AppRunner as AppRunner
+from .runtime.runner import RunMetadata as RunMetadata
+from .runtime.session import Completed as Completed
+from .runtime.session import Fresh as Fresh
+from .runtime.session import Paused as Paused
+from .runtime.session import PauseReason as PauseReason
+from .runtime.session import Resumed as Resumed
+from .runtime.session import SessionView as SessionView
+from .runtime.session import StepOptions as StepOptions
+from .runtime.session import StepReport as StepReport
+from .runtime.slots import StateKey as StateKey
+from .runtime.state import ErrorEvent as ErrorEvent
+from .runtime.state import ErrorScope as ErrorScope
+from .runtime.state import Message as Message
+from .runtime.state import StateSnapshot as StateSnapshot
+from .runtime.state import VersionedState as VersionedState
+from .runtime.stream import EventStream as EventStream
+from .sinks import ChannelSink as ChannelSink
+from .sinks import JsonLinesSink as JsonLinesSink
+from .sinks import MemorySink as MemorySink
+from .sinks import StdOutSink as StdOutSink
+
+__version__ = "0.1.0"

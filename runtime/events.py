@@ -63,7 +63,12 @@ def _with_fields(metadata: FrozenDict, fields: dict[str, object]) -> FrozenDict 
     """``metadata`` updated with ``fields``, or None when it already holds exactly those values."""
     for key, value in fields.items():
         if key not in metadata or metadata[key] != value or type(metadata[key]) is not type(value):
-            return FrozenDict({**metadata, **fields})
+            # Every value is already frozen (the fields are str/int/bool/None), so skip the
+            # re-freezing walk of FrozenDict(...).
+            merged = dict.__new__(FrozenDict)
+            dict.update(merged, metadata)
+            dict.update(merged, fields)
+            return merged
     return None
 
 

@@ -55,8 +55,6 @@ def route(
     unknown: list[tuple[str, str]] = []
 
     for node in ran_nodes:
-        # Routers are user code: their targets are checked here, whatever their annotations say.
-        targets: list[Any]
         targets, replaced = _static_targets(graph.edges.get(node, ()), by_node.get(node))
         for join in graph.joins_by_source.get(node, ()):
             if _mark_join(joins, join, node):
@@ -87,10 +85,12 @@ def initial_frontier(graph: CompiledGraph, snapshot: StateSnapshot) -> Routing:
 
 def _static_targets(
     default: Sequence[str], commands: list[FrontierCommand] | None
-) -> tuple[list[str], bool]:
+) -> tuple[list[Any], bool]:
+    # Commands and routers are user code: their targets are checked by the caller, whatever their
+    # annotations say, so they are typed as Any here.
     if not commands:
         return list(default), False
-    targets: list[str] = []
+    targets: list[Any] = []
     replaced = False
     for command in commands:
         match command:
@@ -132,7 +132,7 @@ class RouterFailed(Exception):
         super().__init__(f"router of {node!r} raised {type(cause).__name__}: {cause}")
 
 
-def _conditional_targets(edge: ConditionalEdge, snapshot: StateSnapshot) -> list[str]:
+def _conditional_targets(edge: ConditionalEdge, snapshot: StateSnapshot) -> list[Any]:
     try:
         return list(edge.resolve(edge.fn(snapshot)))
     except Exception as exc:

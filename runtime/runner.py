@@ -159,7 +159,13 @@ class AppRunner:
             sessions, self._sessions = self._sessions, {}
             for inbox in sessions.values():
                 inbox.close()
-        return await stack.__aexit__(exc_type, exc, tb)
+        try:
+            return await stack.__aexit__(exc_type, exc, tb)
+        except BaseExceptionGroup as group:
+            # The nursery wraps an error raised in the block; hand the caller their own error back.
+            if exc is not None and len(group.exceptions) == 1 and group.exceptions[0] is exc:
+                return False
+            raise
 
     async def _shutdown(self) -> None:
         for session_id, inbox in list(self._sessions.items()):
@@ -245,7 +251,14 @@ class AppRunner:
         ``status=error``).
         """
         inbox = self._inbox(session_id)
-        return await ask(inbox, RunToEnd, actor=f"scheduler of {session_id!r}")
+        abandon = trio.CancelScope()
+        try:
+            final: VersionedState = await ask(
+                inbox, lambda r: RunToEnd(r, abandon), actor=f"scheduler of {session_id!r}"
+            )
+        finally:
+            abandon.cancel(reason="the caller of run_until_complete stopped waiting")
+        return final
 
     async def get_session(self, session_id: str) -> SessionView:
         """The session's current state, step and frontier."""

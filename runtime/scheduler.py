@@ -76,11 +76,14 @@ class SessionCore:
 class RunStep:
     options: StepOptions
     reply_to: ReplyTo[StepResult]
+    # The asker cancels this scope when it stops waiting, so the work it asked for stops too.
+    abandon: trio.CancelScope = attrs.field(factory=trio.CancelScope)
 
 
 @attrs.frozen
 class RunToEnd:
     reply_to: ReplyTo[VersionedState]
+    abandon: trio.CancelScope = attrs.field(factory=trio.CancelScope)
 
 
 @attrs.frozen
@@ -162,9 +165,11 @@ class Scheduler:
                 async for msg in inbox:
                     match msg:
                         case RunStep(options=options):
-                            await _answer(msg.reply_to, self.run_step, options)
+                            with msg.abandon, msg.reply_to:
+                                await _answer(msg.reply_to, self.run_step, options)
                         case RunToEnd():
-                            await _answer(msg.reply_to, self.run_to_end)
+                            with msg.abandon, msg.reply_to:
+                                await _answer(msg.reply_to, self.run_to_end)
                         case GetView():
                             reply(msg.reply_to, outcome.Value(self.core.view()))
                         case FlushCheckpoint():
@@ -218,8 +223,9 @@ class Scheduler:
     async def _superstep(self) -> StepReport:
         core = self.core
         graph = self.config.graph
-        core.step += 1
-        step = core.step
+        # The step counter moves only when the step ends or fails: a step abandoned half-way
+        # (its asker was cancelled) leaves no trace.
+        step = core.step + 1
         snapshot = core.state.snapshot()
         versions = (snapshot.messages_version, snapshot.extra_version)
 
@@ -234,6 +240,7 @@ class Scheduler:
 
         partials, failure = await self._execute(step, snapshot, run)
         if failure is not None:
+            core.step = step
             await self._fail(step, *failure)
 
         state, outcome_ = apply_barrier(core.state, ran, partials, graph.reducers)
@@ -242,8 +249,10 @@ class Scheduler:
                 graph, ran, state.snapshot(), outcome_.frontier_commands, core.join_state
             )
         except RouterFailed as exc:
+            core.step = step
             await self._fail(step, exc.node, exc.cause)
 
+        core.step = step
         core.state = state
         for node in ran:
             core.versions_seen[node] = versions
@@ -292,7 +301,16 @@ class Scheduler:
             sent += 1
             in_flight += 1
         while in_flight:
-            done = await self._replies.receive()
+            try:
+                done = await self._replies.receive()
+            except trio.Cancelled:
+                # Abandoned mid-step: stop every node and collect their replies, so no stale reply
+                # can reach a later step.
+                cancel.cancel_all()
+                with trio.CancelScope(shield=True):
+                    for _ in range(in_flight):
+                        await self._replies.receive()
+                raise
             in_flight -= 1
             if done.step != step:
                 raise AssertionError(f"reply for step {done.step} arrived during step {step}")

@@ -1,0 +1,589 @@
+"""Delta-encoded step history, shared by the SQLite, PostgreSQL and JSON backends.
+
+A stored step is a *snapshot* or a *delta* against the step saved just before it; messages go to an
+append-only log (or inline), so storage grows with what a run writes, not with steps x state size.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from typing import Any, Final, Protocol
+
+import attrs
+
+from ..checkpoint import Checkpoint, StepInfo
+from ..errors import CheckpointerError, ConcurrencyConflict
+from ..frozen import strict_equal, thaw
+from ..state import ErrorEvent, Message, VersionedState
+
+SNAPSHOT: Final = "snapshot"
+DELTA: Final = "delta"
+
+FORMAT: Final = 1
+"""Version of the body layout below; bumped if it ever changes incompatibly."""
+
+
+class BrokenHistory(CheckpointerError):
+    """A stored step cannot be rebuilt: a row it depends on is missing or unreadable."""
+
+    def __init__(self, session_id: str, step: int, reason: str) -> None:
+        self.session_id = session_id
+        self.step = step
+        super().__init__(f"step {step} of session {session_id!r} cannot be rebuilt: {reason}")
+
+
+# -- rows ------------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class StepRow:
+    """One stored step, as every backend keeps it.
+
+    Attributes:
+        kind: ``"snapshot"`` (self-contained) or ``"delta"`` (applies to ``base_step``).
+        base_step: The step a delta applies to; ``None`` for a snapshot.
+        root_step: The snapshot at the start of this row's chain when it was written; every row of
+            the chain lies in ``[root_step, step]``, so one range query fetches it.
+        messages_start: Where the state's messages begin in the session's message log (log mode).
+        messages_len: How many messages the state holds.
+        body: The JSON text of everything else (see :meth:`StepCodec.encode`).
+    """
+
+    session_id: str
+    step: int
+    created_at: int
+    kind: str
+    base_step: int | None
+    root_step: int
+    messages_start: int
+    messages_len: int
+    ran_nodes: tuple[str, ...]
+    skipped_nodes: tuple[str, ...]
+    updated_channels: tuple[str, ...]
+    body: str
+
+    def info(self) -> StepInfo:
+        return StepInfo(
+            session_id=self.session_id,
+            step=self.step,
+            created_at=self.created_at,
+            ran_nodes=self.ran_nodes,
+            skipped_nodes=self.skipped_nodes,
+            updated_channels=self.updated_channels,
+        )
+
+
+@attrs.frozen
+class StepMeta:
+    """What pruning needs to know about a stored step, without its body."""
+
+    step: int
+    created_at: int
+    base_step: int | None
+    messages_start: int
+
+
+@attrs.frozen
+class Head:
+    """A session's latest pointer: the latest step, a token that changes with every write of it,
+    and the next free position of its message log."""
+
+    latest_step: int
+    token: str
+    log_end: int
+
+
+class StepTx(Protocol):
+    """The storage operations the shared algorithms below need, inside one transaction.
+
+    Backends implement it over SQL or files; it is synchronous because it runs in a worker thread.
+    """
+
+    def head(self, session_id: str) -> Head | None: ...
+
+    def rows(self, session_id: str, lo: int, hi: int) -> dict[int, StepRow]:
+        """The stored steps ``lo <= step <= hi``, by step."""
+        ...
+
+    def metas(self, session_id: str) -> list[StepMeta]:
+        """Every stored step, ascending."""
+        ...
+
+    def dependents(self, session_id: str, step: int) -> list[StepRow]:
+        """The rows whose ``base_step`` is ``step``."""
+        ...
+
+    def put_rows(self, rows: Sequence[StepRow]) -> None:
+        """Insert or replace rows."""
+        ...
+
+    def append_messages(
+        self, session_id: str, start: int, messages: Sequence[Mapping[str, str]]
+    ) -> None: ...
+
+    def messages(self, session_id: str, start: int, count: int) -> list[dict[str, Any]]: ...
+
+    def set_head(self, session_id: str, head: Head, *, updated_at: int) -> None: ...
+
+    def delete_steps(self, session_id: str, steps: Sequence[int]) -> None: ...
+
+    def trim_messages(self, session_id: str, keep_from: int) -> None:
+        """Delete log entries before ``keep_from``."""
+        ...
+
+
+# -- the codec -------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Tip:
+    """What the writer remembers of a session's latest stored step, to write the next as a delta."""
+
+    session_id: str
+    step: int
+    token: str
+    state: VersionedState
+    root_step: int
+    depth: int
+    delta_bytes: int
+    snapshot_bytes: int
+    messages_start: int
+
+
+@attrs.frozen
+class Encoded:
+    """A step ready to store: its row, the messages to append to the log, and the new tip."""
+
+    row: StepRow
+    log_messages: list[dict[str, str]]
+    tip: Tip
+
+
+def _dumps(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def _message_json(message: Message) -> dict[str, str]:
+    return {"role": message.role, "content": message.content}
+
+
+def _appended(old: tuple[Message, ...], new: tuple[Message, ...]) -> tuple[Message, ...] | None:
+    """The messages added to ``old`` to make ``new``, or ``None`` if history was rewritten."""
+    n = len(old)
+    if old is new:
+        return ()
+    if len(new) < n or new[:n] != old:  # tuple comparison tries identity first: O(n) pointer checks
+        return None
+    return new[n:]
+
+
+def _extra_delta(
+    old: Mapping[str, Any], new: Mapping[str, Any]
+) -> tuple[dict[str, Any], list[str]]:
+    if old is new:
+        return {}, []
+    missing = object()
+    changed = {
+        key: thaw(value)
+        for key, value in new.items()
+        if not strict_equal(old.get(key, missing), value)
+    }
+    deleted = [key for key in old if key not in new]
+    return changed, deleted
+
+
+def _errors_json(errors: tuple[ErrorEvent, ...]) -> list[dict[str, Any]]:
+    return [error.to_json_value() for error in errors]
+
+
+@attrs.define
+class StepCodec:
+    """Encodes steps as snapshots or deltas and rebuilds checkpoints from them.
+
+    A step is written as a delta against the session's previous stored step when this codec wrote
+    or read that step (its *tip*, checked against the stored head token so a foreign write forces
+    a snapshot), the chain is shorter than ``max_chain``, and the deltas since the last snapshot are
+    still smaller than that snapshot. So total storage stays within about twice what the deltas
+    hold, and rebuilding a step replays at most ``max_chain`` deltas.
+
+    Args:
+        inline_messages: Keep messages in the bodies (JSON files) instead of a separate log.
+        max_chain: The most deltas between two snapshots.
+        cache_size: How many sessions' tips to remember (least recently used are forgotten).
+    """
+
+    inline_messages: bool = False
+    max_chain: int = 64
+    cache_size: int = 256
+    _tips: OrderedDict[str, Tip] = attrs.field(factory=OrderedDict, init=False)
+
+    # -- the tip cache -----------------------------------------------------------------------------
+
+    def valid_tip(self, session_id: str, head: Head | None) -> Tip | None:
+        tip = self._tips.get(session_id)
+        if tip is None or head is None:
+            return None
+        if tip.step != head.latest_step or tip.token != head.token:
+            del self._tips[session_id]
+            return None
+        self._tips.move_to_end(session_id)
+        return tip
+
+    def remember(self, tip: Tip) -> None:
+        self._tips[tip.session_id] = tip
+        self._tips.move_to_end(tip.session_id)
+        while len(self._tips) > self.cache_size:
+            self._tips.popitem(last=False)
+
+    def forget(self, session_id: str | None = None) -> None:
+        """Drop one session's tip (after a failed write, a delete) or all of them."""
+        if session_id is None:
+            self._tips.clear()
+        else:
+            self._tips.pop(session_id, None)
+
+    # -- encoding ----------------------------------------------------------------------------------
+
+    def encode(self, cp: Checkpoint, tip: Tip | None, *, log_end: int, token: str) -> Encoded:
+        """Encode ``cp`` as a delta against ``tip`` when worthwhile, else as a snapshot.
+
+        The body holds ``frontier``, ``versions_seen``, ``join_state``, ``concurrency_limit`` and
+        ``versions``; a snapshot adds ``extra`` and ``errors`` (and ``messages`` inline); a delta adds
+        ``extra_set``, ``extra_deleted``, ``errors`` only when they changed (and
+        ``messages_appended`` inline).
+        """
+        state = cp.state
+        appended: tuple[Message, ...] | None = None
+        if tip is not None and cp.step > tip.step:
+            appended = _appended(tip.state.messages, state.messages)
+        is_delta = (
+            tip is not None
+            and cp.step > tip.step
+            and tip.depth < self.max_chain
+            and tip.delta_bytes < tip.snapshot_bytes
+            # A rewritten history (custom reducer) restarts the chain.
+            and appended is not None
+        )
+        body: dict[str, Any] = {
+            "format": FORMAT,
+            "frontier": list(cp.frontier),
+            "versions_seen": {node: list(pair) for node, pair in cp.versions_seen.items()},
+            "join_state": {key: list(sources) for key, sources in cp.join_state.items()},
+            "concurrency_limit": cp.concurrency_limit,
+            "versions": {
+                "messages": state.messages_version,
+                "extra": state.extra_version,
+                "errors": state.errors_version,
+            },
+        }
+        if is_delta:
+            assert tip is not None and appended is not None
+            changed, deleted = _extra_delta(tip.state.extra, state.extra)
+            body["extra_set"] = changed
+            body["extra_deleted"] = deleted
+            if tip.state.errors is not state.errors and tip.state.errors != state.errors:
+                body["errors"] = _errors_json(state.errors)
+            if self.inline_messages:
+                body["messages_appended"] = [_message_json(m) for m in appended]
+        else:
+            body["extra"] = thaw(state.extra)
+            body["errors"] = _errors_json(state.errors)
+            if self.inline_messages:
+                body["messages"] = [_message_json(m) for m in state.messages]
+
+        log_messages: list[dict[str, str]] = []
+        messages_start = 0
+        if not self.inline_messages:
+            if (
+                tip is not None
+                and appended is not None
+                and log_end == tip.messages_start + len(tip.state.messages)
+            ):
+                messages_start = tip.messages_start
+                log_messages = [_message_json(m) for m in appended]
+            else:
+                messages_start = log_end
+                log_messages = [_message_json(m) for m in state.messages]
+
+        try:
+            text = _dumps(body)
+        except (TypeError, ValueError) as exc:
+            raise CheckpointerError(
+                f"step {cp.step} of session {cp.session_id!r} cannot be stored: {exc}"
+            ) from exc
+        if is_delta:
+            assert tip is not None
+            base_step: int | None = tip.step
+            root_step = tip.root_step
+            new_tip = Tip(
+                cp.session_id,
+                cp.step,
+                token,
+                state,
+                root_step,
+                tip.depth + 1,
+                tip.delta_bytes + len(text),
+                tip.snapshot_bytes,
+                messages_start,
+            )
+        else:
+            base_step = None
+            root_step = cp.step
+            new_tip = Tip(
+                cp.session_id, cp.step, token, state, cp.step, 0, 0, len(text), messages_start
+            )
+        row = StepRow(
+            session_id=cp.session_id,
+            step=cp.step,
+            created_at=cp.created_at,
+            kind=DELTA if is_delta else SNAPSHOT,
+            base_step=base_step,
+            root_step=root_step,
+            messages_start=messages_start,
+            messages_len=len(state.messages),
+            ran_nodes=cp.ran_nodes,
+            skipped_nodes=cp.skipped_nodes,
+            updated_channels=cp.updated_channels,
+            body=text,
+        )
+        return Encoded(row, log_messages, new_tip)
+
+    # -- decoding ----------------------------------------------------------------------------------
+
+    def _replay(
+        self, chain: Sequence[StepRow]
+    ) -> tuple[dict[str, Any], dict[str, Any], list[Any], list[Any]]:
+        """Fold a chain (snapshot first): the last body, and the extra, errors and inline messages."""
+        first = chain[0]
+        try:
+            body = json.loads(first.body)
+            extra: dict[str, Any] = dict(body["extra"])
+            errors: list[Any] = list(body["errors"])
+            messages: list[Any] = list(body.get("messages", ()))
+            for row in chain[1:]:
+                body = json.loads(row.body)
+                extra.update(body["extra_set"])
+                for key in body["extra_deleted"]:
+                    extra.pop(key, None)
+                if "errors" in body:
+                    errors = list(body["errors"])
+                messages.extend(body.get("messages_appended", ()))
+        except (ValueError, KeyError, TypeError) as exc:
+            last = chain[-1]
+            raise BrokenHistory(
+                last.session_id, last.step, f"a stored body is malformed ({exc!r})"
+            ) from exc
+        return body, extra, errors, messages
+
+    def decode(
+        self, chain: Sequence[StepRow], log_messages: Sequence[Mapping[str, Any]] | None
+    ) -> Checkpoint:
+        """Rebuild the checkpoint of ``chain[-1]``; ``log_messages`` are its messages (log mode)."""
+        body, extra, errors, inline = self._replay(chain)
+        row = chain[-1]
+        messages = list(log_messages) if log_messages is not None else inline
+        if len(messages) != row.messages_len:
+            raise BrokenHistory(
+                row.session_id,
+                row.step,
+                f"{len(messages)} of its {row.messages_len} messages are stored",
+            )
+        try:
+            state = VersionedState.from_json_value(
+                {
+                    "messages": messages,
+                    "extra": extra,
+                    "errors": errors,
+                    "versions": body["versions"],
+                }
+            )
+            return Checkpoint(
+                session_id=row.session_id,
+                step=row.step,
+                state=state,
+                frontier=body["frontier"],
+                versions_seen=body["versions_seen"],
+                join_state=body["join_state"],
+                concurrency_limit=body["concurrency_limit"],
+                created_at=row.created_at,
+                ran_nodes=row.ran_nodes,
+                skipped_nodes=row.skipped_nodes,
+                updated_channels=row.updated_channels,
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise BrokenHistory(
+                row.session_id, row.step, f"its body is malformed ({exc!r})"
+            ) from exc
+
+    def materialize(self, chain: Sequence[StepRow]) -> StepRow:
+        """``chain[-1]`` rewritten as a self-contained snapshot (same checkpoint, no base)."""
+        body, extra, errors, inline = self._replay(chain)
+        for key in ("extra_set", "extra_deleted", "messages_appended"):
+            body.pop(key, None)
+        body["extra"] = extra
+        body["errors"] = errors
+        if self.inline_messages:
+            body["messages"] = inline
+        row = chain[-1]
+        return attrs.evolve(
+            row, kind=SNAPSHOT, base_step=None, root_step=row.step, body=_dumps(body)
+        )
+
+    def tip_of(self, chain: Sequence[StepRow], cp: Checkpoint, token: str) -> Tip:
+        """The tip for a latest step just read back, so the next write can be a delta."""
+        return Tip(
+            session_id=cp.session_id,
+            step=cp.step,
+            token=token,
+            state=cp.state,
+            root_step=chain[0].step,
+            depth=len(chain) - 1,
+            delta_bytes=sum(len(row.body) for row in chain[1:]),
+            snapshot_bytes=len(chain[0].body),
+            messages_start=chain[-1].messages_start,
+        )
+
+
+# -- the shared algorithms -------------------------------------------------------------------------
+
+
+def chain_to(tx: StepTx, row: StepRow) -> list[StepRow]:
+    """The rows needed to rebuild ``row``, snapshot first.
+
+    Raises:
+        BrokenHistory: A row of the chain is missing.
+    """
+    if row.kind == SNAPSHOT:
+        return [row]
+    rows = tx.rows(row.session_id, row.root_step, row.step - 1)
+    chain = [row]
+    current = row
+    while current.kind != SNAPSHOT:
+        base_step = current.base_step
+        base = rows.get(base_step) if base_step is not None else None
+        if base is None or base.step >= current.step:
+            raise BrokenHistory(
+                row.session_id, row.step, f"step {base_step} it builds on is missing"
+            )
+        chain.append(base)
+        current = base
+    chain.reverse()
+    return chain
+
+
+def save_step(
+    codec: StepCodec,
+    tx: StepTx,
+    cp: Checkpoint,
+    *,
+    check: bool = False,
+    expected: int | None = None,
+) -> Tip | None:
+    """Store ``cp`` inside ``tx``; the tip to remember once ``tx`` commits (``None``: keep the old).
+
+    Args:
+        check: Compare the stored latest step with ``expected`` first.
+        expected: The latest step the caller expects; ``None`` means no session yet.
+
+    Raises:
+        ConcurrencyConflict: ``expected`` was given and is not the stored latest step.
+    """
+    session_id = cp.session_id
+    head = tx.head(session_id)
+    if check:
+        actual = head.latest_step if head is not None else None
+        if actual != expected:
+            raise ConcurrencyConflict(session_id, expected, actual)
+    tip = codec.valid_tip(session_id, head)
+    token = secrets.token_hex(8)
+    log_end = head.log_end if head is not None else 0
+    encoded = codec.encode(cp, tip, log_end=log_end, token=token)
+    new_log_end = log_end + len(encoded.log_messages)
+    becomes_latest = head is None or cp.step >= head.latest_step
+    # The head goes first: rows and messages reference the session row.
+    if becomes_latest:
+        tx.set_head(session_id, Head(cp.step, token, new_log_end), updated_at=cp.created_at)
+    else:
+        assert head is not None
+        tx.set_head(
+            session_id, Head(head.latest_step, head.token, new_log_end), updated_at=cp.created_at
+        )
+    if head is not None and cp.step <= head.latest_step:
+        # Replacing a stored step: the rows built on its old version must stop depending on it.
+        for dependent in tx.dependents(session_id, cp.step):
+            tx.put_rows([codec.materialize(chain_to(tx, dependent))])
+    if encoded.log_messages:
+        tx.append_messages(session_id, log_end, encoded.log_messages)
+    tx.put_rows([encoded.row])
+    return encoded.tip if becomes_latest else None
+
+
+def load_step(codec: StepCodec, tx: StepTx, session_id: str, step: int | None) -> Checkpoint | None:
+    """The checkpoint of ``session_id`` at ``step`` (``None``: the latest), or ``None`` if absent.
+
+    Reading the latest step also makes it the codec's tip, so a resumed session keeps writing deltas.
+
+    Raises:
+        BrokenHistory: The step is stored but cannot be rebuilt.
+    """
+    head = tx.head(session_id)
+    if head is None:
+        return None
+    target = head.latest_step if step is None else step
+    row = tx.rows(session_id, target, target).get(target)
+    if row is None:
+        return None
+    chain = chain_to(tx, row)
+    log = (
+        None
+        if codec.inline_messages
+        else tx.messages(session_id, row.messages_start, row.messages_len)
+    )
+    cp = codec.decode(chain, log)
+    if target == head.latest_step:
+        codec.remember(codec.tip_of(chain, cp, head.token))
+    return cp
+
+
+def prune_session(
+    codec: StepCodec,
+    tx: StepTx,
+    session_id: str,
+    *,
+    cutoff_ms: int | None,
+    keep_last: int | None,
+) -> int:
+    """Delete the session's steps older than ``cutoff_ms`` and outside the last ``keep_last``.
+
+    Both criteria must hold for a step to go; the latest step always stays. Surviving deltas whose
+    base is deleted are rewritten as snapshots first, and log messages no survivor uses are dropped.
+
+    Returns:
+        How many steps were deleted.
+    """
+    metas = tx.metas(session_id)
+    head = tx.head(session_id)
+    if not metas or head is None:
+        return 0
+    recent = {m.step for m in metas[len(metas) - keep_last :]} if keep_last else set()
+    doomed = {
+        m.step
+        for m in metas
+        if m.step != head.latest_step
+        and (cutoff_ms is None or m.created_at < cutoff_ms)
+        and (keep_last is None or m.step not in recent)
+    }
+    if not doomed:
+        return 0
+    survivors = [m for m in metas if m.step not in doomed]
+    orphans = [m.step for m in survivors if m.base_step is not None and m.base_step in doomed]
+    for step in orphans:
+        row = tx.rows(session_id, step, step)[step]
+        tx.put_rows([codec.materialize(chain_to(tx, row))])
+    tx.delete_steps(session_id, sorted(doomed))
+    if not codec.inline_messages:
+        tx.trim_messages(session_id, min(m.messages_start for m in survivors))
+    return len(doomed)

@@ -1,0 +1,449 @@
+"""The SQLite checkpointer: one file in WAL mode with the full, delta-encoded step history."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import sqlite3
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import sqlite_utils
+import trio
+
+from ..checkpoint import Checkpoint, StepInfo, prune_cutoff_ms
+from ..errors import CheckpointBackendError, CheckpointerError, CheckpointNotFound
+from .codec import Head, StepCodec, StepMeta, StepRow, Tip, load_step, prune_session, save_step
+
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+"""Stored in ``PRAGMA user_version``; a file from a newer treadle is refused, not misread."""
+
+_ROW_COLUMNS = (
+    "session_id, step, created_at, kind, base_step, root_step, messages_start, messages_len, "
+    "ran_nodes, skipped_nodes, updated_channels, body"
+)
+
+_TABLES: dict[str, dict[str, Any]] = {
+    "sessions": {
+        "columns": {
+            "session_id": str,
+            "latest_step": int,
+            "token": str,
+            "log_end": int,
+            "created_at": int,
+            "updated_at": int,
+        },
+        "pk": "session_id",
+        "not_null": ["latest_step", "token", "log_end", "created_at", "updated_at"],
+    },
+    "steps": {
+        "columns": {
+            "session_id": str,
+            "step": int,
+            "created_at": int,
+            "kind": str,
+            "base_step": int,
+            "root_step": int,
+            "messages_start": int,
+            "messages_len": int,
+            "ran_nodes": str,
+            "skipped_nodes": str,
+            "updated_channels": str,
+            "body": str,
+        },
+        "pk": ("session_id", "step"),
+        "not_null": [
+            "created_at",
+            "kind",
+            "root_step",
+            "messages_start",
+            "messages_len",
+            "ran_nodes",
+            "skipped_nodes",
+            "updated_channels",
+            "body",
+        ],
+        "foreign_keys": [("session_id", "sessions", "session_id")],
+    },
+    "messages": {
+        "columns": {"session_id": str, "seq": int, "role": str, "content": str},
+        "pk": ("session_id", "seq"),
+        "not_null": ["role", "content"],
+        "foreign_keys": [("session_id", "sessions", "session_id")],
+    },
+}
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(json.loads(text))
+
+
+def _row(values: Sequence[Any]) -> StepRow:
+    return StepRow(
+        session_id=values[0],
+        step=values[1],
+        created_at=values[2],
+        kind=values[3],
+        base_step=values[4],
+        root_step=values[5],
+        messages_start=values[6],
+        messages_len=values[7],
+        ran_nodes=_names(values[8]),
+        skipped_nodes=_names(values[9]),
+        updated_channels=_names(values[10]),
+        body=values[11],
+    )
+
+
+def _dump_names(names: tuple[str, ...]) -> str:
+    return json.dumps(list(names), ensure_ascii=False, separators=(",", ":"))
+
+
+class _SQLiteTx:
+    """:class:`~.codec.StepTx` over one SQLite connection, inside a transaction."""
+
+    def __init__(self, db: sqlite_utils.Database) -> None:
+        self.db = db
+
+    def head(self, session_id: str) -> Head | None:
+        found = self.db.execute(
+            "SELECT latest_step, token, log_end FROM sessions WHERE session_id = ?", (session_id,)
+        ).fetchone()
+        return None if found is None else Head(found[0], found[1], found[2])
+
+    def rows(self, session_id: str, lo: int, hi: int) -> dict[int, StepRow]:
+        cursor = self.db.execute(
+            f"SELECT {_ROW_COLUMNS} FROM steps WHERE session_id = ? AND step BETWEEN ? AND ?",
+            (session_id, lo, hi),
+        )
+        return {values[1]: _row(values) for values in cursor}
+
+    def metas(self, session_id: str) -> list[StepMeta]:
+        cursor = self.db.execute(
+            "SELECT step, created_at, base_step, messages_start FROM steps WHERE session_id = ? "
+            "ORDER BY step",
+            (session_id,),
+        )
+        return [StepMeta(*values) for values in cursor]
+
+    def dependents(self, session_id: str, step: int) -> list[StepRow]:
+        cursor = self.db.execute(
+            f"SELECT {_ROW_COLUMNS} FROM steps WHERE session_id = ? AND step > ? AND base_step = ?",
+            (session_id, step, step),
+        )
+        return [_row(values) for values in cursor]
+
+    def put_rows(self, rows: Sequence[StepRow]) -> None:
+        self.db.conn.executemany(
+            f"INSERT OR REPLACE INTO steps ({_ROW_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            [
+                (
+                    r.session_id,
+                    r.step,
+                    r.created_at,
+                    r.kind,
+                    r.base_step,
+                    r.root_step,
+                    r.messages_start,
+                    r.messages_len,
+                    _dump_names(r.ran_nodes),
+                    _dump_names(r.skipped_nodes),
+                    _dump_names(r.updated_channels),
+                    r.body,
+                )
+                for r in rows
+            ],
+        )
+
+    def append_messages(
+        self, session_id: str, start: int, messages: Sequence[Mapping[str, str]]
+    ) -> None:
+        self.db.conn.executemany(
+            "INSERT OR REPLACE INTO messages (session_id, seq, role, content) VALUES (?,?,?,?)",
+            [
+                (session_id, start + i, m["role"], m["content"])
+                for i, m in enumerate(messages)
+            ],
+        )
+
+    def messages(self, session_id: str, start: int, count: int) -> list[dict[str, Any]]:
+        cursor = self.db.execute(
+            "SELECT role, content FROM messages WHERE session_id = ? AND seq >= ? AND seq < ? "
+            "ORDER BY seq",
+            (session_id, start, start + count),
+        )
+        return [{"role": role, "content": content} for role, content in cursor]
+
+    def set_head(self, session_id: str, head: Head, *, updated_at: int) -> None:
+        self.db.execute(
+            "INSERT INTO sessions (session_id, latest_step, token, log_end, created_at, updated_at) "
+            "VALUES (?,?,?,?,?,?) ON CONFLICT (session_id) DO UPDATE SET "
+            "latest_step = excluded.latest_step, token = excluded.token, "
+            "log_end = excluded.log_end, updated_at = excluded.updated_at",
+            (session_id, head.latest_step, head.token, head.log_end, updated_at, updated_at),
+        )
+
+    def delete_steps(self, session_id: str, steps: Sequence[int]) -> None:
+        self.db.conn.executemany(
+            "DELETE FROM steps WHERE session_id = ? AND step = ?",
+            [(session_id, step) for step in steps],
+        )
+
+    def trim_messages(self, session_id: str, keep_from: int) -> None:
+        self.db.execute(
+            "DELETE FROM messages WHERE session_id = ? AND seq < ?", (session_id, keep_from)
+        )
+
+
+class SQLiteCheckpointer:
+    """Checkpoints in one SQLite file: the full step history, delta-encoded.
+
+    The file is in WAL mode; a committed step survives the process being killed at any instant
+    (``synchronous="normal"``); use ``synchronous="full"`` to also survive power loss, at some cost
+    per step. The connection is used only from worker threads, one call at a time, through
+    ``trio.to_thread`` behind a ``CapacityLimiter(1)``. Several processes may share a file (writes
+    are serialised by SQLite's lock), but nothing stops two of them running one session: use
+    PostgreSQL for that.
+
+    Args:
+        path: The database file (``":memory:"`` for a private in-memory database).
+        synchronous: SQLite's ``synchronous`` setting: ``"normal"`` or ``"full"``.
+        max_chain: The most deltas stored between two snapshots of a session.
+        busy_timeout: Seconds to wait for another process's write lock before failing.
+    """
+
+    backend = "sqlite"
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        synchronous: Literal["normal", "full"] = "normal",
+        max_chain: int = 64,
+        busy_timeout: float = 10.0,
+    ) -> None:
+        if synchronous not in ("normal", "full"):
+            raise ValueError(f"synchronous must be 'normal' or 'full', not {synchronous!r}")
+        self.path = Path(path)
+        self.synchronous = synchronous
+        self.busy_timeout = busy_timeout
+        self._codec = StepCodec(max_chain=max_chain)
+        self._limiter = trio.CapacityLimiter(1)
+        self._db: sqlite_utils.Database | None = None
+
+    def __repr__(self) -> str:
+        return f"SQLiteCheckpointer({str(self.path)!r})"
+
+    # -- plumbing ----------------------------------------------------------------------------------
+
+    async def _run(self, fn: Callable[[], T]) -> T:
+        return await trio.to_thread.run_sync(fn, limiter=self._limiter)
+
+    def _require_db(self) -> sqlite_utils.Database:
+        if self._db is None:
+            raise CheckpointerError(
+                f"the SQLite checkpointer for {self.path} is not open: call open() first"
+            )
+        return self._db
+
+    @contextmanager
+    def _transaction(self, *, write: bool) -> Iterator[_SQLiteTx]:
+        db = self._require_db()
+        try:
+            db.conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            try:
+                yield _SQLiteTx(db)
+            except BaseException:
+                db.conn.execute("ROLLBACK")
+                raise
+            db.conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise CheckpointBackendError("sqlite", f"{self.path}: {exc}") from exc
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._db is not None:
+            return
+        self._db = await self._run(self._open_sync)
+
+    def _open_sync(self) -> sqlite_utils.Database:
+        where = str(self.path)
+        if where != ":memory:" and not self.path.parent.is_dir():
+            raise CheckpointBackendError(
+                "sqlite",
+                f"cannot open {where}: the directory {self.path.parent} does not exist; "
+                "create it or choose another path",
+            )
+        try:
+            conn = sqlite3.connect(
+                where, check_same_thread=False, isolation_level=None, timeout=self.busy_timeout
+            )
+        except sqlite3.Error as exc:
+            raise CheckpointBackendError("sqlite", f"cannot open {where}: {exc}") from exc
+        try:
+            db = sqlite_utils.Database(conn, execute_plugins=False)
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise CheckpointBackendError(
+                    "sqlite",
+                    f"{where} was written by a newer treadle (schema {version}, this one knows "
+                    f"{SCHEMA_VERSION}); upgrade treadle to read it",
+                )
+            if where != ":memory:":
+                db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
+            db.execute("PRAGMA foreign_keys=ON")
+            with db.atomic():
+                for name, spec in _TABLES.items():
+                    self._create_table(db, name, spec)
+                db["steps"].create_index(["session_id", "created_at"], if_not_exists=True)
+                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except CheckpointBackendError:
+            conn.close()
+            raise
+        except sqlite3.Error as exc:
+            conn.close()
+            raise CheckpointBackendError(
+                "sqlite", f"cannot open {where}: {exc}; is it an SQLite database?"
+            ) from exc
+        return db
+
+    def _create_table(self, db: sqlite_utils.Database, name: str, spec: Mapping[str, Any]) -> None:
+        table = db.table(name)
+        if table.exists():
+            missing = set(spec["columns"]) - set(table.columns_dict)
+            if missing:
+                raise CheckpointBackendError(
+                    "sqlite",
+                    f"{self.path} has a table {name!r} that treadle did not create (it lacks "
+                    f"{', '.join(sorted(missing))}); use another file",
+                )
+            return
+        table.create(
+            spec["columns"],
+            pk=spec["pk"],
+            not_null=spec["not_null"],
+            foreign_keys=spec.get("foreign_keys", []),
+        )
+
+    async def aclose(self) -> None:
+        db, self._db = self._db, None
+        if db is not None:
+            await self._run(db.close)
+        self._codec.forget()
+
+    # -- writes ------------------------------------------------------------------------------------
+
+    def _save_sync(self, cp: Checkpoint, check: bool, expected: int | None) -> None:
+        tip: Tip | None = None
+        try:
+            with self._transaction(write=True) as tx:
+                tip = save_step(self._codec, tx, cp, check=check, expected=expected)
+        except BaseException:
+            self._codec.forget(cp.session_id)
+            raise
+        if tip is not None:
+            self._codec.remember(tip)
+
+    async def save(self, cp: Checkpoint) -> None:
+        await self._run(lambda: self._save_sync(cp, False, None))
+
+    async def save_with_concurrency_check(self, cp: Checkpoint, expected_step: int | None) -> None:
+        await self._run(lambda: self._save_sync(cp, True, expected_step))
+
+    # -- reads -------------------------------------------------------------------------------------
+
+    def _load_sync(self, session_id: str, step: int | None) -> Checkpoint | None:
+        with self._transaction(write=False) as tx:
+            return load_step(self._codec, tx, session_id, step)
+
+    async def load_latest(self, session_id: str) -> Checkpoint | None:
+        return await self._run(lambda: self._load_sync(session_id, None))
+
+    async def load(self, session_id: str, step: int) -> Checkpoint:
+        found = await self._run(lambda: self._load_sync(session_id, step))
+        if found is None:
+            raise CheckpointNotFound(session_id, step)
+        return found
+
+    def _list_sessions_sync(self) -> list[str]:
+        db = self._require_db()
+        rows = db.execute("SELECT session_id FROM sessions ORDER BY session_id").fetchall()
+        return [row[0] for row in rows]
+
+    async def list_sessions(self) -> list[str]:
+        return await self._run(self._list_sessions_sync)
+
+    def _list_steps_sync(self, session_id: str) -> list[StepInfo]:
+        db = self._require_db()
+        cursor = db.execute(
+            "SELECT step, created_at, ran_nodes, skipped_nodes, updated_channels FROM steps "
+            "WHERE session_id = ? ORDER BY step",
+            (session_id,),
+        )
+        return [
+            StepInfo(session_id, step, created, _names(ran), _names(skipped), _names(updated))
+            for step, created, ran, skipped, updated in cursor
+        ]
+
+    async def list_steps(self, session_id: str) -> list[StepInfo]:
+        return await self._run(lambda: self._list_steps_sync(session_id))
+
+    # -- maintenance -------------------------------------------------------------------------------
+
+    def _delete_sync(self, session_id: str) -> bool:
+        self._codec.forget(session_id)
+        with self._transaction(write=True) as tx:
+            db = tx.db
+            db.execute("DELETE FROM messages WHERE session_id = ?", (session_id,))
+            db.execute("DELETE FROM steps WHERE session_id = ?", (session_id,))
+            cursor = db.execute("DELETE FROM sessions WHERE session_id = ?", (session_id,))
+            return bool(cursor.rowcount)
+
+    async def delete_session(self, session_id: str) -> bool:
+        return await self._run(lambda: self._delete_sync(session_id))
+
+    def _prune_sync(self, session_id: str | None, cutoff: int | None, keep_last: int | None) -> int:
+        sessions = [session_id] if session_id is not None else self._list_sessions_sync()
+        removed = 0
+        for sid in sessions:
+            with self._transaction(write=True) as tx:
+                removed += prune_session(
+                    self._codec, tx, sid, cutoff_ms=cutoff, keep_last=keep_last
+                )
+        return removed
+
+    async def prune(
+        self,
+        *,
+        older_than: float | datetime.timedelta | None = None,
+        keep_last: int | None = None,
+        session_id: str | None = None,
+        now_ms: int | None = None,
+    ) -> int:
+        cutoff = prune_cutoff_ms(older_than, keep_last, now_ms)
+        return await self._run(lambda: self._prune_sync(session_id, cutoff, keep_last))
+
+    async def acquire_lease(self, session_id: str, owner: str) -> None:
+        await trio.lowlevel.checkpoint()  # SQLite has no live-owner notion: see the class docs
+
+    async def release_lease(self, session_id: str, owner: str) -> None:
+        await trio.lowlevel.checkpoint()
+
+    # -- inspection --------------------------------------------------------------------------------
+
+    def _storage_sync(self) -> dict[str, int]:
+        db = self._require_db()
+        return {
+            name: db.execute(f"SELECT count(*) FROM {name}").fetchone()[0] for name in _TABLES
+        }
+
+    async def row_counts(self) -> dict[str, int]:
+        """How many rows each table holds (``sessions``, ``steps``, ``messages``)."""
+        return await self._run(self._storage_sync)
