@@ -125,9 +125,22 @@ class Event:
         """Read an event back from :meth:`to_json_value` or :meth:`to_json_string` output."""
         return event_from_json(data)
 
+    # Slot (getter, setter) pairs of the fields a stamp copies, set by _enable_stamping.
+    _copied_slots: ClassVar[tuple[tuple[Any, Any], ...]] = ()
+    _set_session_id: ClassVar[Any]
+    _set_seq: ClassVar[Any]
+
     def stamped(self, session_id: str | None, seq: int | None) -> Self:
         """A copy carrying ``session_id`` and ``seq`` (what the bus does on publish)."""
-        raise NotImplementedError
+        # The bus stamps every event, so copy the slots directly: the fields were validated
+        # when ``self`` was built, and __init__ would cost twice as much.
+        cls = type(self)
+        new = object.__new__(cls)
+        for get, put in cls._copied_slots:
+            put(new, get(self))
+        cls._set_session_id(new, session_id)
+        cls._set_seq(new, seq)
+        return new
 
 
 @attrs.frozen(eq=True)
@@ -156,18 +169,6 @@ class NodeEvent(Event):
             if fixed is not None:
                 object.__setattr__(self, "metadata", fixed)
 
-    def stamped(self, session_id: str | None, seq: int | None) -> Self:
-        return type(self)(
-            self.node_id,
-            self.step,
-            self.scope,
-            self.message,
-            self.metadata,
-            self.timestamp,
-            session_id,
-            seq,
-        )
-
     def __str__(self) -> str:
         return f"[{self.node_id}@{self.step}] {self.scope}: {self.message}"
 
@@ -187,9 +188,6 @@ class DiagnosticEvent(Event):
     timestamp: float = attrs.field(factory=time.time)
     session_id: str | None = None
     seq: int | None = None
-
-    def stamped(self, session_id: str | None, seq: int | None) -> Self:
-        return type(self)(self.scope, self.message, self.metadata, self.timestamp, session_id, seq)
 
     def __str__(self) -> str:
         return f"({self.scope}) {self.message}"
@@ -227,23 +225,24 @@ class LLMEvent(Event):
     def message(self) -> str:
         return self.chunk
 
-    def stamped(self, session_id: str | None, seq: int | None) -> Self:
-        return type(self)(
-            session_id,
-            self.node_id,
-            self.stream_id,
-            self.chunk,
-            self.is_final,
-            self.scope,
-            self.metadata,
-            self.timestamp,
-            seq,
-        )
-
     def __str__(self) -> str:
         who = self.stream_id if self.stream_id is not None else self.node_id
         return f"[LLM {who}] {self.scope}: {self.chunk}"
 
+
+def _enable_stamping(*classes: type[Any]) -> None:
+    for cls in classes:
+        slots = {field.name: getattr(cls, field.name) for field in attrs.fields(cls)}
+        cls._copied_slots = tuple(
+            (slot.__get__, slot.__set__)
+            for name, slot in slots.items()
+            if name not in ("session_id", "seq")
+        )
+        cls._set_session_id = slots["session_id"].__set__
+        cls._set_seq = slots["seq"].__set__
+
+
+_enable_stamping(NodeEvent, DiagnosticEvent, LLMEvent)
 
 AnyEvent: TypeAlias = NodeEvent | DiagnosticEvent | LLMEvent
 """The closed union of event variants, for exhaustive ``match`` with ``assert_never``."""

@@ -1,0 +1,532 @@
+"""The event bus actor: stamps events, fans them out to supervised sinks and to subscribers.
+
+Every consumer has its own bounded drop-oldest buffer, so none can slow the run or another.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+import attrs
+import trio
+
+from ..actors.supervisor import ChildCrash, ChildHandle, RestartPolicy, supervise
+from .events import SINK_ERROR_SCOPE, STREAM_END_SCOPE, DiagnosticEvent, Event, is_sentinel
+from .frozen import FrozenDict
+from .stream import Buffer, BufferedStream, EventStream, StreamStatistics
+
+if TYPE_CHECKING:
+    # Types only: sinks sit above the runtime and import its event types.
+    from ..sinks.base import Sink
+
+__all__ = [
+    "BusStatistics",
+    "DiagnosticStream",
+    "DiagnosticsConfig",
+    "EventBus",
+    "EventStream",
+    "SinkDiagnostic",
+    "SinkHealth",
+    "StreamStatistics",
+]
+
+DEFAULT_CAPACITY = 1024
+
+
+@attrs.frozen
+class DiagnosticsConfig:
+    """How sink failures are reported.
+
+    Attributes:
+        enabled: Publish each failure as a :class:`SinkDiagnostic` to ``bus.diagnostics()``
+            streams. Health counters are kept either way.
+        buffer_capacity: Buffer size of each diagnostics stream (``None``: the bus capacity).
+        emit_to_events: Also publish each failure as a ``DiagnosticEvent(scope="sink.error")`` on
+            the main stream (to every consumer except the sink that failed).
+    """
+
+    enabled: bool = True
+    buffer_capacity: int | None = None
+    emit_to_events: bool = False
+
+
+@attrs.frozen
+class SinkHealth:
+    """How one sink is doing.
+
+    Attributes:
+        sink: The sink's name.
+        state: ``"pending"`` (bus not running yet), ``"running"``, ``"backing_off"`` (waiting to
+            restart after a failure), ``"stopped"`` (the bus closed) or ``"failed"`` (too many
+            failures: detached, receives nothing more).
+        error_count: How many times the sink failed (each failing event is skipped).
+        restarts: How many times it was restarted after a failure.
+        dropped: Events it lost: evicted from its full buffer, or still buffered when it failed.
+        last_error: ``"ExceptionType: message"`` of the latest failure.
+        last_error_at: When that was, read from the bus clock (Unix seconds by default).
+    """
+
+    sink: str
+    state: str
+    error_count: int
+    restarts: int
+    dropped: int
+    last_error: str | None
+    last_error_at: float | None
+
+
+@attrs.frozen
+class SinkDiagnostic:
+    """One sink failure, as streamed by ``bus.diagnostics()``; ``occurrence`` counts from 1."""
+
+    sink: str
+    error: str
+    when: float
+    occurrence: int
+
+
+@attrs.frozen
+class BusStatistics:
+    """A snapshot of the bus: events published, consumers attached, whether it is closed."""
+
+    published: int
+    sinks: int
+    subscribers: int
+    closed: bool
+
+
+class DiagnosticStream(BufferedStream[SinkDiagnostic]):
+    """Sink failures as they happen (``bus.diagnostics()``); ends when the bus closes."""
+
+    __slots__ = ()
+
+
+@attrs.define(eq=False)
+class _SinkSlot:
+    """The bus's bookkeeping for one sink; touched only on the Trio thread."""
+
+    sink: Sink
+    name: str
+    buffer: Buffer[Event]
+    state: str = "pending"
+    opened: bool = False
+    incarnations: int = 0
+    error_count: int = 0
+    delivered: int = 0
+    last_error: str | None = None
+    last_error_at: float | None = None
+    finished: bool = False
+    child: ChildHandle | None = None
+    done: trio.Event = attrs.Factory(trio.Event)
+
+    def health(self) -> SinkHealth:
+        return SinkHealth(
+            sink=self.name,
+            state=self.state,
+            error_count=self.error_count,
+            restarts=max(self.incarnations - 1, 0),
+            dropped=self.buffer.dropped,
+            last_error=self.last_error,
+            last_error_at=self.last_error_at,
+        )
+
+
+async def _maybe_await(value: object) -> None:
+    if inspect.isawaitable(value):
+        await value
+
+
+def _sink_name(sink: object) -> str:
+    name = getattr(sink, "name", None)
+    return name if isinstance(name, str) and name else type(sink).__name__
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
+
+
+class EventBus:
+    """Fans every published event out to its sinks and subscribers.
+
+    The bus stamps each event with its session id and a per-session sequence number (0, 1, 2… in
+    the order the bus received them), then appends it to one bounded buffer per consumer. A sink
+    is served by its own supervised actor that drains its buffer in batches; a subscriber
+    (:meth:`subscribe`) reads its buffer through an :class:`EventStream`. When a buffer is full its
+    oldest event is dropped and counted; sentinels (``STREAM_END``, ``INVOCATION_END``) are kept.
+
+    Args:
+        sinks: Where every event goes.
+        capacity: Buffer size of each sink and subscriber (at least 1).
+        diagnostics: How sink failures are reported.
+        restart_policy: How failing sinks are restarted (default: at most 5 restarts in 10 s,
+            with backoff from 0.1 s doubling up to 5 s), after which a sink is detached.
+        clock: Where ``last_error_at`` and ``SinkDiagnostic.when`` are read (Unix seconds).
+        close_timeout: How long closing one sink may take at shutdown.
+    """
+
+    def __init__(
+        self,
+        sinks: Sequence[Sink] = (),
+        *,
+        capacity: int = DEFAULT_CAPACITY,
+        diagnostics: DiagnosticsConfig = DiagnosticsConfig(),  # frozen, so sharing it is safe
+        restart_policy: RestartPolicy | None = None,
+        clock: Callable[[], float] = time.time,
+        close_timeout: float = 5.0,
+    ) -> None:
+        if capacity < 1:
+            raise ValueError(f"EventBus capacity must be at least 1, not {capacity}")
+        self.capacity = capacity
+        self.diagnostics_config = diagnostics
+        self.restart_policy = restart_policy if restart_policy is not None else RestartPolicy()
+        self._clock = clock
+        self._close_timeout = close_timeout
+        self._slots: list[_SinkSlot] = []
+        # Buffers that get every event (sinks and unfiltered subscribers), and per-session ones.
+        # Replaced, never mutated, so a fan-out loop never sees a change mid-way.
+        self._targets: tuple[Buffer[Event], ...] = ()
+        self._by_session: dict[str, tuple[Buffer[Event], ...]] = {}
+        self._diagnostic_buffers: tuple[Buffer[SinkDiagnostic], ...] = ()
+        self._seqs: dict[str | None, int] = {}
+        self._published = 0
+        self._pressure = False  # set by each publish_nowait: some buffer is over half full
+        self._subscribers = 0
+        self._phase = "new"  # new -> running -> closed
+        self._closing = False
+        self._closed = trio.Event()
+        self._run_done = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        for sink in sinks:
+            self._attach(sink)
+
+    # -- consumers ---------------------------------------------------------------------------------
+
+    def _attach(self, sink: Sink) -> _SinkSlot:
+        if not callable(getattr(sink, "handle", None)):
+            raise TypeError(
+                f"{sink!r} is not a sink: give it a handle(event) method (and optionally a name)"
+            )
+        slot = _SinkSlot(sink, _sink_name(sink), Buffer(self.capacity, keep=is_sentinel))
+        self._slots.append(slot)
+        self._targets = (*self._targets, slot.buffer)
+        return slot
+
+    def _detach_buffer(self, buffer: Buffer[Event]) -> None:
+        self._targets = tuple(b for b in self._targets if b is not buffer)
+
+    async def add_sink(self, sink: Sink) -> None:
+        """Attach another sink; it receives events published from now on.
+
+        Raises:
+            trio.ClosedResourceError: The bus is closed.
+        """
+        if self._closing:
+            raise trio.ClosedResourceError("this event bus is closed: add sinks before closing it")
+        slot = self._attach(sink)
+        if self._nursery is not None:
+            await self._nursery.start(self._sink_task, slot)
+        else:
+            await trio.lowlevel.checkpoint()
+
+    def subscribe(
+        self, *, session_id: str | None = None, capacity: int | None = None
+    ) -> EventStream:
+        """A stream of the events published from now on.
+
+        Args:
+            session_id: Only this session's events; the stream then ends right after the
+                session's ``STREAM_END``. Without it the stream sees every session and ends when
+                the bus closes.
+            capacity: This stream's buffer size (default: the bus capacity).
+        """
+        buffer: Buffer[Event] = Buffer(capacity or self.capacity, keep=is_sentinel)
+        if self._closing:
+            buffer.end()
+            return EventStream(buffer)
+        self._subscribers += 1
+        if session_id is None:
+            self._targets = (*self._targets, buffer)
+
+            def unsubscribe() -> None:
+                self._subscribers -= 1
+                self._detach_buffer(buffer)
+
+        else:
+            self._by_session[session_id] = (*self._by_session.get(session_id, ()), buffer)
+
+            def unsubscribe() -> None:
+                self._subscribers -= 1
+                remaining = tuple(
+                    b for b in self._by_session.get(session_id, ()) if b is not buffer
+                )
+                if remaining:
+                    self._by_session[session_id] = remaining
+                else:
+                    self._by_session.pop(session_id, None)
+
+        return EventStream(buffer, unsubscribe)
+
+    def diagnostics(self) -> DiagnosticStream:
+        """A stream of the sink failures from now on; it ends when the bus closes."""
+        config = self.diagnostics_config
+        buffer: Buffer[SinkDiagnostic] = Buffer(config.buffer_capacity or self.capacity)
+        if self._closing:
+            buffer.end()
+            return DiagnosticStream(buffer)
+        self._diagnostic_buffers = (*self._diagnostic_buffers, buffer)
+
+        def unsubscribe() -> None:
+            self._diagnostic_buffers = tuple(b for b in self._diagnostic_buffers if b is not buffer)
+
+        return DiagnosticStream(buffer, unsubscribe)
+
+    def sink_health(self) -> list[SinkHealth]:
+        """The health of every sink, in the order they were given."""
+        return [slot.health() for slot in self._slots]
+
+    def statistics(self) -> BusStatistics:
+        return BusStatistics(
+            published=self._published,
+            sinks=len(self._slots),
+            subscribers=self._subscribers,
+            closed=self._closing,
+        )
+
+    # -- publishing --------------------------------------------------------------------------------
+
+    def publish_nowait(self, session_id: str | None, event: Event) -> Event:
+        """Stamp ``event`` and hand it to every consumer; never waits, never fails for lack of one.
+
+        The event keeps its own ``session_id`` if it has one, else takes ``session_id``; its
+        ``seq`` is the next number of that session. Must be called on the Trio thread. After the
+        bus closed the event is stamped and returned but delivered to no one.
+
+        Returns:
+            The stamped event (a copy; events are immutable).
+        """
+        sid = event.session_id
+        if sid is None:
+            sid = session_id
+        seqs = self._seqs
+        seq = seqs.get(sid, 0)
+        seqs[sid] = seq + 1
+        stamped = event.stamped(sid, seq)
+        self._published += 1
+        pressure = False
+        for buffer in self._targets:
+            pressure |= buffer.put(stamped)
+        if sid is not None and self._by_session:
+            subscribers = self._by_session.get(sid)
+            if subscribers is not None:
+                for buffer in subscribers:
+                    pressure |= buffer.put(stamped)
+                if stamped.scope == STREAM_END_SCOPE and is_sentinel(stamped):
+                    # The session's stream is over: its subscribers end after this event.
+                    del self._by_session[sid]
+                    for buffer in subscribers:
+                        buffer.end()
+        self._pressure = pressure
+        return stamped
+
+    async def publish(self, session_id: str | None, event: Event) -> Event:
+        """Like :meth:`publish_nowait`; a cancellation point that never waits on a consumer.
+
+        Backpressure: none; a full consumer buffer drops its oldest event instead of waiting.
+        When some consumer's buffer is more than half full, ``publish`` yields to the scheduler
+        once, so a busy emitter lets the sink actors and readers catch up (this costs no
+        virtual time). Otherwise it does not switch tasks: a switch per event would cost more
+        than delivering it.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        stamped = self.publish_nowait(session_id, event)
+        if self._pressure:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        return stamped
+
+    # -- the actor ---------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The bus actor: start one supervised actor per sink (opening it), then serve.
+
+        Use ``await nursery.start(bus.run)``; a bus runs once.
+
+        Cancellation: cancelling it stops every sink actor at once (each sink is still closed,
+        within ``close_timeout``); :meth:`aclose` is the graceful way, delivering what is buffered.
+        Backpressure: none towards publishers; each sink drains its own bounded buffer.
+        Errors: a failing sink never escapes; it is restarted with backoff and, past the restart
+        policy's limit, marked ``failed`` and detached (see :meth:`sink_health`).
+        """
+        if self._phase != "new":
+            raise RuntimeError(
+                "this EventBus has already run or was closed: create a new bus for each runner"
+            )
+        self._phase = "running"
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                for slot in self._slots:
+                    await nursery.start(self._sink_task, slot)
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self._nursery = None
+            self._phase = "closed"
+            self._run_done.set()
+
+    async def _sink_task(self, slot: _SinkSlot, *, task_status: trio.TaskStatus[None]) -> None:
+        """Supervise one sink's actor, then detach it if it failed and close it."""
+        try:
+            async with trio.open_nursery() as nursery:
+                slot.child = await nursery.start(
+                    functools.partial(
+                        supervise,
+                        f"sink {slot.name!r}",
+                        functools.partial(self._sink_actor, slot),
+                        policy=self.restart_policy,
+                        escalate=False,
+                        on_crash=functools.partial(self._on_crash, slot),
+                    )
+                )
+                task_status.started()
+            if not slot.finished:
+                # The supervisor gave up: the sink is detached and its backlog dropped.
+                slot.state = "failed"
+                self._detach_buffer(slot.buffer)
+                slot.buffer.discard()
+            else:
+                slot.state = "stopped"
+        finally:
+            if slot.state not in ("failed", "stopped"):
+                slot.state = "stopped"
+            await self._close_sink(slot)
+            slot.done.set()
+
+    async def _sink_actor(self, slot: _SinkSlot) -> None:
+        """Deliver one sink's buffer to it, a batch per wake-up, until the buffer ends."""
+        slot.incarnations += 1
+        slot.state = "running"
+        sink = slot.sink
+        if not slot.opened:
+            opener = getattr(sink, "open", None)
+            if opener is not None:
+                await _maybe_await(opener())
+            slot.opened = True
+        handle = sink.handle
+        buffer = slot.buffer
+        items = buffer.items
+        while True:
+            await buffer.wait_readable()
+            if not items:
+                if buffer.ended:
+                    break
+                continue
+            delivered = 0
+            try:
+                while items:
+                    # Popped before handling, so an event that makes the sink fail is skipped.
+                    result = handle(items.popleft())
+                    if result is not None:
+                        await result
+                    delivered += 1
+            finally:
+                slot.delivered += delivered
+        slot.finished = True
+
+    def _on_crash(self, slot: _SinkSlot, crash: ChildCrash) -> None:
+        slot.state = "backing_off"
+        slot.error_count += 1
+        error = _describe(crash.error)
+        when = self._clock()
+        slot.last_error = error
+        slot.last_error_at = when
+        self._report(slot, error, when)
+
+    def _report(self, slot: _SinkSlot, error: str, when: float) -> None:
+        config = self.diagnostics_config
+        if config.enabled:
+            diagnostic = SinkDiagnostic(slot.name, error, when, slot.error_count)
+            for buffer in self._diagnostic_buffers:
+                buffer.put(diagnostic)
+        if config.emit_to_events and not self._closing:
+            event = DiagnosticEvent(
+                SINK_ERROR_SCOPE,
+                f"{slot.name}: {error}",
+                FrozenDict({"sink": slot.name, "occurrence": slot.error_count}),
+                when,
+            )
+            # Not to the sink that failed, or a sink failing on every event would feed itself.
+            self._publish_except(event, slot.buffer)
+
+    def _publish_except(self, event: Event, skip: Buffer[Event]) -> None:
+        seq = self._seqs.get(None, 0)
+        self._seqs[None] = seq + 1
+        stamped = event.stamped(None, seq)
+        self._published += 1
+        for buffer in self._targets:
+            if buffer is not skip:
+                buffer.put(stamped)
+
+    async def _close_sink(self, slot: _SinkSlot) -> None:
+        closer = getattr(slot.sink, "close", None)
+        if closer is None or not slot.opened:
+            return
+        slot.opened = False
+        with trio.CancelScope(shield=True) as scope:
+            scope.relative_deadline = self._close_timeout
+            try:
+                await _maybe_await(closer())
+            except Exception as exc:
+                # Shutdown goes on; the failure is reported like any other.
+                slot.error_count += 1
+                slot.last_error = _describe(exc)
+                slot.last_error_at = self._clock()
+                self._report(slot, slot.last_error, slot.last_error_at)
+
+    # -- shutdown ----------------------------------------------------------------------------------
+
+    async def aclose(self, *, flush_timeout: float = 5.0) -> None:
+        """Deliver what is buffered (waiting at most ``flush_timeout``), close the sinks, end
+        every stream. Idempotent; later publishes reach no one.
+
+        Cancellation: if cancelled while flushing, the sink actors are cancelled too (each sink
+        is still closed).
+        """
+        if self._closing:
+            await self._closed.wait()
+            return
+        self._closing = True
+        if self._phase == "new":
+            self._phase = "closed"  # a bus closed before it ran never runs
+            self._run_done.set()
+        try:
+            for slot in self._slots:
+                slot.buffer.end()
+            for buffer in self._targets:
+                buffer.end()
+            for subscribers in self._by_session.values():
+                for buffer in subscribers:
+                    buffer.end()
+            self._by_session = {}
+            if self._phase == "running":
+                with trio.move_on_after(flush_timeout):
+                    for slot in self._slots:
+                        await slot.done.wait()
+            if self._nursery is not None:
+                self._nursery.cancel_scope.cancel()
+            await self._run_done.wait()
+        finally:
+            if self._nursery is not None:
+                self._nursery.cancel_scope.cancel()
+            self._targets = ()
+            for diagnostic_buffer in self._diagnostic_buffers:
+                diagnostic_buffer.end()
+            self._diagnostic_buffers = ()
+            self._closed.set()
+
+    def __repr__(self) -> str:
+        names = ", ".join(slot.name for slot in self._slots)
+        return f"EventBus(sinks=[{names}], capacity={self.capacity}, phase={self._phase!r})"

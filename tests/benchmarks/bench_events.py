@@ -1,0 +1,145 @@
+"""Event throughput: 100 emitters x N events each, delivered to a MemorySink and an EventStream.
+
+Run: ``python tests/benchmarks/bench_events.py [events_per_node] [--graph]``. Without ``--graph``
+the emitters are plain tasks publishing straight to an :class:`EventBus`; with it they are the 100
+nodes of a real graph run by ``AppRunner`` (``ctx.emit``). A run counts once both consumers hold
+every event; events/s = events published / elapsed. Best of 5 repeats (the machine is shared).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+
+
+def _load_treadle() -> None:
+    """Make ``import treadle`` work from an uninstalled checkout (its root is the package)."""
+    if importlib.util.find_spec("treadle") is not None:
+        return
+    root = Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location(
+        "treadle", root / "__init__.py", submodule_search_locations=[str(root)]
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["treadle"] = module
+    spec.loader.exec_module(module)
+
+
+_load_treadle()
+# After the path setup:
+from treadle.runtime.bus import EventBus  # noqa: E402
+from treadle.runtime.events import NodeEvent, is_sentinel, stream_end  # noqa: E402
+from treadle.runtime.frozen import FrozenDict  # noqa: E402
+from treadle.sinks.memory import MemorySink  # noqa: E402
+
+NODES = 100
+
+
+async def _consume(stream: Any, expected: int, done: trio.Event) -> None:
+    count = 0
+    async for event in stream:
+        count += 1
+        if is_sentinel(event):
+            break
+    assert count == expected, (count, expected)
+    done.set()
+
+
+async def bus_only(per_node: int) -> float:
+    """Seconds to publish and deliver NODES * per_node events straight through the bus."""
+    memory = MemorySink()
+    # Large enough that nothing is dropped: the benchmark measures delivery, not eviction.
+    bus = EventBus([memory], capacity=NODES * per_node + 1)
+    total = NODES * per_node
+    async with trio.open_nursery() as nursery:
+        await nursery.start(bus.run)
+        stream = bus.subscribe(session_id="bench")
+        consumed = trio.Event()
+        nursery.start_soon(_consume, stream, total + 1, consumed)
+
+        async def node(index: int, done: trio.Event) -> None:
+            for seq in range(per_node):
+                meta = FrozenDict({"frontier_index": index, "node_seq": seq + 1})
+                await bus.publish("bench", NodeEvent(f"n{index}", 1, "bench", "tick", meta))
+            done.set()
+
+        start = time.perf_counter()
+        finished = [trio.Event() for _ in range(NODES)]
+        async with trio.open_nursery() as emitters:
+            for index, done in enumerate(finished):
+                emitters.start_soon(node, index, done)
+        await bus.publish("bench", stream_end("bench", 1))
+        await consumed.wait()
+        while len(memory) < total + 1:
+            await trio.sleep(0)
+        elapsed = time.perf_counter() - start
+        await bus.aclose()
+    return elapsed
+
+
+async def through_graph(per_node: int) -> float:
+    """Seconds for ``invoke``-style run of a 100-node fan-out graph emitting per_node each."""
+    from treadle import GraphBuilder
+    from treadle.runtime.graph import END, START
+    from treadle.runtime.runner import AppRunner
+    from treadle.runtime.state import VersionedState
+
+    async def emitter(snapshot: Any, ctx: Any) -> None:
+        for _ in range(per_node):
+            await ctx.emit("bench", "tick")
+
+    builder = GraphBuilder()
+    for index in range(NODES):
+        builder.add_node(f"n{index}", emitter)
+        builder.add_edge(START, f"n{index}")
+        builder.add_edge(f"n{index}", END)
+    app = builder.compile()
+    memory = MemorySink()
+    total = NODES * per_node
+    bus = EventBus([memory], capacity=total + 16)
+    async with AppRunner(app, event_bus=bus, concurrency_limit=NODES) as runner:
+        stream = runner.event_stream(session_id="bench", capacity=total + 16)
+        await runner.create_session("bench", VersionedState())
+        start = time.perf_counter()
+        await runner.run_until_complete("bench")
+        count = 0
+        async for event in stream:
+            count += 1
+            if is_sentinel(event):
+                break
+        while not (len(memory) and is_sentinel(memory.snapshot()[-1])):
+            await trio.sleep(0)
+        elapsed = time.perf_counter() - start
+    nodes = sum(1 for e in memory.snapshot() if isinstance(e, NodeEvent))
+    assert nodes == total, (nodes, total)
+    return elapsed
+
+
+def measure(per_node: int, *, graph: bool) -> float:
+    """Best events/s of 5 runs."""
+    fn = through_graph if graph else bus_only
+    best = min(trio.run(fn, per_node) for _ in range(5))
+    return NODES * per_node / best
+
+
+def main() -> None:
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    per_node = int(args[0]) if args else 10
+    graph = "--graph" in sys.argv
+    label = "AppRunner graph" if graph else "bus only"
+    rate = measure(per_node, graph=graph)
+    print(
+        f"{label}: {NODES} emitters x {per_node} events -> MemorySink + EventStream: "
+        f"{rate:,.0f} events/s"
+    )
+
+
+if __name__ == "__main__":
+    main()
