@@ -284,6 +284,11 @@ class EventBus:
 
         return DiagnosticStream(buffer, unsubscribe)
 
+    @property
+    def sinks(self) -> tuple[Sink, ...]:
+        """The sinks, in the order they were given (failed ones included)."""
+        return tuple(slot.sink for slot in self._slots)
+
     def sink_health(self) -> list[SinkHealth]:
         """The health of every sink, in the order they were given."""
         return [slot.health() for slot in self._slots]

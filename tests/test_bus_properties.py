@@ -1,0 +1,187 @@
+"""Properties of the bus under any interleaving: order kept, nothing lost unaccounted, sentinels kept."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import trio
+import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from treadle.runtime.bus import EventBus
+from treadle.runtime.events import (
+    DiagnosticEvent,
+    Event,
+    NodeEvent,
+    invocation_end,
+    is_sentinel,
+    stream_end,
+)
+from treadle.runtime.stream import Buffer
+from treadle.sinks import MemorySink
+
+# -- the buffer against a model -------------------------------------------------------------------
+
+
+@given(
+    capacity=st.integers(min_value=1, max_value=6),
+    ops=st.lists(st.sampled_from(["event", "sentinel", "take"]), max_size=60),
+)
+def test_buffer_matches_its_model(capacity: int, ops: list[str]) -> None:
+    """Drop-oldest that skips sentinels, unless only sentinels are left; drops counted."""
+    buffer: Buffer[tuple[str, int]] = Buffer(capacity, keep=lambda item: item[0] == "sentinel")
+    model: list[tuple[str, int]] = []
+    dropped = 0
+    for n, op in enumerate(ops):
+        if op == "take":
+            if model:
+                assert buffer.items.popleft() == model.pop(0)
+            else:
+                assert not buffer.items
+            continue
+        model.append((op, n))
+        if len(model) > capacity:
+            dropped += 1
+            victims = [i for i, item in enumerate(model) if item[0] != "sentinel"]
+            del model[victims[0] if victims else 0]
+        buffer.put((op, n))
+        assert list(buffer.items) == model
+        assert buffer.dropped == dropped
+        assert len(buffer.items) <= capacity
+
+
+# -- the bus under random schedules ----------------------------------------------------------------
+
+SESSIONS = ("a", "b")
+
+
+@st.composite
+def scenarios(draw: st.DrawFn) -> dict[str, Any]:
+    delays = st.sampled_from([0.0, 0.0, 0.01, 0.1])
+    publishers = draw(
+        st.lists(
+            st.lists(st.tuples(st.sampled_from(SESSIONS), delays), max_size=12),
+            min_size=1,
+            max_size=4,
+        )
+    )
+    # At most two INVOCATION_ENDs mid-run (plus two STREAM_ENDs): never more sentinels than
+    # the smallest buffer holds, so none may be dropped.
+    flat = [(p, i) for p, plan in enumerate(publishers) for i in range(len(plan))]
+    invocation_ends = draw(st.lists(st.sampled_from(flat), max_size=2, unique=True)) if flat else []
+    return {
+        "capacity": draw(st.integers(min_value=4, max_value=8)),
+        "invocation_ends": set(invocation_ends),
+        "after_end": draw(st.integers(min_value=0, max_value=12)),
+        "publishers": publishers,
+        "sink_delays": draw(st.lists(delays, min_size=1, max_size=5)),
+        "reader_delays": draw(st.lists(delays, min_size=1, max_size=5)),
+    }
+
+
+class RecordingBus(EventBus):
+    """Remembers every stamped event in the order the bus stamped them."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.log: list[Event] = []
+
+    def publish_nowait(self, session_id: str | None, event: Event) -> Event:
+        stamped = super().publish_nowait(session_id, event)
+        self.log.append(stamped)
+        return stamped
+
+
+class SlowSink:
+    """An async sink that sleeps a cycling schedule of delays before taking each event."""
+
+    def __init__(self, delays: list[float]) -> None:
+        self.name = "slow"
+        self.delays = delays
+        self.seen: list[Event] = []
+
+    async def handle(self, event: Event) -> None:
+        await trio.sleep(self.delays[len(self.seen) % len(self.delays)])
+        self.seen.append(event)
+
+
+def assert_in_publication_order(seen: list[Event], published: list[Event]) -> None:
+    position = {id(event): index for index, event in enumerate(published)}
+    indexes = [position[id(event)] for event in seen]
+    assert indexes == sorted(set(indexes)), "a consumer saw events out of order or twice"
+
+
+@settings(max_examples=150, deadline=None)
+@given(scenarios(), st.random_module())
+def test_any_schedule_keeps_order_and_accounts_for_every_event(
+    scenario: dict[str, Any], random_module: object
+) -> None:
+    async def main() -> None:
+        capacity = scenario["capacity"]
+        total = sum(len(p) for p in scenario["publishers"])
+        slow = SlowSink(scenario["sink_delays"])
+        bus = RecordingBus([MemorySink(), slow], capacity=capacity)
+        finish_times: list[float] = []
+        expected_finish: list[float] = []
+        async with trio.open_nursery() as nursery:
+            await nursery.start(bus.run)
+            watcher = bus.subscribe(session_id="a")
+            reader_seen: list[Event] = []
+
+            async def reader() -> None:
+                delays = scenario["reader_delays"]
+                async for event in watcher:
+                    reader_seen.append(event)
+                    await trio.sleep(delays[len(reader_seen) % len(delays)])
+
+            async def publisher(index: int, plan: list[tuple[str, float]]) -> None:
+                start = trio.current_time()
+                for n, (session, delay) in enumerate(plan):
+                    if (index, n) in scenario["invocation_ends"]:
+                        event: Event = invocation_end(session, 1)
+                    else:
+                        event = NodeEvent("p", 1, "tick", "x", timestamp=0.0)
+                    await bus.publish(session, event)
+                    await trio.sleep(delay)
+                finish_times.append(trio.current_time() - start)
+                expected_finish.append(sum(d for _, d in plan))
+
+            never_read = bus.subscribe()
+            nursery.start_soon(reader)
+            async with trio.open_nursery() as publishers:
+                for index, plan in enumerate(scenario["publishers"]):
+                    publishers.start_soon(publisher, index, plan)
+            for session in SESSIONS:
+                await bus.publish(session, stream_end(session, 1))
+            for _ in range(scenario["after_end"]):
+                await bus.publish(None, DiagnosticEvent("run", "after the ends"))
+            await bus.aclose(flush_timeout=1000)
+
+        # Consumers never slow a publisher down: each finished at exactly its own sleep total.
+        assert sorted(finish_times) == sorted(expected_finish)
+        published = bus.log
+        assert len(published) == total + 2 + scenario["after_end"]
+        assert Counter(e.seq for e in published if e.session_id == "a") == Counter(
+            range(sum(1 for e in published if e.session_id == "a"))
+        )
+        # The slow sink: in order; every event either handled or dropped; sentinels all kept.
+        assert_in_publication_order(slow.seen, published)
+        assert len(slow.seen) + bus.sink_health()[1].dropped == len(published)
+        fast, fast_health = bus.sinks[0], bus.sink_health()[0]
+        assert isinstance(fast, MemorySink)
+        assert_in_publication_order(fast.snapshot(), published)
+        assert len(fast) + fast_health.dropped == len(published)
+        assert [e for e in slow.seen if is_sentinel(e)] == [e for e in published if is_sentinel(e)]
+        # The session reader: only session "a", up to and including its STREAM_END.
+        routed = [e for e in published if e.session_id == "a"]
+        assert_in_publication_order(reader_seen, routed)
+        assert len(reader_seen) + watcher.dropped == len(routed)
+        assert is_sentinel(reader_seen[-1])
+        # The stream nobody read kept its newest events and both sentinels.
+        leftover = [e async for e in never_read]
+        assert len(leftover) + never_read.dropped == len(published)
+        assert [e for e in leftover if is_sentinel(e)] == [e for e in published if is_sentinel(e)]
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
