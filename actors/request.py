@@ -61,7 +61,7 @@ async def ask(
         mailbox._watch(request, on_undelivered)
         try:
             try:
-                await mailbox.send(request)
+                await mailbox.post(request)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 raise ActorGone(actor) from exc
             try:

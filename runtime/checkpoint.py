@@ -23,6 +23,9 @@ from .state import VersionedState
 
 
 def _names(value: Iterable[str]) -> tuple[str, ...]:
+    # On the hot path (one record per step): the runtime already passes tuples of str.
+    if type(value) is tuple:
+        return value
     return tuple(str(v) for v in value)
 
 
@@ -34,7 +37,17 @@ def _versions_seen(value: Mapping[str, Iterable[int]]) -> dict[str, tuple[int, i
     return result
 
 
+def _versions_seen_field(value: Mapping[str, Iterable[int]]) -> Mapping[str, tuple[int, int]]:
+    # One record per step: the scheduler hands over a fresh dict of (int, int) pairs, taken as it
+    # is; documents read back from storage go through the strict conversion in from_json_value.
+    if type(value) is dict:
+        return value
+    return _versions_seen(value)
+
+
 def _join_state(value: Mapping[str, Iterable[str]]) -> dict[str, tuple[str, ...]]:
+    if not value:
+        return {}
     return {str(key): _names(sources) for key, sources in value.items()}
 
 
@@ -68,7 +81,7 @@ class Checkpoint:
     step: int
     state: VersionedState
     frontier: tuple[str, ...] = attrs.field(converter=_names)
-    versions_seen: Mapping[str, tuple[int, int]] = attrs.field(converter=_versions_seen)
+    versions_seen: Mapping[str, tuple[int, int]] = attrs.field(converter=_versions_seen_field)
     join_state: Mapping[str, tuple[str, ...]] = attrs.field(converter=_join_state)
     concurrency_limit: int
     created_at: int
@@ -117,7 +130,7 @@ class Checkpoint:
             step=_expect(value, "step", int),
             state=VersionedState.from_json_value(value.get("state")),
             frontier=_expect(value, "frontier", list),
-            versions_seen=_expect(value, "versions_seen", dict),
+            versions_seen=_versions_seen(_expect(value, "versions_seen", dict)),
             join_state=_expect(value, "join_state", dict),
             concurrency_limit=_expect(value, "concurrency_limit", int),
             created_at=_expect(value, "created_at", int),
@@ -253,7 +266,8 @@ class InMemoryCheckpointer:
         await trio.lowlevel.checkpoint()
 
     async def save(self, cp: Checkpoint) -> None:
-        await trio.lowlevel.checkpoint()
+        # No schedule point: this is the hot path of every step, and the checkpointer actor's
+        # asker has already waited once to get here.
         current = self._latest.get(cp.session_id)
         if current is None or cp.step >= current.step:
             self._latest[cp.session_id] = cp

@@ -32,6 +32,7 @@ async def node_actor(
     publish_nowait: PublishNowait,
     clock: Clock | None,
     thread_limiter: trio.CapacityLimiter,
+    first: Execute | None = None,
 ) -> None:
     """Run ``spec`` once per :class:`Execute` and answer each with exactly one :class:`NodeDone`.
 
@@ -44,20 +45,26 @@ async def node_actor(
     Errors: exceptions from the node are retried per its :class:`RetryPolicy` and then sent back as the
     reply's ``error``; they never crash the actor.
     """
+
+    async def handle(msg: Execute) -> None:
+        ctx = NodeContext(
+            node_id=spec.name,
+            step=msg.step,
+            session_id=session_id,
+            invocation_id=msg.invocation_id,
+            frontier_index=msg.frontier_index,
+            publish=publish,
+            publish_nowait=publish_nowait,
+            clock=clock,
+        )
+        await replies.post(await _execute(spec, msg, ctx, thread_limiter))
+
     with inbox, replies:
+        if first is not None:
+            # Handed over at spawn: a node's first execution costs no mailbox round trip.
+            await handle(first)
         async for msg in inbox:
-            ctx = NodeContext(
-                node_id=spec.name,
-                step=msg.step,
-                session_id=session_id,
-                invocation_id=msg.invocation_id,
-                frontier_index=msg.frontier_index,
-                publish=publish,
-                publish_nowait=publish_nowait,
-                clock=clock,
-            )
-            done = await _execute(spec, msg, ctx, thread_limiter)
-            await replies.send(done)
+            await handle(msg)
 
 
 async def _execute(

@@ -294,7 +294,11 @@ class Scheduler:
         async def dispatch(index: int) -> None:
             frontier_index, node = run[index]
             execute = Execute(step, index, frontier_index, snapshot, self.invocation_id, cancel)
-            await self._mailbox(node).send(execute)
+            mailbox = self._nodes.get(node)
+            if mailbox is None:
+                self._spawn_node(node, execute)
+            else:
+                await mailbox.post(execute)
 
         while sent < count and sent < limit:
             await dispatch(sent)
@@ -351,31 +355,27 @@ class Scheduler:
 
     # -- helpers -----------------------------------------------------------------------------------
 
-    def _mailbox(self, node: str) -> MailboxSender[Execute]:
-        mailbox = self._nodes.get(node)
-        if mailbox is None:
-            assert self._nursery is not None
-            spec = self.config.graph.nodes[node]
-            mailbox, inbox = open_mailbox[Execute](
-                1, name=f"{self.core.session_id}/{node}", perturb=self.config.perturb
-            )
-            config = self.config
-            actor = functools.partial(
-                node_actor,
-                spec,
-                inbox,
-                self._replies_send.clone(),
-                session_id=self.core.session_id,
-                publish=config.publish,
-                publish_nowait=config.publish_nowait,
-                clock=config.clock,
-                thread_limiter=config.thread_limiter,
-            )
-            self._nursery.start_soon(
-                actor, name=f"treadle node {node!r} of session {self.core.session_id!r}"
-            )
-            self._nodes[node] = mailbox
-        return mailbox
+    def _spawn_node(self, node: str, first: Execute) -> None:
+        """Start ``node``'s actor, handing it ``first`` so its first run needs no mailbox trip."""
+        assert self._nursery is not None
+        config = self.config
+        mailbox, inbox = open_mailbox[Execute](
+            1, name=f"{self.core.session_id}/{node}", perturb=config.perturb
+        )
+        actor = functools.partial(
+            node_actor,
+            config.graph.nodes[node],
+            inbox,
+            self._replies_send.clone(),
+            session_id=self.core.session_id,
+            publish=config.publish,
+            publish_nowait=config.publish_nowait,
+            clock=config.clock,
+            thread_limiter=config.thread_limiter,
+            first=first,
+        )
+        self._nursery.start_soon(actor, name=f"treadle node {node!r}")
+        self._nodes[node] = mailbox
 
     def _record(self, report: StepReport) -> Checkpoint:
         core = self.core
