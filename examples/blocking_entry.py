@@ -65,6 +65,9 @@ def main() -> None:
         print(f"{type(exc).__name__}: {exc}")
 
     app = build().compile()
+    meta = app.graph_metadata()  # a hash of the definition, independent of insertion order
+    print(f"graph: {meta.node_count} nodes, {meta.edge_count} edges")
+    print(f"graph hash: {meta.graph_hash[:16]}")
     state = VersionedState.with_user_message("the cat and the hat and the bat")
     # Keyword options go to the AppRunner that treadle.run opens: here, print every event.
     final = treadle.run(

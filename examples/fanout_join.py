@@ -26,7 +26,10 @@ from treadle import (
 
 
 async def plan(snapshot: StateSnapshot, ctx: NodeContext) -> NodePartial:
-    return NodePartial(messages=[Message.assistant("plan: ask web, papers and code")])
+    return NodePartial(
+        messages=[Message.assistant("plan: ask web, papers and code")],
+        extra={"status": "researching"},
+    )
 
 
 def researcher(name: str, delay: float) -> object:
@@ -47,7 +50,10 @@ async def code_read(snapshot: StateSnapshot, ctx: NodeContext) -> NodePartial:
 
 async def summarize(snapshot: StateSnapshot, ctx: NodeContext) -> NodePartial:
     found = sorted(key for key in snapshot.extra if key.startswith("finding."))
-    return NodePartial(messages=[Message.assistant(f"summary of {', '.join(found)}")])
+    return NodePartial(
+        messages=[Message.assistant(f"summary of {', '.join(found)}")],
+        extra={"status": None},  # None deletes the key
+    )
 
 
 app = (
@@ -87,6 +93,15 @@ async def main() -> None:
     for message in final.messages:
         print(f"  {message.role}: {message.content}")
     print(f"extra['lead'] = {final.extra['lead']!r} (last writer in frontier order)")
+    print(f"'status' in extra: {'status' in final.extra}")
+
+    # The same graph, one node at a time and in one call: the same final state.
+    again, events = await app.invoke_with_channel(
+        VersionedState.with_user_message("research treadle"), concurrency_limit=1
+    )
+    async with events:
+        count = len([event async for event in events])
+    print(f"concurrency_limit=1 gives the same state: {again == final} ({count} events)")
 
 
 if __name__ == "__main__":

@@ -117,7 +117,15 @@ async def main() -> None:
             f"{error.error}"
         )
 
-        final = await runner.run_until_complete("job")
+        result = await runner.run_step("job", StepOptions(interrupt_each_step=True))
+        assert isinstance(result, Paused)
+        assert result.report is not None
+        print(
+            f"paused {result.reason.kind} at step {result.report.step}: "
+            f"ran {list(result.report.ran_nodes)}, completed={result.report.completed}"
+        )
+
+        final = await runner.run_until_complete("job")  # nothing left to run: returns the state
         view = await runner.get_session("job")
     print(
         f"completed at step {view.step}: published={final.extra['published']}, "

@@ -49,6 +49,8 @@ EXPECTED: dict[str, list[str]] = {
         "  assistant: code_fetch: found something",
         "  assistant: summary of finding.code, finding.code_fetch, finding.papers, finding.web",
         "extra['lead'] = 'code_fetch' (last writer in frontier order)",
+        "'status' in extra: False",
+        "concurrency_limit=1 gives the same state: True (4 events)",
     ],
     "conditional_loop.py": [
         "step 1: ran ['tick'] skipped [] updated ['messages', 'extra'] -> next ['tick']",
@@ -72,11 +74,13 @@ EXPECTED: dict[str, list[str]] = {
         "NodeRunError: node=publish step=3 cause=RuntimeError('the publishing service is down')",
         "after the failure: step 3, frontier ['publish'], published=False",
         "recorded error: scope=node:publish@3 RuntimeError: the publishing service is down",
+        "paused after_step at step 4: ran ['publish'], completed=True",
         "completed at step 4: published=True, errors=1",
     ],
     "blocking_entry.py": [
         "CycleDetected: unconditional edges form a cycle: split -> count -> report -> split; "
         "loop through a conditional edge or a frontier command instead",
+        "graph: 3 nodes, 4 edges",
         "[words #0] split@1 split: 8 words",
         "[words #1] count@2 count: 2 most common words",
         "[words #2] __treadle_stream_end__: session=words status=completed step=3",
