@@ -162,8 +162,13 @@ class Encoded:
     tip: Tip
 
 
-def _dumps(value: object) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+# One encoder for every body: json.dumps with options builds a new encoder on each call.
+_ENCODER: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def dumps(value: object) -> str:
+    """Compact JSON text, as stored in rows (NaN and infinity refused)."""
+    return _ENCODER.encode(value)
 
 
 def _message_json(message: Message) -> dict[str, str]:
@@ -280,7 +285,8 @@ class StepCodec:
             },
         }
         if is_delta:
-            assert tip is not None and appended is not None
+            assert tip is not None
+            assert appended is not None
             changed, deleted = _extra_delta(tip.state.extra, state.extra)
             body["extra_set"] = changed
             body["extra_deleted"] = deleted
@@ -309,7 +315,7 @@ class StepCodec:
                 log_messages = [_message_json(m) for m in state.messages]
 
         try:
-            text = _dumps(body)
+            text = dumps(body)
         except (TypeError, ValueError) as exc:
             raise CheckpointerError(
                 f"step {cp.step} of session {cp.session_id!r} cannot be stored: {exc}"
@@ -429,7 +435,7 @@ class StepCodec:
             body["messages"] = inline
         row = chain[-1]
         return attrs.evolve(
-            row, kind=SNAPSHOT, base_step=None, root_step=row.step, body=_dumps(body)
+            row, kind=SNAPSHOT, base_step=None, root_step=row.step, body=dumps(body)
         )
 
     def tip_of(self, chain: Sequence[StepRow], cp: Checkpoint, token: str) -> Tip:

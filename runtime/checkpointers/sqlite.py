@@ -16,7 +16,17 @@ import trio
 
 from ..checkpoint import Checkpoint, StepInfo, prune_cutoff_ms
 from ..errors import CheckpointBackendError, CheckpointerError, CheckpointNotFound
-from .codec import Head, StepCodec, StepMeta, StepRow, Tip, load_step, prune_session, save_step
+from .codec import (
+    Head,
+    StepCodec,
+    StepMeta,
+    StepRow,
+    Tip,
+    dumps,
+    load_step,
+    prune_session,
+    save_step,
+)
 
 T = TypeVar("T")
 
@@ -101,7 +111,7 @@ def _row(values: Sequence[Any]) -> StepRow:
 
 
 def _dump_names(names: tuple[str, ...]) -> str:
-    return json.dumps(list(names), ensure_ascii=False, separators=(",", ":"))
+    return dumps(list(names))
 
 
 class _SQLiteTx:
@@ -165,10 +175,7 @@ class _SQLiteTx:
     ) -> None:
         self.db.conn.executemany(
             "INSERT OR REPLACE INTO messages (session_id, seq, role, content) VALUES (?,?,?,?)",
-            [
-                (session_id, start + i, m["role"], m["content"])
-                for i, m in enumerate(messages)
-            ],
+            [(session_id, start + i, m["role"], m["content"]) for i, m in enumerate(messages)],
         )
 
     def messages(self, session_id: str, start: int, count: int) -> list[dict[str, Any]]:
@@ -302,7 +309,7 @@ class SQLiteCheckpointer:
             with db.atomic():
                 for name, spec in _TABLES.items():
                     self._create_table(db, name, spec)
-                db["steps"].create_index(["session_id", "created_at"], if_not_exists=True)
+                db.table("steps").create_index(["session_id", "created_at"], if_not_exists=True)
                 db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except CheckpointBackendError:
             conn.close()
@@ -440,9 +447,7 @@ class SQLiteCheckpointer:
 
     def _storage_sync(self) -> dict[str, int]:
         db = self._require_db()
-        return {
-            name: db.execute(f"SELECT count(*) FROM {name}").fetchone()[0] for name in _TABLES
-        }
+        return {name: db.execute(f"SELECT count(*) FROM {name}").fetchone()[0] for name in _TABLES}
 
     async def row_counts(self) -> dict[str, int]:
         """How many rows each table holds (``sessions``, ``steps``, ``messages``)."""

@@ -1,0 +1,500 @@
+"""The JSON-files checkpointer: a directory of human-readable step files, written atomically; a
+corrupt file is logged, listed and skipped, never fatal.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import quote, unquote
+
+import attrs
+import trio
+
+from ..checkpoint import Checkpoint, StepInfo, prune_cutoff_ms
+from ..errors import CheckpointBackendError, CheckpointerError, CheckpointNotFound
+from .codec import (
+    BrokenHistory,
+    Head,
+    StepCodec,
+    StepMeta,
+    StepRow,
+    Tip,
+    load_step,
+    prune_session,
+    save_step,
+)
+
+log = logging.getLogger("treadle.checkpointer.json")
+
+T = TypeVar("T")
+
+FILE_FORMAT = "treadle.checkpoint/1"
+_SUFFIX = ".json"
+_STEP_DIGITS = 12
+_HEADS_REMEMBERED = 1024
+
+
+@attrs.frozen
+class CorruptFile:
+    """A checkpoint file that could not be read; it is skipped, never deleted.
+
+    Attributes:
+        path: The file.
+        reason: What is wrong with it (empty, truncated, not a checkpoint…).
+    """
+
+    path: Path
+    reason: str
+
+
+class _Unreadable(Exception):
+    """A step file is not a checkpoint file; carries the reason."""
+
+
+_MAX_NAME = 240
+
+
+def _session_dir_name(session_id: str) -> str:
+    # Percent-encoding keeps any session id one safe path component; a leading dot is encoded too,
+    # so ".", ".." and hidden names cannot occur.
+    name = quote(session_id, safe="")
+    if name.startswith("."):
+        name = "%2E" + name[1:]
+    if len(name.encode()) > _MAX_NAME:
+        raise CheckpointerError(
+            f"session id {session_id[:40]!r}… is too long for the JSON store (at most "
+            f"{_MAX_NAME} bytes once percent-encoded); use a shorter id"
+        )
+    return name
+
+
+def _step_file_name(step: int) -> str:
+    return f"{step:0{_STEP_DIGITS}d}{_SUFFIX}"
+
+
+def _step_of(name: str) -> int | None:
+    stem, suffix = name[: -len(_SUFFIX)], name[-len(_SUFFIX) :]
+    if suffix != _SUFFIX or not stem.isdigit():
+        return None
+    return int(stem)
+
+
+def _names(value: object, what: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _Unreadable(f"{what} is not a list of names")
+    return tuple(value)
+
+
+def _int(doc: Mapping[str, Any], key: str, *, optional: bool = False) -> Any:
+    value = doc.get(key)
+    if value is None and optional:
+        return None
+    if type(value) is not int:
+        raise _Unreadable(f"{key!r} is {value!r}, not an integer")
+    return value
+
+
+class _FilesTx:
+    """:class:`~.codec.StepTx` over one session directory per session (messages are inline)."""
+
+    def __init__(self, store: JSONCheckpointer) -> None:
+        self.store = store
+        self.pending_heads: dict[str, Head] = {}
+
+    def head(self, session_id: str) -> Head | None:
+        steps = self.store._step_numbers(session_id)
+        if not steps:
+            return None
+        latest = steps[-1]
+        path = self.store._step_path(session_id, latest)
+        try:
+            stat = path.stat()
+        except OSError:
+            return None
+        # A head written by this process keeps its token while the file is untouched; any other
+        # file gets a token derived from its stat, so the codec never builds on what it did not see.
+        mark = (latest, stat.st_mtime_ns, stat.st_size)
+        known = self.store._heads.get(session_id)
+        if known is not None and known[1] == mark:
+            return known[0]
+        return Head(latest, f"file:{stat.st_mtime_ns}:{stat.st_size}", 0)
+
+    def rows(self, session_id: str, lo: int, hi: int) -> dict[int, StepRow]:
+        found: dict[int, StepRow] = {}
+        for step in self.store._step_numbers(session_id):
+            if lo <= step <= hi:
+                row = self.store._read_row(session_id, step)
+                if row is not None:
+                    found[step] = row
+        return found
+
+    def metas(self, session_id: str) -> list[StepMeta]:
+        return [
+            StepMeta(row.step, row.created_at, row.base_step, row.messages_start)
+            for row in self.rows(session_id, 0, 2**63).values()
+        ]
+
+    def dependents(self, session_id: str, step: int) -> list[StepRow]:
+        return [
+            row for row in self.rows(session_id, step + 1, 2**63).values() if row.base_step == step
+        ]
+
+    def put_rows(self, rows: Sequence[StepRow]) -> None:
+        for row in rows:
+            self.store._write_row(row)
+
+    def append_messages(
+        self, session_id: str, start: int, messages: Sequence[Mapping[str, str]]
+    ) -> None:
+        raise AssertionError("the JSON store keeps messages inline")
+
+    def messages(self, session_id: str, start: int, count: int) -> list[dict[str, Any]]:
+        raise AssertionError("the JSON store keeps messages inline")
+
+    def set_head(self, session_id: str, head: Head, *, updated_at: int) -> None:
+        # The head is the newest file itself; remember its token once that file is written.
+        self.pending_heads[session_id] = head
+
+    def commit(self) -> None:
+        """Record the heads set in this "transaction", now that their files are on disk."""
+        for session_id, head in self.pending_heads.items():
+            stat = self.store._step_path(session_id, head.latest_step).stat()
+            self.store._remember_head(
+                session_id, head, (head.latest_step, stat.st_mtime_ns, stat.st_size)
+            )
+        self.pending_heads.clear()
+
+    def delete_steps(self, session_id: str, steps: Sequence[int]) -> None:
+        for step in steps:
+            try:
+                self.store._step_path(session_id, step).unlink()
+            except FileNotFoundError:
+                pass
+
+    def trim_messages(self, session_id: str, keep_from: int) -> None:
+        raise AssertionError("the JSON store keeps messages inline")
+
+
+class JSONCheckpointer:
+    """Checkpoints as JSON files you can read: ``<directory>/<session>/<step>.json``.
+
+    Each file is one step: a full snapshot, or a delta naming the step it builds on (the same
+    encoding as the database backends, with messages inline), so the directory grows with what a
+    run writes. Files are written to a temporary name, fsynced, then renamed over the final name, so
+    a crash never leaves half a file. A file that is empty, truncated or not a checkpoint is logged,
+    listed by :meth:`corrupt_files` and skipped; :meth:`load_latest` then returns the newest step
+    that can still be rebuilt. One process should write a directory at a time.
+
+    Args:
+        directory: Where the session directories live (created by :meth:`open`).
+        max_chain: The most deltas stored between two snapshots of a session.
+        indent: JSON indentation of the files (``None`` for compact files).
+    """
+
+    backend = "json"
+
+    def __init__(
+        self, directory: str | os.PathLike[str], *, max_chain: int = 32, indent: int | None = 2
+    ) -> None:
+        self.directory = Path(directory)
+        self.indent = indent
+        self._codec = StepCodec(inline_messages=True, max_chain=max_chain)
+        self._limiter = trio.CapacityLimiter(1)
+        self._open = False
+        self._corrupt: dict[Path, CorruptFile] = {}
+        self._heads: OrderedDict[str, tuple[Head, tuple[int, int, int]]] = OrderedDict()
+
+    def __repr__(self) -> str:
+        return f"JSONCheckpointer({str(self.directory)!r})"
+
+    # -- files -------------------------------------------------------------------------------------
+
+    def _session_path(self, session_id: str) -> Path:
+        return self.directory / _session_dir_name(session_id)
+
+    def _step_path(self, session_id: str, step: int) -> Path:
+        return self._session_path(session_id) / _step_file_name(step)
+
+    def _step_numbers(self, session_id: str) -> list[int]:
+        try:
+            names = os.listdir(self._session_path(session_id))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        return sorted(step for name in names if (step := _step_of(name)) is not None)
+
+    def _remember_head(self, session_id: str, head: Head, mark: tuple[int, int, int]) -> None:
+        self._heads[session_id] = (head, mark)
+        self._heads.move_to_end(session_id)
+        while len(self._heads) > _HEADS_REMEMBERED:
+            self._heads.popitem(last=False)
+
+    def _report(self, path: Path, reason: str) -> None:
+        if path not in self._corrupt:
+            log.warning("skipping corrupt checkpoint file %s: %s", path, reason)
+        self._corrupt[path] = CorruptFile(path, reason)
+
+    def _read_row(self, session_id: str, step: int) -> StepRow | None:
+        """The row stored in a step file, or ``None`` (and reported) if it cannot be read."""
+        path = self._step_path(session_id, step)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            self._report(path, f"cannot be read ({exc.strerror or exc})")
+            return None
+        try:
+            row = self._parse(data, session_id, step)
+        except _Unreadable as exc:
+            self._report(path, str(exc))
+            return None
+        return row
+
+    def _parse(self, data: bytes, session_id: str, step: int) -> StepRow:
+        if not data.strip():
+            raise _Unreadable("the file is empty")
+        try:
+            doc = json.loads(data)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise _Unreadable(f"not valid JSON (truncated or garbage?): {exc}") from None
+        if not isinstance(doc, dict) or doc.get("format") != FILE_FORMAT:
+            raise _Unreadable(f'not a treadle checkpoint (no "format": {FILE_FORMAT!r})')
+        if doc.get("session_id") != session_id or doc.get("step") != step:
+            raise _Unreadable("its session id or step does not match its location")
+        kind = doc.get("kind")
+        body = doc.get("body")
+        if kind not in ("snapshot", "delta") or not isinstance(body, dict):
+            raise _Unreadable("its kind or body is missing")
+        return StepRow(
+            session_id=session_id,
+            step=step,
+            created_at=_int(doc, "created_at"),
+            kind=kind,
+            base_step=_int(doc, "base_step", optional=True),
+            root_step=_int(doc, "root_step"),
+            messages_start=0,
+            messages_len=_int(doc, "messages_len"),
+            ran_nodes=_names(doc.get("ran_nodes"), "ran_nodes"),
+            skipped_nodes=_names(doc.get("skipped_nodes"), "skipped_nodes"),
+            updated_channels=_names(doc.get("updated_channels"), "updated_channels"),
+            body=json.dumps(body),
+        )
+
+    def _write_row(self, row: StepRow) -> None:
+        doc = {
+            "format": FILE_FORMAT,
+            "session_id": row.session_id,
+            "step": row.step,
+            "created_at": row.created_at,
+            "kind": row.kind,
+            "base_step": row.base_step,
+            "root_step": row.root_step,
+            "messages_len": row.messages_len,
+            "ran_nodes": list(row.ran_nodes),
+            "skipped_nodes": list(row.skipped_nodes),
+            "updated_channels": list(row.updated_channels),
+            "body": json.loads(row.body),
+        }
+        text = json.dumps(doc, ensure_ascii=False, indent=self.indent) + "\n"
+        folder = self._session_path(row.session_id)
+        folder.mkdir(exist_ok=True)
+        final = folder / _step_file_name(row.step)
+        temp = folder / f".{final.name}.{uuid.uuid4().hex}.tmp"
+        try:
+            with open(temp, "w", encoding="utf-8") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(temp, final)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+        _fsync_dir(folder)
+        self._corrupt.pop(final, None)
+
+    # -- plumbing ----------------------------------------------------------------------------------
+
+    async def _run(self, fn: Callable[[], T]) -> T:
+        if not self._open:
+            raise CheckpointerError(
+                f"the JSON checkpointer for {self.directory} is not open: call open() first"
+            )
+        try:
+            return await trio.to_thread.run_sync(fn, limiter=self._limiter)
+        except OSError as exc:
+            raise CheckpointBackendError(
+                "json", f"{self.directory}: {exc.strerror or exc} ({exc.filename or ''})"
+            ) from exc
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Create the directory if needed and check every file, listing the corrupt ones."""
+        await trio.to_thread.run_sync(self._open_sync, limiter=self._limiter)
+        self._open = True
+
+    def _open_sync(self) -> None:
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            probe = self.directory / f".treadle-probe-{uuid.uuid4().hex}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise CheckpointBackendError(
+                "json",
+                f"cannot use {self.directory} as a checkpoint directory: "
+                f"{exc.strerror or exc}; choose a writable directory",
+            ) from exc
+        for session_id in self._list_sessions_sync():
+            for step in self._step_numbers(session_id):
+                self._read_row(session_id, step)
+
+    async def aclose(self) -> None:
+        self._open = False
+        self._codec.forget()
+        self._heads.clear()
+        await trio.lowlevel.checkpoint()
+
+    def corrupt_files(self) -> list[CorruptFile]:
+        """The files found unreadable so far (by :meth:`open` and later reads), by path."""
+        return sorted(self._corrupt.values(), key=lambda c: str(c.path))
+
+    # -- writes ------------------------------------------------------------------------------------
+
+    def _save_sync(self, cp: Checkpoint, check: bool, expected: int | None) -> None:
+        tip: Tip | None = None
+        try:
+            tx = _FilesTx(self)
+            tip = save_step(self._codec, tx, cp, check=check, expected=expected)
+            tx.commit()
+        except BaseException:
+            self._codec.forget(cp.session_id)
+            raise
+        if tip is not None:
+            self._codec.remember(tip)
+
+    async def save(self, cp: Checkpoint) -> None:
+        await self._run(lambda: self._save_sync(cp, False, None))
+
+    async def save_with_concurrency_check(self, cp: Checkpoint, expected_step: int | None) -> None:
+        await self._run(lambda: self._save_sync(cp, True, expected_step))
+
+    # -- reads -------------------------------------------------------------------------------------
+
+    def _load_sync(self, session_id: str, step: int) -> Checkpoint | None:
+        try:
+            return load_step(self._codec, _FilesTx(self), session_id, step)
+        except BrokenHistory as exc:
+            self._report(self._step_path(session_id, step), str(exc))
+            return None
+
+    def _load_latest_sync(self, session_id: str) -> Checkpoint | None:
+        # The newest step that can be rebuilt: a corrupt newer file is reported and skipped.
+        for step in reversed(self._step_numbers(session_id)):
+            found = self._load_sync(session_id, step)
+            if found is not None:
+                return found
+        return None
+
+    async def load_latest(self, session_id: str) -> Checkpoint | None:
+        return await self._run(lambda: self._load_latest_sync(session_id))
+
+    async def load(self, session_id: str, step: int) -> Checkpoint:
+        found = await self._run(lambda: self._load_sync(session_id, step))
+        if found is None:
+            raise CheckpointNotFound(session_id, step)
+        return found
+
+    def _list_sessions_sync(self) -> list[str]:
+        try:
+            entries = list(os.scandir(self.directory))
+        except FileNotFoundError:
+            return []
+        return sorted(
+            unquote(entry.name)
+            for entry in entries
+            if entry.is_dir()
+            and not entry.name.startswith(".")
+            and self._step_numbers(unquote(entry.name))
+        )
+
+    async def list_sessions(self) -> list[str]:
+        return await self._run(self._list_sessions_sync)
+
+    def _list_steps_sync(self, session_id: str) -> list[StepInfo]:
+        rows = _FilesTx(self).rows(session_id, 0, 2**63)
+        return [rows[step].info() for step in sorted(rows)]
+
+    async def list_steps(self, session_id: str) -> list[StepInfo]:
+        return await self._run(lambda: self._list_steps_sync(session_id))
+
+    # -- maintenance -------------------------------------------------------------------------------
+
+    def _delete_sync(self, session_id: str) -> bool:
+        self._codec.forget(session_id)
+        self._heads.pop(session_id, None)
+        folder = self._session_path(session_id)
+        if not folder.is_dir():
+            return False
+        existed = False
+        for entry in os.scandir(folder):
+            if _step_of(entry.name) is not None:
+                existed = True
+            if entry.is_file():
+                os.unlink(entry.path)
+                self._corrupt.pop(Path(entry.path), None)
+        try:
+            folder.rmdir()
+        except OSError:
+            pass  # something that is not ours lives there: leave it
+        return existed
+
+    async def delete_session(self, session_id: str) -> bool:
+        return await self._run(lambda: self._delete_sync(session_id))
+
+    def _prune_sync(self, session_id: str | None, cutoff: int | None, keep_last: int | None) -> int:
+        sessions = [session_id] if session_id is not None else self._list_sessions_sync()
+        tx = _FilesTx(self)
+        return sum(
+            prune_session(self._codec, tx, sid, cutoff_ms=cutoff, keep_last=keep_last)
+            for sid in sessions
+        )
+
+    async def prune(
+        self,
+        *,
+        older_than: float | datetime.timedelta | None = None,
+        keep_last: int | None = None,
+        session_id: str | None = None,
+        now_ms: int | None = None,
+    ) -> int:
+        cutoff = prune_cutoff_ms(older_than, keep_last, now_ms)
+        return await self._run(lambda: self._prune_sync(session_id, cutoff, keep_last))
+
+    async def acquire_lease(self, session_id: str, owner: str) -> None:
+        await trio.lowlevel.checkpoint()  # one process per directory: see the class docs
+
+    async def release_lease(self, session_id: str, owner: str) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename durable: fsync the directory holding it (where the platform allows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

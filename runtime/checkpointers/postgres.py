@@ -1,0 +1,567 @@
+"""The PostgreSQL checkpointer: versioned migrations, JSONB rows, the delta-encoded step history, and
+session leases so that two processes never run one session.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from importlib import resources
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import psycopg
+import trio
+from psycopg import sql
+
+from ..checkpoint import Checkpoint, StepInfo, mask_url, prune_cutoff_ms
+from ..errors import (
+    CheckpointBackendError,
+    CheckpointerError,
+    CheckpointNotFound,
+    SessionLeased,
+)
+from .codec import (
+    Head,
+    StepCodec,
+    StepMeta,
+    StepRow,
+    Tip,
+    dumps,
+    load_step,
+    prune_session,
+    save_step,
+)
+
+T = TypeVar("T")
+
+_MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+_ROW_COLUMNS = (
+    "session_id, step, created_at, kind, base_step, root_step, messages_start, messages_len, "
+    "ran_nodes, skipped_nodes, updated_channels, body::text"
+)
+_INSERT_ROW = (
+    "INSERT INTO steps (session_id, step, created_at, kind, base_step, root_step, messages_start, "
+    "messages_len, ran_nodes, skipped_nodes, updated_channels, body) "
+    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s::jsonb, %s::jsonb, %s::json) "
+    "ON CONFLICT (session_id, step) DO UPDATE SET created_at = EXCLUDED.created_at, "
+    "kind = EXCLUDED.kind, base_step = EXCLUDED.base_step, root_step = EXCLUDED.root_step, "
+    "messages_start = EXCLUDED.messages_start, messages_len = EXCLUDED.messages_len, "
+    "ran_nodes = EXCLUDED.ran_nodes, skipped_nodes = EXCLUDED.skipped_nodes, "
+    "updated_channels = EXCLUDED.updated_channels, body = EXCLUDED.body"
+)
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    """The shipped migrations as ``(version, file name, SQL)``, in order."""
+    folder = resources.files(__package__ or "treadle.runtime.checkpointers").joinpath(
+        "migrations/postgres"
+    )
+    found = []
+    for entry in folder.iterdir():
+        match = _MIGRATION_NAME.match(entry.name)
+        if match:
+            found.append((int(match.group(1)), entry.name, entry.read_text(encoding="utf-8")))
+    return sorted(found)
+
+
+def _lock_key(kind: str, schema: str, name: str) -> int:
+    """A signed 64-bit advisory-lock key; 64 bits make collisions between sessions negligible."""
+    digest = hashlib.blake2b(f"treadle\0{kind}\0{schema}\0{name}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def _split_schema(url: str) -> tuple[str, str | None]:
+    """Remove treadle's own ``schema=`` query parameter (libpq would reject it)."""
+    parts = urlsplit(url)
+    if not parts.query:
+        return url, None
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    schema = next((v for k, v in pairs if k == "schema"), None)
+    rest = [(k, v) for k, v in pairs if k != "schema"]
+    return urlunsplit(parts._replace(query=urlencode(rest))), schema
+
+
+def _row(values: Sequence[Any]) -> StepRow:
+    return StepRow(
+        session_id=values[0],
+        step=values[1],
+        created_at=values[2],
+        kind=values[3],
+        base_step=values[4],
+        root_step=values[5],
+        messages_start=values[6],
+        messages_len=values[7],
+        ran_nodes=tuple(values[8]),
+        skipped_nodes=tuple(values[9]),
+        updated_channels=tuple(values[10]),
+        body=values[11],
+    )
+
+
+class _PostgresTx:
+    """:class:`~.codec.StepTx` over one connection, inside a transaction."""
+
+    def __init__(self, conn: psycopg.Connection[tuple[Any, ...]]) -> None:
+        self.conn = conn
+
+    def head(self, session_id: str) -> Head | None:
+        found = self.conn.execute(
+            "SELECT latest_step, token, log_end FROM sessions WHERE session_id = %s", (session_id,)
+        ).fetchone()
+        return None if found is None else Head(found[0], found[1], found[2])
+
+    def rows(self, session_id: str, lo: int, hi: int) -> dict[int, StepRow]:
+        cursor = self.conn.execute(
+            f"SELECT {_ROW_COLUMNS} FROM steps WHERE session_id = %s AND step BETWEEN %s AND %s",
+            (session_id, lo, hi),
+        )
+        return {values[1]: _row(values) for values in cursor}
+
+    def metas(self, session_id: str) -> list[StepMeta]:
+        cursor = self.conn.execute(
+            "SELECT step, created_at, base_step, messages_start FROM steps "
+            "WHERE session_id = %s ORDER BY step",
+            (session_id,),
+        )
+        return [StepMeta(*values) for values in cursor]
+
+    def dependents(self, session_id: str, step: int) -> list[StepRow]:
+        cursor = self.conn.execute(
+            f"SELECT {_ROW_COLUMNS} FROM steps WHERE session_id = %s AND step > %s "
+            "AND base_step = %s",
+            (session_id, step, step),
+        )
+        return [_row(values) for values in cursor]
+
+    def put_rows(self, rows: Sequence[StepRow]) -> None:
+        for r in rows:
+            self.conn.execute(
+                _INSERT_ROW,
+                (
+                    r.session_id,
+                    r.step,
+                    r.created_at,
+                    r.kind,
+                    r.base_step,
+                    r.root_step,
+                    r.messages_start,
+                    r.messages_len,
+                    dumps(list(r.ran_nodes)),
+                    dumps(list(r.skipped_nodes)),
+                    dumps(list(r.updated_channels)),
+                    r.body,
+                ),
+            )
+
+    def append_messages(
+        self, session_id: str, start: int, messages: Sequence[Mapping[str, str]]
+    ) -> None:
+        # One statement whatever the count: a resumed session may write its whole history at once.
+        self.conn.execute(
+            "INSERT INTO messages (session_id, seq, message) "
+            "SELECT %s, %s + t.i - 1, t.message::json "
+            "FROM unnest(%s::text[]) WITH ORDINALITY AS t(message, i) "
+            "ON CONFLICT (session_id, seq) DO UPDATE SET message = EXCLUDED.message",
+            (session_id, start, [dumps(m) for m in messages]),
+        )
+
+    def messages(self, session_id: str, start: int, count: int) -> list[dict[str, Any]]:
+        cursor = self.conn.execute(
+            "SELECT message::text FROM messages WHERE session_id = %s AND seq >= %s AND seq < %s "
+            "ORDER BY seq",
+            (session_id, start, start + count),
+        )
+        return [json.loads(text) for (text,) in cursor]
+
+    def set_head(self, session_id: str, head: Head, *, updated_at: int) -> None:
+        self.conn.execute(
+            "INSERT INTO sessions (session_id, latest_step, token, log_end, created_at, updated_at) "
+            "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (session_id) DO UPDATE SET "
+            "latest_step = EXCLUDED.latest_step, token = EXCLUDED.token, "
+            "log_end = EXCLUDED.log_end, updated_at = EXCLUDED.updated_at",
+            (session_id, head.latest_step, head.token, head.log_end, updated_at, updated_at),
+        )
+
+    def delete_steps(self, session_id: str, steps: Sequence[int]) -> None:
+        self.conn.execute(
+            "DELETE FROM steps WHERE session_id = %s AND step = ANY(%s::bigint[])",
+            (session_id, list(steps)),
+        )
+
+    def trim_messages(self, session_id: str, keep_from: int) -> None:
+        self.conn.execute(
+            "DELETE FROM messages WHERE session_id = %s AND seq < %s", (session_id, keep_from)
+        )
+
+
+class PostgresCheckpointer:
+    """Checkpoints in PostgreSQL: the full step history, delta-encoded, shareable by processes.
+
+    ``open()`` connects and applies the shipped migrations (``migrations/postgres/NNNN_*.sql``) in one
+    transaction under an advisory lock, recording them in ``schema_migrations``; every table lives in
+    ``schema`` (``treadle`` by default; also settable as ``?schema=`` in the URL). A blocking psycopg
+    connection is used from worker threads only, one call at a time (``CapacityLimiter(1)``).
+
+    Writers of one session are serialised by a transaction-scoped advisory lock, so of two writers
+    expecting the same latest step exactly one wins. A *lease* (:meth:`acquire_lease`) is a
+    session-level advisory lock held by this connection: another process asking for it fails at once
+    with ``SessionLeased``, and the server frees it the moment this connection ends, so a crashed
+    process never blocks the resume. The ``session_leases`` table names each owner and carries its
+    heartbeat (renewed every ``lease_ttl / 3`` seconds by the checkpointer actor) for operators.
+
+    Args:
+        url: A ``postgresql://`` (or ``postgres://``) URL; its password never appears in errors.
+        schema: The schema holding treadle's tables (created if missing).
+        max_chain: The most deltas stored between two snapshots of a session.
+        connect_timeout: Seconds to wait for the server on ``open()``.
+        lease_ttl: Seconds a lease row stays current without a heartbeat.
+    """
+
+    backend = "postgres"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        schema: str | None = None,
+        max_chain: int = 64,
+        connect_timeout: float = 10.0,
+        lease_ttl: float = 30.0,
+    ) -> None:
+        self.url, url_schema = _split_schema(url)
+        self.schema = schema or url_schema or "treadle"
+        self.connect_timeout = connect_timeout
+        self.lease_ttl = lease_ttl
+        self.lease_renew_interval = lease_ttl / 3
+        self._codec = StepCodec(max_chain=max_chain)
+        self._limiter = trio.CapacityLimiter(1)
+        self._conn: psycopg.Connection[tuple[Any, ...]] | None = None
+        self._leases: dict[str, str] = {}
+
+    def __repr__(self) -> str:
+        return f"PostgresCheckpointer({mask_url(self.url)!r}, schema={self.schema!r})"
+
+    @property
+    def masked_url(self) -> str:
+        """The URL with its password replaced by ``***``."""
+        return mask_url(self.url)
+
+    # -- plumbing ----------------------------------------------------------------------------------
+
+    async def _run(self, fn: Callable[[], T]) -> T:
+        return await trio.to_thread.run_sync(fn, limiter=self._limiter)
+
+    def _reason(self, exc: BaseException) -> str:
+        """The first line of a driver error, with the password masked should libpq echo it."""
+        text = str(exc).strip()
+        message = text.splitlines()[0] if text else type(exc).__name__
+        password = urlsplit(self.url).password
+        if password:
+            message = message.replace(password, "***")
+        return message
+
+    def _error(self, what: str, exc: BaseException) -> CheckpointBackendError:
+        return CheckpointBackendError("postgres", f"{what} {self.masked_url}: {self._reason(exc)}")
+
+    def _require_conn(self) -> psycopg.Connection[tuple[Any, ...]]:
+        if self._conn is None:
+            raise CheckpointerError(
+                f"the PostgreSQL checkpointer for {self.masked_url} is not open: call open() first"
+            )
+        return self._conn
+
+    @contextmanager
+    def _transaction(self, lock_session: str | None = None) -> Iterator[_PostgresTx]:
+        conn = self._require_conn()
+        try:
+            with conn.transaction():
+                if lock_session is not None:
+                    conn.execute(
+                        "SELECT pg_advisory_xact_lock(%s)",
+                        (_lock_key("write", self.schema, lock_session),),
+                    )
+                yield _PostgresTx(conn)
+        except psycopg.Error as exc:
+            raise self._error("query failed on", exc) from exc
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._conn is not None:
+            return
+        self._conn = await self._run(self._open_sync)
+
+    def _open_sync(self) -> psycopg.Connection[tuple[Any, ...]]:
+        try:
+            conn = psycopg.connect(
+                self.url,
+                autocommit=True,
+                connect_timeout=max(1, round(self.connect_timeout)),
+                application_name="treadle",
+            )
+        except psycopg.Error as exc:
+            raise CheckpointBackendError(
+                "postgres",
+                f"cannot connect to {self.masked_url}: {self._reason(exc)}; check that the server "
+                "is running and the URL is right",
+            ) from exc
+        try:
+            self._migrate(conn)
+        except BaseException as exc:
+            conn.close()
+            if isinstance(exc, psycopg.Error):
+                raise self._error("cannot prepare the schema on", exc) from exc
+            raise
+        return conn
+
+    def _migrate(self, conn: psycopg.Connection[tuple[Any, ...]]) -> None:
+        schema = sql.Identifier(self.schema)
+        with conn.transaction():
+            # Two processes opening a fresh database at once must not both create the tables.
+            conn.execute(
+                "SELECT pg_advisory_xact_lock(%s)", (_lock_key("migrate", self.schema, ""),)
+            )
+            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(schema))
+            conn.execute(sql.SQL("SET search_path TO {}").format(schema))
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "
+                "name TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+            )
+            applied = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+            shipped = migrations()
+            newest = max((v for v, _, _ in shipped), default=0)
+            if applied and max(applied) > newest:
+                raise CheckpointBackendError(
+                    "postgres",
+                    f"schema {self.schema!r} on {self.masked_url} was migrated by a newer treadle "
+                    f"(version {max(applied)}, this one knows {newest}); upgrade treadle",
+                )
+            for version, name, text in shipped:
+                if version in applied:
+                    continue
+                conn.execute(text.encode())
+                conn.execute(
+                    "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
+                    (version, name),
+                )
+
+    async def aclose(self) -> None:
+        conn, self._conn = self._conn, None
+        self._codec.forget()
+        if conn is None:
+            return
+        leases, self._leases = self._leases, {}
+
+        def close() -> None:
+            try:
+                if leases and not conn.closed:
+                    conn.execute(
+                        "DELETE FROM session_leases WHERE session_id = ANY(%s) AND owner = ANY(%s)",
+                        (list(leases), list(set(leases.values()))),
+                    )
+            except psycopg.Error:
+                pass  # closing the connection frees the locks anyway
+            finally:
+                conn.close()
+
+        await self._run(close)
+
+    # -- writes ------------------------------------------------------------------------------------
+
+    def _save_sync(self, cp: Checkpoint, check: bool, expected: int | None) -> None:
+        tip: Tip | None = None
+        try:
+            with self._transaction(lock_session=cp.session_id) as tx:
+                tip = save_step(self._codec, tx, cp, check=check, expected=expected)
+        except BaseException:
+            self._codec.forget(cp.session_id)
+            raise
+        if tip is not None:
+            self._codec.remember(tip)
+
+    async def save(self, cp: Checkpoint) -> None:
+        await self._run(lambda: self._save_sync(cp, False, None))
+
+    async def save_with_concurrency_check(self, cp: Checkpoint, expected_step: int | None) -> None:
+        await self._run(lambda: self._save_sync(cp, True, expected_step))
+
+    # -- reads -------------------------------------------------------------------------------------
+
+    def _load_sync(self, session_id: str, step: int | None) -> Checkpoint | None:
+        with self._transaction() as tx:
+            tx.conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            return load_step(self._codec, tx, session_id, step)
+
+    async def load_latest(self, session_id: str) -> Checkpoint | None:
+        return await self._run(lambda: self._load_sync(session_id, None))
+
+    async def load(self, session_id: str, step: int) -> Checkpoint:
+        found = await self._run(lambda: self._load_sync(session_id, step))
+        if found is None:
+            raise CheckpointNotFound(session_id, step)
+        return found
+
+    def _list_sessions_sync(self) -> list[str]:
+        with self._transaction() as tx:
+            rows = tx.conn.execute("SELECT session_id FROM sessions ORDER BY session_id")
+            return [row[0] for row in rows]
+
+    async def list_sessions(self) -> list[str]:
+        return await self._run(self._list_sessions_sync)
+
+    def _list_steps_sync(self, session_id: str) -> list[StepInfo]:
+        with self._transaction() as tx:
+            cursor = tx.conn.execute(
+                "SELECT step, created_at, ran_nodes, skipped_nodes, updated_channels FROM steps "
+                "WHERE session_id = %s ORDER BY step",
+                (session_id,),
+            )
+            return [
+                StepInfo(session_id, step, created, ran, skipped, updated)
+                for step, created, ran, skipped, updated in cursor
+            ]
+
+    async def list_steps(self, session_id: str) -> list[StepInfo]:
+        return await self._run(lambda: self._list_steps_sync(session_id))
+
+    # -- maintenance -------------------------------------------------------------------------------
+
+    def _delete_sync(self, session_id: str) -> bool:
+        self._codec.forget(session_id)
+        with self._transaction(lock_session=session_id) as tx:
+            cursor = tx.conn.execute("DELETE FROM sessions WHERE session_id = %s", (session_id,))
+            return cursor.rowcount > 0
+
+    async def delete_session(self, session_id: str) -> bool:
+        return await self._run(lambda: self._delete_sync(session_id))
+
+    def _prune_sync(self, session_id: str | None, cutoff: int | None, keep_last: int | None) -> int:
+        sessions = [session_id] if session_id is not None else self._list_sessions_sync()
+        removed = 0
+        for sid in sessions:
+            with self._transaction(lock_session=sid) as tx:
+                removed += prune_session(
+                    self._codec, tx, sid, cutoff_ms=cutoff, keep_last=keep_last
+                )
+        return removed
+
+    async def prune(
+        self,
+        *,
+        older_than: float | datetime.timedelta | None = None,
+        keep_last: int | None = None,
+        session_id: str | None = None,
+        now_ms: int | None = None,
+    ) -> int:
+        cutoff = prune_cutoff_ms(older_than, keep_last, now_ms)
+        return await self._run(lambda: self._prune_sync(session_id, cutoff, keep_last))
+
+    # -- leases ------------------------------------------------------------------------------------
+
+    def _acquire_sync(self, session_id: str, owner: str) -> None:
+        conn = self._require_conn()
+        held = self._leases.get(session_id)
+        if held is not None and held != owner:
+            raise SessionLeased(session_id, held)
+        try:
+            if held is None:
+                key = _lock_key("lease", self.schema, session_id)
+                got = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
+                if got is None or not got[0]:
+                    found = conn.execute(
+                        "SELECT owner FROM session_leases WHERE session_id = %s", (session_id,)
+                    ).fetchone()
+                    raise SessionLeased(
+                        session_id, found[0] if found is not None else "another connection"
+                    )
+            conn.execute(
+                "INSERT INTO session_leases (session_id, owner, expires_at) "
+                "VALUES (%s, %s, now() + make_interval(secs => %s)) "
+                "ON CONFLICT (session_id) DO UPDATE SET owner = EXCLUDED.owner, "
+                "acquired_at = now(), heartbeat_at = now(), expires_at = EXCLUDED.expires_at",
+                (session_id, owner, self.lease_ttl),
+            )
+        except psycopg.Error as exc:
+            raise self._error("cannot take the lease of a session on", exc) from exc
+        self._leases[session_id] = owner
+
+    async def acquire_lease(self, session_id: str, owner: str) -> None:
+        """Claim ``session_id`` for ``owner`` (idempotent for the same owner).
+
+        Raises:
+            SessionLeased: Another connection (another process) holds it.
+        """
+        await self._run(lambda: self._acquire_sync(session_id, owner))
+
+    def _release_sync(self, session_id: str, owner: str) -> None:
+        if self._leases.get(session_id) != owner:
+            return
+        conn = self._require_conn()
+        del self._leases[session_id]
+        try:
+            conn.execute(
+                "DELETE FROM session_leases WHERE session_id = %s AND owner = %s",
+                (session_id, owner),
+            )
+            conn.execute(
+                "SELECT pg_advisory_unlock(%s)", (_lock_key("lease", self.schema, session_id),)
+            )
+        except psycopg.Error as exc:
+            raise self._error("cannot release the lease of a session on", exc) from exc
+
+    async def release_lease(self, session_id: str, owner: str) -> None:
+        await self._run(lambda: self._release_sync(session_id, owner))
+
+    def _renew_sync(self) -> None:
+        if not self._leases:
+            return
+        conn = self._require_conn()
+        try:
+            conn.execute(
+                "UPDATE session_leases SET heartbeat_at = now(), "
+                "expires_at = now() + make_interval(secs => %s) "
+                "WHERE session_id = ANY(%s) AND owner = ANY(%s)",
+                (self.lease_ttl, list(self._leases), list(set(self._leases.values()))),
+            )
+        except psycopg.Error as exc:
+            raise self._error("cannot renew session leases on", exc) from exc
+
+    async def renew_leases(self) -> None:
+        """Extend the expiry of every lease held here (the checkpointer actor's heartbeat)."""
+        await self._run(self._renew_sync)
+
+    def held_leases(self) -> dict[str, str]:
+        """The sessions this checkpointer holds leases on, with their owners."""
+        return dict(self._leases)
+
+    # -- inspection --------------------------------------------------------------------------------
+
+    def _sizes_sync(self) -> dict[str, dict[str, int]]:
+        conn = self._require_conn()
+        sizes: dict[str, dict[str, int]] = {}
+        for table in ("sessions", "steps", "messages"):
+            rows, data = conn.execute(
+                sql.SQL("SELECT count(*), coalesce(sum(pg_column_size(t.*)), 0) FROM {} t").format(
+                    sql.Identifier(table)
+                )
+            ).fetchone() or (0, 0)
+            qualified = '"{}"."{}"'.format(self.schema.replace('"', '""'), table)
+            total = conn.execute(
+                "SELECT pg_total_relation_size(%s::regclass)", (qualified,)
+            ).fetchone()
+            sizes[table] = {
+                "rows": int(rows),
+                "row_bytes": int(data),
+                "relation_bytes": int(total[0]) if total else 0,
+            }
+        return sizes
+
+    async def storage(self) -> dict[str, dict[str, int]]:
+        """Per table: ``rows``, ``row_bytes`` (the rows' data) and ``relation_bytes`` (on disk,
+        indexes and TOAST included)."""
+        return await self._run(self._sizes_sync)
