@@ -54,7 +54,9 @@ def _join_state(value: Mapping[str, Iterable[str]]) -> dict[str, tuple[str, ...]
 def _expect(obj: Mapping[str, Any], name: str, kind: type) -> Any:
     value = obj.get(name)
     if type(value) is not kind:  # exact: a bool is not a step number
-        raise ValueError(f"checkpoint[{name!r}] must be a {kind.__name__}, got {value!r}")
+        raise ValueError(
+            f"checkpoint[{name!r}] must be of JSON type {kind.__name__}, got {value!r}"
+        )
     return value
 
 
@@ -354,18 +356,19 @@ def mask_url(url: str) -> str:
     if not parts.scheme or (parts.netloc == "" and "=" in url):
         # A libpq keyword/value string such as "host=db password=secret".
         return _KEYWORD_PASSWORD.sub(r"\1***", url)
-    netloc = parts.netloc
+    netloc, query = parts.netloc, parts.query
     if parts.password is not None:
         userinfo, _, hostinfo = netloc.rpartition("@")
         user = userinfo.partition(":")[0]
         netloc = f"{user}:***@{hostinfo}"
-    query = parts.query
     if query:
         pairs = parse_qsl(query, keep_blank_values=True)
         if any(k.lower() == "password" for k, _ in pairs):
             query = urlencode(
                 [(k, "***" if k.lower() == "password" else v) for k, v in pairs], safe="*"
             )
+    if (netloc, query) == (parts.netloc, parts.query):
+        return url  # nothing to hide: keep the text exactly as given
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 

@@ -8,6 +8,7 @@ which case they fail. Load with ``pytest_plugins = ["pg_fixtures"]``.
 
 from __future__ import annotations
 
+import functools
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -45,16 +46,27 @@ def _unreachable_reason(url: str) -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> str:
-    """The test server's URL; skips (or fails under TREADLE_REQUIRE_POSTGRES=1) if unreachable."""
+@functools.cache
+def _reachability(url: str) -> str | None:
+    return _unreachable_reason(url)
+
+
+def require_postgres_url() -> str:
+    """The test server's URL; skips the test (or fails it under TREADLE_REQUIRE_POSTGRES=1) when
+    the server is unreachable. Usable outside fixtures (in Hypothesis tests)."""
     url = test_postgres_url()
-    reason = _unreachable_reason(url)
+    reason = _reachability(url)
     if reason is not None:
         if postgres_required():
             pytest.fail(f"{reason}; TREADLE_REQUIRE_POSTGRES=1 makes this a failure")
         pytest.skip(reason)
     return url
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """The test server's URL; skips (or fails under TREADLE_REQUIRE_POSTGRES=1) if unreachable."""
+    return require_postgres_url()
 
 
 def drop_schema(url: str, schema: str) -> None:
@@ -77,9 +89,7 @@ BACKENDS = ["sqlite", "json", "postgres"]
 
 
 @pytest.fixture
-def make_backend(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> Callable[..., Any]:
+def make_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[..., Any]:
     """``make_backend(kind, **options)`` builds an unopened durable checkpointer that all calls with
     the same kind share the storage of (so a test can open two to play two processes)."""
     schema: list[str] = []

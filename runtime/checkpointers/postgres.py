@@ -11,12 +11,11 @@ import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from importlib import resources
-from typing import Any, TypeVar
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-import psycopg
 import trio
-from psycopg import sql
 
 from ..checkpoint import Checkpoint, StepInfo, mask_url, prune_cutoff_ms
 from ..errors import (
@@ -37,7 +36,34 @@ from .codec import (
     save_step,
 )
 
+if TYPE_CHECKING:
+    import psycopg
+
 T = TypeVar("T")
+
+
+def _driver() -> ModuleType:
+    """psycopg, imported on first use: it is an optional dependency (``treadle[postgres]``)."""
+    try:
+        import psycopg
+    except ImportError as exc:
+        raise CheckpointBackendError(
+            "postgres", "the psycopg driver is not installed: pip install 'treadle[postgres]'"
+        ) from exc
+    return psycopg
+
+
+def _db_error() -> type[Exception]:
+    error: type[Exception] = _driver().Error
+    return error
+
+
+def _sql(template: str, *names: str) -> Any:
+    """``template`` with ``{}`` slots filled by quoted identifiers."""
+    from psycopg import sql
+
+    return sql.SQL(template).format(*(sql.Identifier(name) for name in names))
+
 
 _MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 _ROW_COLUMNS = (
@@ -286,7 +312,7 @@ class PostgresCheckpointer:
                         (_lock_key("write", self.schema, lock_session),),
                     )
                 yield _PostgresTx(conn)
-        except psycopg.Error as exc:
+        except _db_error() as exc:
             raise self._error("query failed on", exc) from exc
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -298,13 +324,13 @@ class PostgresCheckpointer:
 
     def _open_sync(self) -> psycopg.Connection[tuple[Any, ...]]:
         try:
-            conn = psycopg.connect(
+            conn: psycopg.Connection[tuple[Any, ...]] = _driver().connect(
                 self.url,
                 autocommit=True,
                 connect_timeout=max(1, round(self.connect_timeout)),
                 application_name="treadle",
             )
-        except psycopg.Error as exc:
+        except _db_error() as exc:
             raise CheckpointBackendError(
                 "postgres",
                 f"cannot connect to {self.masked_url}: {self._reason(exc)}; check that the server "
@@ -314,20 +340,19 @@ class PostgresCheckpointer:
             self._migrate(conn)
         except BaseException as exc:
             conn.close()
-            if isinstance(exc, psycopg.Error):
+            if isinstance(exc, _db_error()):
                 raise self._error("cannot prepare the schema on", exc) from exc
             raise
         return conn
 
     def _migrate(self, conn: psycopg.Connection[tuple[Any, ...]]) -> None:
-        schema = sql.Identifier(self.schema)
         with conn.transaction():
             # Two processes opening a fresh database at once must not both create the tables.
             conn.execute(
                 "SELECT pg_advisory_xact_lock(%s)", (_lock_key("migrate", self.schema, ""),)
             )
-            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(schema))
-            conn.execute(sql.SQL("SET search_path TO {}").format(schema))
+            conn.execute(_sql("CREATE SCHEMA IF NOT EXISTS {}", self.schema))
+            conn.execute(_sql("SET search_path TO {}", self.schema))
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "
                 "name TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
@@ -364,7 +389,7 @@ class PostgresCheckpointer:
                         "DELETE FROM session_leases WHERE session_id = ANY(%s) AND owner = ANY(%s)",
                         (list(leases), list(set(leases.values()))),
                     )
-            except psycopg.Error:
+            except _db_error():
                 pass  # closing the connection frees the locks anyway
             finally:
                 conn.close()
@@ -486,7 +511,7 @@ class PostgresCheckpointer:
                 "acquired_at = now(), heartbeat_at = now(), expires_at = EXCLUDED.expires_at",
                 (session_id, owner, self.lease_ttl),
             )
-        except psycopg.Error as exc:
+        except _db_error() as exc:
             raise self._error("cannot take the lease of a session on", exc) from exc
         self._leases[session_id] = owner
 
@@ -511,7 +536,7 @@ class PostgresCheckpointer:
             conn.execute(
                 "SELECT pg_advisory_unlock(%s)", (_lock_key("lease", self.schema, session_id),)
             )
-        except psycopg.Error as exc:
+        except _db_error() as exc:
             raise self._error("cannot release the lease of a session on", exc) from exc
 
     async def release_lease(self, session_id: str, owner: str) -> None:
@@ -528,7 +553,7 @@ class PostgresCheckpointer:
                 "WHERE session_id = ANY(%s) AND owner = ANY(%s)",
                 (self.lease_ttl, list(self._leases), list(set(self._leases.values()))),
             )
-        except psycopg.Error as exc:
+        except _db_error() as exc:
             raise self._error("cannot renew session leases on", exc) from exc
 
     async def renew_leases(self) -> None:
@@ -546,9 +571,7 @@ class PostgresCheckpointer:
         sizes: dict[str, dict[str, int]] = {}
         for table in ("sessions", "steps", "messages"):
             rows, data = conn.execute(
-                sql.SQL("SELECT count(*), coalesce(sum(pg_column_size(t.*)), 0) FROM {} t").format(
-                    sql.Identifier(table)
-                )
+                _sql("SELECT count(*), coalesce(sum(pg_column_size(t.*)), 0) FROM {} t", table)
             ).fetchone() or (0, 0)
             qualified = '"{}"."{}"'.format(self.schema.replace('"', '""'), table)
             total = conn.execute(
