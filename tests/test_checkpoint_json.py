@@ -1,0 +1,174 @@
+"""The JSON-files store: readable atomic files, and corrupt files (truncated, emptied, garbage)
+logged, listed and skipped, never fatal, also under a running AppRunner."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import trio
+
+from treadle import END, START, AppRunner, GraphBuilder, NodePartial, Resumed, VersionedState
+from treadle.runtime.checkpoint import Checkpoint
+from treadle.runtime.checkpointers import JSONCheckpointer
+from treadle.runtime.errors import CheckpointBackendError, CheckpointNotFound
+from treadle.runtime.state import Message
+
+
+def checkpoint(step: int, session: str = "s") -> Checkpoint:
+    return Checkpoint(
+        session_id=session,
+        step=step,
+        state=VersionedState(
+            messages=[Message.user(f"m{i}") for i in range(step + 1)],
+            # A large value written once keeps the first snapshot bigger than the deltas after it,
+            # so every later step is a delta in one chain.
+            extra={"step": step, "blob": "x" * 4000},
+            messages_version=step + 1,
+            extra_version=step + 1,
+        ),
+        frontier=("a",),
+        versions_seen={"a": (step, step)},
+        join_state={},
+        concurrency_limit=1,
+        created_at=step,
+        ran_nodes=("a",),
+    )
+
+
+def step_file(root: Path, step: int, session: str = "s") -> Path:
+    return root / session / f"{step:012d}.json"
+
+
+async def filled(root: Path, steps: int = 6) -> JSONCheckpointer:
+    store = JSONCheckpointer(root, max_chain=100)
+    await store.open()
+    for step in range(steps):
+        await store.save(checkpoint(step))
+    return store
+
+
+async def test_files_are_readable_json_and_no_temporary_file_remains(tmp_path: Path) -> None:
+    store = await filled(tmp_path)
+    files = sorted(p.name for p in (tmp_path / "s").iterdir())
+    assert files == [f"{step:012d}.json" for step in range(6)]
+    first = json.loads(step_file(tmp_path, 0).read_text())
+    assert first["format"] == "treadle.checkpoint/1"
+    assert first["kind"] == "snapshot"
+    assert first["body"]["messages"] == [{"role": "user", "content": "m0"}]
+    later = json.loads(step_file(tmp_path, 1).read_text())
+    assert later["kind"] == "delta"
+    assert later["base_step"] == 0
+    assert later["body"]["messages_appended"] == [{"role": "user", "content": "m1"}]
+    assert "\n  " in step_file(tmp_path, 1).read_text()  # indented for people
+    await store.aclose()
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        (lambda text: "", "empty"),
+        (lambda text: text[: len(text) // 2], "not valid JSON"),
+        (lambda text: "\x00\xff garbage {{{", "not valid JSON"),
+        (lambda text: json.dumps({"hello": "world"}), "not a treadle checkpoint"),
+    ],
+)
+async def test_a_corrupt_latest_file_is_reported_and_the_previous_step_is_used(
+    tmp_path: Path, damage: object, reason: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = await filled(tmp_path)
+    latest = step_file(tmp_path, 5)
+    latest.write_text(damage(latest.read_text()))  # type: ignore[operator]
+    with caplog.at_level(logging.WARNING, logger="treadle.checkpointer.json"):
+        found = await store.load_latest("s")
+    assert found is not None
+    assert found.step == 4
+    assert found.state.extra["step"] == 4
+    assert [c.path for c in store.corrupt_files()] == [latest]
+    assert reason in store.corrupt_files()[0].reason
+    assert str(latest) in caplog.text
+    assert [i.step for i in await store.list_steps("s")] == [0, 1, 2, 3, 4]
+    with pytest.raises(CheckpointNotFound):
+        await store.load("s", 5)
+    await store.aclose()
+
+    # A fresh open finds it too, and saving goes on (the session continues from step 4).
+    again = JSONCheckpointer(tmp_path)
+    await again.open()
+    assert [c.path for c in again.corrupt_files()] == [latest]
+    await again.save(checkpoint(6))
+    found = await again.load_latest("s")
+    assert found is not None
+    assert found.step == 6
+    await again.aclose()
+
+
+async def test_a_corrupt_middle_file_costs_only_the_steps_built_on_it(tmp_path: Path) -> None:
+    store = await filled(tmp_path)
+    step_file(tmp_path, 3).write_text("")
+    # Steps 4 and 5 are deltas on 3: they cannot be rebuilt, and are reported too.
+    found = await store.load_latest("s")
+    assert found is not None
+    assert found.step == 2
+    reported = {c.path.name for c in store.corrupt_files()}
+    assert reported == {f"{3:012d}.json", f"{5:012d}.json", f"{4:012d}.json"}
+    assert (await store.load("s", 1)).state.extra["step"] == 1
+    await store.aclose()
+
+
+async def test_stray_files_are_ignored(tmp_path: Path) -> None:
+    store = await filled(tmp_path, steps=2)
+    (tmp_path / "s" / "notes.txt").write_text("hello")
+    (tmp_path / "s" / ".000000000009.json.abc.tmp").write_text("half")
+    (tmp_path / "README").write_text("not a session")
+    assert await store.list_sessions() == ["s"]
+    assert [i.step for i in await store.list_steps("s")] == [0, 1]
+    assert await store.delete_session("s") is True
+    assert await store.list_sessions() == []
+    await store.aclose()
+
+
+async def test_an_unusable_directory_fails_open_clearly(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(
+        CheckpointBackendError, match=r"cannot use .*file.* as a checkpoint directory"
+    ):
+        await JSONCheckpointer(blocker).open()
+
+
+async def test_the_runner_resumes_past_corrupt_files(tmp_path: Path) -> None:
+    async def count(snapshot: object, ctx: object) -> NodePartial:
+        n = snapshot.extra.get("n", 0)  # type: ignore[attr-defined]
+        return NodePartial(extra={"n": n + 1})
+
+    def again(snapshot: object) -> str:
+        return END if snapshot.extra["n"] >= 6 else "count"  # type: ignore[attr-defined]
+
+    app = (
+        GraphBuilder()
+        .add_node("count", count)
+        .add_edge(START, "count")
+        .add_conditional_edges("count", again, path_map=["count", END])
+        .compile()
+    )
+    with trio.fail_after(30):
+        async with AppRunner(app, checkpointer=f"json:///{tmp_path / 'runs'}") as runner:
+            await runner.create_session("s", VersionedState())
+            for _ in range(3):
+                await runner.run_step("s")
+        # Damage the newest step: the next runner resumes from the one before it.
+        newest = step_file(tmp_path / "runs", 3)
+        newest.write_text(newest.read_text()[:10])
+        async with AppRunner(app, checkpointer=f"json:///{tmp_path / 'runs'}") as runner:
+            assert await runner.create_session("s", VersionedState()) == Resumed(2)
+            store = runner.checkpointer
+            assert isinstance(store, JSONCheckpointer)
+            assert [c.path for c in store.corrupt_files()] == [newest]
+            final = await runner.run_until_complete("s")
+            assert final.extra["n"] == 6
+            # Step 3 was run again and its file rewritten whole.
+            assert store.corrupt_files() == []
+            assert json.loads(newest.read_text())["step"] == 3

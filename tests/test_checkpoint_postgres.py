@@ -1,0 +1,195 @@
+"""PostgreSQL specifics: versioned migrations, leases between connections, and clear, masked
+errors when the server cannot be reached."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import psycopg
+import pytest
+import trio
+
+from treadle.runtime.checkpoint import Checkpoint
+from treadle.runtime.checkpointers import PostgresCheckpointer
+from treadle.runtime.checkpointers.postgres import migrations
+from treadle.runtime.errors import CheckpointBackendError, SessionLeased
+from treadle.runtime.state import VersionedState
+
+pytest_plugins = ["pg_fixtures"]
+
+
+def checkpoint(step: int) -> Checkpoint:
+    return Checkpoint(
+        session_id="s",
+        step=step,
+        state=VersionedState(extra={"step": step}),
+        frontier=("a",),
+        versions_seen={},
+        join_state={},
+        concurrency_limit=1,
+        created_at=step,
+    )
+
+
+def query(url: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    with psycopg.connect(url, autocommit=True) as conn:
+        cursor = conn.execute(sql.encode(), params or None)
+        return cursor.fetchall() if cursor.description else []
+
+
+@pytest.fixture
+async def pair(postgres_url: str, pg_schema: str) -> AsyncIterator[tuple[Any, Any]]:
+    """Two checkpointers on one schema: two connections, as two processes would have."""
+    first = PostgresCheckpointer(postgres_url, schema=pg_schema)
+    second = PostgresCheckpointer(postgres_url, schema=pg_schema)
+    await first.open()
+    await second.open()
+    yield first, second
+    await first.aclose()
+    await second.aclose()
+
+
+# -- migrations --------------------------------------------------------------------------------------
+
+
+def test_migrations_ship_as_numbered_files() -> None:
+    shipped = migrations()
+    assert [(v, name) for v, name, _ in shipped][:1] == [(1, "0001_init.sql")]
+    assert [v for v, _, _ in shipped] == sorted({v for v, _, _ in shipped})
+    assert "CREATE TABLE steps" in shipped[0][2]
+
+
+async def test_migrations_apply_once_even_when_opened_concurrently(
+    postgres_url: str, pg_schema: str
+) -> None:
+    stores = [PostgresCheckpointer(postgres_url, schema=pg_schema) for _ in range(3)]
+    async with trio.open_nursery() as nursery:
+        for store in stores:
+            nursery.start_soon(store.open)
+    rows = query(postgres_url, f'SELECT version, name FROM "{pg_schema}".schema_migrations')
+    assert rows == [(1, "0001_init.sql")]
+    await stores[0].save(checkpoint(1))
+    for store in stores:
+        await store.aclose()
+    again = PostgresCheckpointer(f"{postgres_url}?schema={pg_schema}")
+    await again.open()
+    latest = await again.load_latest("s")
+    assert latest is not None
+    assert latest.step == 1
+    await again.aclose()
+    assert query(postgres_url, f'SELECT count(*) FROM "{pg_schema}".schema_migrations') == [(1,)]
+
+
+async def test_a_schema_from_a_newer_treadle_is_refused(postgres_url: str, pg_schema: str) -> None:
+    store = PostgresCheckpointer(postgres_url, schema=pg_schema)
+    await store.open()
+    await store.aclose()
+    query(
+        postgres_url,
+        f"INSERT INTO \"{pg_schema}\".schema_migrations (version, name) VALUES (999, '0999_x.sql')",
+    )
+    with pytest.raises(CheckpointBackendError, match=r"migrated by a newer treadle.*999"):
+        await PostgresCheckpointer(postgres_url, schema=pg_schema).open()
+
+
+async def test_step_metadata_is_jsonb_and_queryable(postgres_url: str, pg_schema: str) -> None:
+    store = PostgresCheckpointer(postgres_url, schema=pg_schema)
+    await store.open()
+    for step in range(3):
+        await store.save(
+            Checkpoint(
+                session_id="s",
+                step=step,
+                state=VersionedState(),
+                frontier=(),
+                versions_seen={},
+                join_state={},
+                concurrency_limit=1,
+                created_at=step,
+                ran_nodes=("plan",) if step == 1 else ("work",),
+            )
+        )
+    await store.aclose()
+    rows = query(
+        postgres_url,
+        f'SELECT step FROM "{pg_schema}".steps WHERE ran_nodes @> \'["plan"]\'::jsonb',
+    )
+    assert rows == [(1,)]
+
+
+# -- unreachable servers -----------------------------------------------------------------------------
+
+
+async def test_an_unreachable_server_fails_open_with_the_masked_url() -> None:
+    store = PostgresCheckpointer(
+        "postgresql://treadle:s3cret-pw@127.0.0.1:1/nothing", connect_timeout=2
+    )
+    with trio.fail_after(30), pytest.raises(CheckpointBackendError) as info:
+        await store.open()
+    message = str(info.value)
+    assert message.startswith(
+        "postgres: cannot connect to postgresql://treadle:***@127.0.0.1:1/nothing"
+    )
+    assert "check that the server is running" in message
+    assert "s3cret-pw" not in message
+    assert "s3cret-pw" not in repr(store)
+
+
+async def test_a_wrong_database_fails_open_clearly(postgres_url: str) -> None:
+    store = PostgresCheckpointer(postgres_url.rsplit("/", 1)[0] + "/no_such_database_here")
+    with pytest.raises(CheckpointBackendError, match="no_such_database_here"):
+        await store.open()
+
+
+# -- leases ------------------------------------------------------------------------------------------
+
+
+async def test_a_leased_session_is_refused_to_another_connection(pair: tuple[Any, Any]) -> None:
+    first, second = pair
+    await first.acquire_lease("s", "host-a:1")
+    await first.acquire_lease("s", "host-a:1")  # idempotent for its owner
+    with pytest.raises(
+        SessionLeased, match=r"'s' is being run by another process \(host-a:1\)"
+    ) as info:
+        await second.acquire_lease("s", "host-b:2")
+    assert info.value.holder == "host-a:1"
+    # Another owner on the same connection is refused too.
+    with pytest.raises(SessionLeased):
+        await first.acquire_lease("s", "host-a:other")
+    await second.acquire_lease("t", "host-b:2")  # other sessions are free
+    await first.release_lease("s", "host-b:2")  # not the owner: nothing happens
+    with pytest.raises(SessionLeased):
+        await second.acquire_lease("s", "host-b:2")
+    await first.release_lease("s", "host-a:1")
+    await second.acquire_lease("s", "host-b:2")
+    assert second.held_leases() == {"s": "host-b:2", "t": "host-b:2"}
+
+
+async def test_a_lease_dies_with_its_connection(postgres_url: str, pair: tuple[Any, Any]) -> None:
+    first, second = pair
+    await first.acquire_lease("s", "crashing")
+    # Kill the holder's connection as a crash (SIGKILL) would; the server frees its locks at once.
+    pid = first._require_conn().info.backend_pid
+    assert query(postgres_url, "SELECT pg_terminate_backend(%s, 5000)", pid) == [(True,)]
+    await second.acquire_lease("s", "survivor")
+    rows = query(
+        postgres_url,
+        f'SELECT owner FROM "{second.schema}".session_leases WHERE session_id = %s',
+        "s",
+    )
+    assert rows == [("survivor",)]
+
+
+async def test_heartbeats_extend_the_lease_row(postgres_url: str, pair: tuple[Any, Any]) -> None:
+    first, _ = pair
+    await first.acquire_lease("s", "me")
+    sql = f'SELECT heartbeat_at, expires_at FROM "{first.schema}".session_leases WHERE session_id = %s'
+    [(beat, expires)] = query(postgres_url, sql, "s")
+    assert (expires - beat).total_seconds() == pytest.approx(first.lease_ttl)
+    await first.renew_leases()
+    [(beat2, expires2)] = query(postgres_url, sql, "s")
+    assert beat2 > beat
+    assert expires2 > expires
+    await first.aclose()
+    assert query(postgres_url, sql, "s") == []  # a clean close removes its rows

@@ -1,0 +1,168 @@
+"""Storage grows with what a run writes, not with steps x state size: 1,000 steps each appending one
+100-byte message stay under 2 MB in SQLite and in PostgreSQL, a resumed session does not store its
+messages again, and rebuilding a step replays a bounded number of deltas."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from treadle import END, START, AppRunner, GraphBuilder, Message, NodePartial, VersionedState
+from treadle.runtime.checkpoint import Checkpoint
+from treadle.runtime.checkpointers import PostgresCheckpointer, SQLiteCheckpointer
+from treadle.runtime.checkpointers.codec import DELTA, chain_to
+
+pytest_plugins = ["pg_fixtures"]
+
+STEPS = 1000
+TWO_MB = 2 * 1024 * 1024
+
+
+def chatty_app(steps: int) -> Any:
+    """One node that appends a 100-byte message per step, looping ``steps`` times."""
+
+    async def talk(snapshot: Any, ctx: Any) -> NodePartial:
+        return NodePartial(messages=[Message.assistant(f"{ctx.step:06d}" + "x" * 94)])
+
+    def more(snapshot: Any) -> str:
+        return END if len(snapshot.messages) > steps else "talk"
+
+    return (
+        GraphBuilder()
+        .add_node("talk", talk)
+        .add_edge(START, "talk")
+        .add_conditional_edges("talk", more, path_map=["talk", END])
+        .compile()
+    )
+
+
+async def run_chatty(checkpointer: Any) -> VersionedState:
+    async with AppRunner(chatty_app(STEPS), checkpointer=checkpointer) as runner:
+        await runner.create_session("s", VersionedState.with_user_message("go"))
+        final = await runner.run_until_complete("s")
+        history = await runner.get_state_history("s")
+    assert len(final.messages) == STEPS + 1
+    assert [i.step for i in history] == list(range(STEPS + 1))
+    return final
+
+
+def file_bytes(path: Path) -> int:
+    return sum(
+        os.path.getsize(p) for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")) if p.exists()
+    )
+
+
+async def test_sqlite_file_stays_under_2_mb_for_1000_growing_steps(tmp_path: Path) -> None:
+    path = tmp_path / "growth.db"
+    with trio.fail_after(120):
+        final = await run_chatty(f"sqlite:///{path}")
+    size = file_bytes(path)
+    print(f"\nSQLite, {STEPS} steps x 100-byte message: {size:,} bytes")
+    assert size < TWO_MB
+    store = SQLiteCheckpointer(path)
+    await store.open()
+    latest = await store.load_latest("s")
+    assert latest is not None
+    assert latest.state == final
+    assert (await store.row_counts())["messages"] == STEPS + 1  # each message stored once
+    await store.aclose()
+
+
+@pytest.mark.postgres
+async def test_postgres_rows_stay_under_2_mb_for_1000_growing_steps(
+    postgres_url: str, pg_schema: str
+) -> None:
+    store = PostgresCheckpointer(postgres_url, schema=pg_schema)
+    with trio.fail_after(180):
+        final = await run_chatty(store)
+    await store.open()
+    sizes = await store.storage()
+    row_bytes = sum(table["row_bytes"] for table in sizes.values())
+    relation_bytes = sum(table["relation_bytes"] for table in sizes.values())
+    print(f"\nPostgreSQL rows: {row_bytes:,} bytes of data, {relation_bytes:,} bytes on disk")
+    assert row_bytes < TWO_MB
+    assert sizes["messages"]["rows"] == STEPS + 1
+    latest = await store.load_latest("s")
+    assert latest is not None
+    assert latest.state == final
+    await store.aclose()
+
+
+def record(step: int, state: VersionedState) -> Checkpoint:
+    return Checkpoint(
+        session_id="s",
+        step=step,
+        state=state,
+        frontier=("a",),
+        versions_seen={"a": (step, step)},
+        join_state={},
+        concurrency_limit=1,
+        created_at=step,
+    )
+
+
+def grow(state: VersionedState, step: int) -> VersionedState:
+    return VersionedState(
+        messages=[*state.messages, Message.user(f"message {step}")],
+        extra={**state.extra, f"k{step % 50}": step, "blob": "y" * 2000},
+        messages_version=state.messages_version + 1,
+        extra_version=state.extra_version + 1,
+    )
+
+
+async def test_a_resumed_session_does_not_store_its_messages_again(tmp_path: Path) -> None:
+    state = VersionedState()
+    store = SQLiteCheckpointer(tmp_path / "resume.db")
+    await store.open()
+    for step in range(10):
+        state = grow(state, step)
+        await store.save(record(step, state))
+    await store.aclose()
+
+    store = SQLiteCheckpointer(tmp_path / "resume.db")  # a new process: nothing cached
+    await store.open()
+    latest = await store.load_latest("s")
+    assert latest is not None
+    state = latest.state
+    for step in range(10, 15):
+        state = grow(state, step)
+        await store.save(record(step, state))
+    assert (await store.row_counts())["messages"] == 15
+    assert (await store.load("s", 14)).state == state
+    await store.aclose()
+
+
+async def test_rebuilding_any_step_replays_a_bounded_chain(tmp_path: Path) -> None:
+    path = tmp_path / "chain.db"
+    store = SQLiteCheckpointer(path, max_chain=16)
+    await store.open()
+    state = VersionedState()
+    for step in range(3000):
+        state = grow(state, step)
+        await store.save(record(step, state))
+    started = time.perf_counter()
+    latest = await store.load_latest("s")
+    elapsed = time.perf_counter() - started
+    assert latest is not None
+    assert latest.state == state
+    print(f"\nload_latest after 3000 steps: {elapsed * 1000:.1f} ms")
+    assert elapsed < 1.0  # generous: the machine is shared; typical is a few ms
+
+    def longest_chain() -> tuple[int, int]:
+        from treadle.runtime.checkpointers.sqlite import _SQLiteTx
+
+        assert store._db is not None
+        tx = _SQLiteTx(store._db)
+        rows = tx.rows("s", 0, 10**9)
+        deltas = sum(row.kind == DELTA for row in rows.values())
+        return max(len(chain_to(tx, row)) for row in rows.values()), deltas
+
+    longest, deltas = await trio.to_thread.run_sync(longest_chain)
+    assert deltas > 2000  # the big blob makes deltas worthwhile: most steps are deltas
+    assert longest <= 17  # a snapshot plus at most max_chain deltas
+    await store.aclose()
