@@ -96,3 +96,159 @@ versioned_states = st.builds(
     extra_version=st.integers(1, 50),
     errors_version=st.integers(1, 50),
 )
+
+
+# -- generated graphs for the interleaving-determinism tests --------------------------------------
+# Appended here (not at the top) to keep this section self-contained; see tests/reference.py.
+
+from reference import (  # noqa: E402  # this appended section builds on the reference
+    Behaviour as GraphBehaviour,
+)
+from reference import (  # noqa: E402  # (see above)
+    GraphSpec,
+    Router,
+)
+from reference import (  # noqa: E402  # (see above)
+    Value as GraphValue,
+)
+
+from treadle.runtime.graph import END as _END  # noqa: E402  # (see above)
+from treadle.runtime.graph import START as _START  # noqa: E402  # (see above)
+
+# The keys generated nodes write and routers read: few, so writes collide and counters matter.
+graph_keys = st.sampled_from(["k0", "k1", "k2"])
+
+graph_values = st.one_of(
+    st.builds(GraphValue, st.just("const"), st.integers(0, 2) | st.sampled_from(["x", "y"])),
+    st.builds(GraphValue, st.just("step")),
+    st.builds(GraphValue, st.just("incr")),
+    st.builds(GraphValue, st.just("delete")),
+)
+
+# The name a router or command may use that is not a node: it must be dropped and reported.
+GHOST = "ghost"
+
+
+@st.composite
+def graph_behaviours(draw: st.DrawFn, names: list[str], *, failures: bool = True) -> GraphBehaviour:
+    """One node's behaviour; ``names`` are the targets its frontier command may use."""
+    kind = draw(st.sampled_from(["async", "async", "async", "sync", "runner"]))
+    writes = draw(
+        st.lists(st.tuples(graph_keys, graph_values), max_size=2, unique_by=lambda w: w[0])
+    )
+    targets = st.lists(st.sampled_from([*names, _END, GHOST]), max_size=2)
+    command = draw(
+        st.one_of(
+            st.none(),
+            st.none(),
+            st.none(),
+            st.builds(Replace, targets),
+            st.builds(Append, targets),
+        )
+    )
+    flaky = draw(st.sampled_from([0, 0, 0, 1, 2]))
+    max_attempts = flaky + draw(st.sampled_from([1, 1, 1, 0])) if flaky else 1
+    failure = None
+    if failures:
+        options: list[str | None] = [None] * 6 + ["raise"]
+        if kind != "sync":
+            options.append("hang")
+        failure = draw(st.sampled_from(options))
+    return GraphBehaviour(
+        kind=kind,
+        say=draw(st.booleans()),
+        writes=tuple(writes),
+        notes=tuple(draw(st.lists(st.sampled_from(["note", "warn"]), max_size=1))),
+        command=command,
+        delays_ms=(
+            (0,)
+            if kind == "sync"
+            else tuple(draw(st.lists(st.integers(0, 5), min_size=1, max_size=3)))
+        ),
+        emits=draw(st.integers(0, 2)),
+        flaky=flaky,
+        max_attempts=max(1, max_attempts),
+        failure=failure,  # type: ignore[arg-type]  # drawn from the allowed literals
+        fail_from_step=draw(st.integers(1, 8)),
+    )
+
+
+@st.composite
+def graph_specs(draw: st.DrawFn, *, max_nodes: int = 6, failures: bool = True) -> GraphSpec:
+    """Graphs that compile: chains, fan-outs, diamonds, random DAGs with unequal-length paths,
+    joins, conditional loops bounded by counters in ``extra``, and frontier commands.
+
+    Static edges and joins only go forward in node order (so they form no cycle); routers and
+    frontier commands may go anywhere, including back, which makes loops.
+    """
+    n = draw(st.integers(1, max_nodes))
+    names = [f"n{i}" for i in range(n)]
+    shape = draw(st.sampled_from(["chain", "fanout", "diamond", "random"]))
+    edges: list[tuple[str, str]] = []
+
+    def add(src: str, dst: str) -> None:
+        if (src, dst) not in edges:
+            edges.append((src, dst))
+
+    for i, name in enumerate(names):
+        if shape == "chain":
+            add(_START if i == 0 else names[i - 1], name)
+        elif shape == "fanout":
+            add(_START, name)
+        elif shape == "diamond":
+            if i == 0:
+                add(_START, name)
+            elif i < n - 1 or n == 2:
+                add(names[0], name)
+            else:
+                for mid in names[1:-1]:
+                    add(mid, name)
+        else:
+            sources = draw(st.lists(st.sampled_from([_START, *names[:i]]), min_size=1, max_size=2))
+            for src in sources:
+                add(src, name)
+    # Shortcuts make paths of unequal length to one node.
+    if n >= 3:
+        for _ in range(draw(st.integers(0, 2))):
+            i = draw(st.integers(0, n - 2))
+            j = draw(st.integers(i + 1, n - 1))
+            add(names[i], names[j])
+    for name in names:
+        if not any(src == name for src, _ in edges) or draw(st.integers(0, 5)) == 0:
+            add(name, _END)
+
+    joins: list[tuple[tuple[str, ...], str]] = []
+    if n >= 3:
+        for _ in range(draw(st.integers(0, 2))):
+            target = draw(st.integers(2, n))
+            pool = names[:target]
+            sources = tuple(
+                draw(st.lists(st.sampled_from(pool), min_size=2, max_size=3, unique=True))
+            )
+            dst = names[target] if target < n else _END
+            if all(set(s) != set(sources) or d != dst for s, d in joins):
+                joins.append((sources, dst))
+
+    routers: list[Router] = []
+    for _ in range(draw(st.integers(0, 2))):
+        targets = st.lists(st.sampled_from([*names, _END, GHOST]), max_size=2)
+        routers.append(
+            Router(
+                source=draw(st.sampled_from([_START, *names])),
+                key=draw(graph_keys),
+                bound=draw(st.integers(1, 3)),
+                below=tuple(draw(targets)),
+                above=tuple(draw(targets)),
+            )
+        )
+    nodes = tuple((name, draw(graph_behaviours(names, failures=failures))) for name in names)
+    return GraphSpec(nodes=nodes, edges=tuple(edges), joins=tuple(joins), routers=tuple(routers))
+
+
+graph_initial_states = st.builds(
+    VersionedState,
+    messages=st.lists(st.builds(Message.user, st.sampled_from(["hi", "go"])), max_size=1),
+    extra=st.dictionaries(graph_keys, st.integers(0, 2) | st.just("x"), max_size=2),
+    messages_version=st.integers(1, 3),
+    extra_version=st.integers(1, 3),
+)
