@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import datetime
 import logging
-from collections.abc import Awaitable, Callable
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol, TypeAlias, TypeVar, assert_never, runtime_checkable
 
 import attrs
@@ -23,6 +24,16 @@ T = TypeVar("T")
 
 # Closing the backend on the way out is shielded, and bounded so a hung server cannot hang exit.
 _CLOSE_TIMEOUT = 5.0
+# The most queued pipelined writes stored in one transaction.
+_MAX_BATCH = 256
+
+
+@runtime_checkable
+class SavesBatches(Protocol):
+    """A backend that can store several checkpoints in one transaction (group commit)."""
+
+    async def save_many(self, cps: Sequence[Checkpoint]) -> None:
+        """Store ``cps`` in order, atomically: all of them or none."""
 
 
 @runtime_checkable
@@ -121,6 +132,9 @@ class CheckpointerActor:
             A failing operation is answered to its asker and the actor goes on. A failing pipelined
             write is kept and raised by the next ``save``, ``save_pipelined`` or ``flush``; writes
             queued behind it are skipped so that the stored history has no gap.
+
+        Pipelined writes queued back to back are stored together in one transaction when the
+        backend supports it (:class:`SavesBatches`): one commit, one thread hop.
         """
         receive = self._receive
         if receive is None:
@@ -133,13 +147,63 @@ class CheckpointerActor:
                     if isinstance(self.checkpointer, RenewsLeases):
                         nursery.start_soon(self._heartbeat, self.checkpointer.lease_renew_interval)
                     task_status.started()
-                    async for msg in receive:
-                        await self._handle(msg)
+                    await self._serve(receive)
                     nursery.cancel_scope.cancel()
             finally:
                 with trio.move_on_after(_CLOSE_TIMEOUT) as scope:
                     scope.shield = True
                     await self.checkpointer.aclose()
+
+    async def _serve(self, receive: MailboxReceiver[CheckpointerMsg]) -> None:
+        # Messages taken out of the mailbox early, to batch pipelined writes; served in order.
+        taken: deque[CheckpointerMsg] = deque()
+        batches = isinstance(self.checkpointer, SavesBatches)
+        try:
+            while True:
+                if taken:
+                    msg = taken.popleft()
+                else:
+                    try:
+                        msg = await receive.receive()
+                    except trio.EndOfChannel:
+                        return
+                if batches and isinstance(msg, PipelinedSave):
+                    taken.extend(receive.drain_nowait(_MAX_BATCH))
+                    batch = [msg.checkpoint]
+                    while taken and len(batch) < _MAX_BATCH:
+                        head = taken[0]
+                        if not isinstance(head, PipelinedSave):
+                            break
+                        taken.popleft()
+                        batch.append(head.checkpoint)
+                    await self._save_pipelined_batch(batch)
+                else:
+                    await self._handle(msg)
+        finally:
+            # Requests taken but never served: their askers must learn that the actor is gone.
+            for msg in taken:
+                if isinstance(msg, Call | Flush):
+                    msg.reply_to.close()
+
+    async def _save_pipelined_batch(self, batch: list[Checkpoint]) -> None:
+        if self._pending_error is not None:
+            return  # an earlier write failed: never leave a gap in the history
+        try:
+            if len(batch) == 1:
+                await self.checkpointer.save(batch[0])
+            else:
+                assert isinstance(self.checkpointer, SavesBatches)
+                await self.checkpointer.save_many(batch)
+        except Exception as exc:
+            first, last = batch[0], batch[-1]
+            log.warning(
+                "checkpoints of steps %d..%d (session %r…) failed: %s",
+                first.step,
+                last.step,
+                first.session_id,
+                exc,
+            )
+            self._pending_error = exc
 
     async def _handle(self, msg: CheckpointerMsg) -> None:
         match msg:
@@ -153,15 +217,7 @@ class CheckpointerActor:
                     else:
                         reply(reply_to, outcome.Value(value))
             case PipelinedSave(checkpoint=cp):
-                if self._pending_error is not None:
-                    return  # an earlier write failed: never leave a gap in the history
-                try:
-                    await self.checkpointer.save(cp)
-                except Exception as exc:
-                    log.warning(
-                        "checkpoint of session %r step %d failed: %s", cp.session_id, cp.step, exc
-                    )
-                    self._pending_error = exc
+                await self._save_pipelined_batch([cp])
             case Flush(reply_to=reply_to):
                 error, self._pending_error = self._pending_error, None
                 reply(reply_to, outcome.Value(None) if error is None else outcome.Error(error))

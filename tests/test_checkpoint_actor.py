@@ -4,6 +4,8 @@ way out. In-memory fakes only, on the autojump clock."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pytest
 import trio
 import trio.testing
@@ -248,3 +250,43 @@ async def test_cancelling_closes_the_backend_and_askers_learn_the_actor_is_gone(
     assert all(isinstance(r, ActorGone) for r in results)
     with pytest.raises(ActorGone):
         await actor.save_pipelined(checkpoint(2))
+
+
+async def test_queued_pipelined_writes_are_committed_together(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    class Batching(SlowStore):
+        def __init__(self) -> None:
+            super().__init__()
+            self.batches: list[list[int]] = []
+
+        async def save_many(self, cps: Sequence[Checkpoint]) -> None:
+            await trio.sleep(1)
+            self.batches.append([cp.step for cp in cps])
+            for cp in cps:
+                await InMemoryCheckpointer.save(self, cp)
+
+    store = Batching()
+    actor = CheckpointerActor(store)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(actor.run)
+            await actor.save_pipelined(checkpoint(1))
+            await trio.testing.wait_all_tasks_blocked()  # the actor is now busy with step 1
+            for step in (2, 3, 4):
+                await actor.save_pipelined(checkpoint(step))
+            await actor.flush()
+            await actor.save_pipelined(checkpoint(5))
+            await trio.testing.wait_all_tasks_blocked()
+            await actor.save_pipelined(checkpoint(6))
+            await actor.save_pipelined(checkpoint(7))
+            await actor.save(checkpoint(8))  # a sync save ends the batch before it
+            await actor.save_pipelined(checkpoint(9))
+            await actor.flush()
+            # A lone write goes through save(); writes queued together share one save_many().
+            assert [e[1] for e in store.events if e[0] == "save"] == [1, 5, 8, 9]
+            assert store.batches == [[2, 3, 4], [6, 7]]
+            latest = await actor.load_latest("s")
+            assert latest is not None
+            assert latest.step == 9
+            nursery.cancel_scope.cancel()

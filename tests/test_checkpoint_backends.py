@@ -95,7 +95,7 @@ async def test_values_round_trip_exactly(store: Any) -> None:
         "neg_zero": -0.0,
         "huge_int": 12345678901234567890123,
         "nested": {"list": [1, 1.5, False, None, "x"], "empty": {}},
-        "text": "naïve ☃ \"quotes\" \\ \u0000 nul",
+        "text": 'naïve ☃ "quotes" \\ \u0000 nul',
         "null": None,
     }
     st0 = VersionedState(messages=[Message("custom-role", "\u0000 and ☃")], extra=tricky)
@@ -248,7 +248,35 @@ async def test_two_writers_expecting_the_same_step_exactly_one_wins(
         await second.aclose()
 
 
-async def test_reopening_reads_what_was_written(kind: str, make_backend: Callable[..., Any]) -> None:
+@pytest.mark.parametrize("kind", SHARED, indirect=True)
+async def test_a_batch_is_stored_whole_or_not_at_all(store: Any) -> None:
+    batch = [checkpoint(step, session=session) for step in range(4) for session in ("x", "y")]
+    await store.save_many(batch)
+    for cp in batch:
+        assert exact(await store.load(cp.session_id, cp.step)) == exact(cp)
+    broken = Checkpoint(
+        session_id="x",
+        step=5,
+        state=VersionedState(),
+        frontier=(),
+        versions_seen={},
+        join_state={},
+        concurrency_limit=1,
+        created_at=0,
+    )
+    object.__setattr__(broken, "frontier", (object(),))
+    with pytest.raises(Exception, match="cannot be stored"):
+        await store.save_many([checkpoint(4, session="x"), checkpoint(4, session="y"), broken])
+    assert [i.step for i in await store.list_steps("x")] == [0, 1, 2, 3]
+    assert [i.step for i in await store.list_steps("y")] == [0, 1, 2, 3]
+    # The batch's failure left no stale memory behind: later writes still round-trip.
+    await store.save(checkpoint(4, session="x"))
+    assert exact(await store.load("x", 4)) == exact(checkpoint(4, session="x"))
+
+
+async def test_reopening_reads_what_was_written(
+    kind: str, make_backend: Callable[..., Any]
+) -> None:
     backend = make_backend(kind)
     await backend.open()
     for step in range(5):

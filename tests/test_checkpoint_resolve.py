@@ -210,5 +210,7 @@ def test_checkpoint_json_round_trip(
 def test_malformed_checkpoint_documents_are_refused() -> None:
     with pytest.raises(ValueError, match="JSON object"):
         Checkpoint.from_json_value([])
-    with pytest.raises(ValueError, match=r"checkpoint\['step'\] must be of JSON type int, got True"):
+    with pytest.raises(
+        ValueError, match=r"checkpoint\['step'\] must be of JSON type int, got True"
+    ):
         Checkpoint.from_json_value({"session_id": "s", "step": True})

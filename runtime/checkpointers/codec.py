@@ -527,6 +527,25 @@ def save_step(
     return encoded.tip if becomes_latest else None
 
 
+def save_steps(
+    codec: StepCodec,
+    tx: StepTx,
+    cps: Sequence[Checkpoint],
+    *,
+    check: bool = False,
+    expected: int | None = None,
+) -> None:
+    """Store ``cps`` in order inside ``tx`` (``check``/``expected`` apply to the first).
+
+    Each new tip is remembered at once, so the next step of a session in the batch is a delta on it.
+    If ``tx`` then fails to commit, the caller must :meth:`StepCodec.forget` those sessions.
+    """
+    for index, cp in enumerate(cps):
+        tip = save_step(codec, tx, cp, check=check and index == 0, expected=expected)
+        if tip is not None:
+            codec.remember(tip)
+
+
 def load_step(codec: StepCodec, tx: StepTx, session_id: str, step: int | None) -> Checkpoint | None:
     """The checkpoint of ``session_id`` at ``step`` (``None``: the latest), or ``None`` if absent.
 
@@ -574,7 +593,7 @@ def prune_session(
     head = tx.head(session_id)
     if not metas or head is None:
         return 0
-    recent = {m.step for m in metas[len(metas) - keep_last :]} if keep_last else set()
+    recent = {m.step for m in metas[max(0, len(metas) - keep_last) :]} if keep_last else set()
     doomed = {
         m.step
         for m in metas

@@ -26,10 +26,9 @@ from .codec import (
     StepCodec,
     StepMeta,
     StepRow,
-    Tip,
     load_step,
     prune_session,
-    save_step,
+    save_steps,
 )
 
 log = logging.getLogger("treadle.checkpointer.json")
@@ -369,23 +368,24 @@ class JSONCheckpointer:
 
     # -- writes ------------------------------------------------------------------------------------
 
-    def _save_sync(self, cp: Checkpoint, check: bool, expected: int | None) -> None:
-        tip: Tip | None = None
+    def _save_sync(
+        self, cps: Sequence[Checkpoint], check: bool = False, expected: int | None = None
+    ) -> None:
+        tx = _FilesTx(self)
         try:
-            tx = _FilesTx(self)
-            tip = save_step(self._codec, tx, cp, check=check, expected=expected)
+            save_steps(self._codec, tx, cps, check=check, expected=expected)
             tx.commit()
         except BaseException:
-            self._codec.forget(cp.session_id)
+            for cp in cps:
+                self._codec.forget(cp.session_id)
+                self._heads.pop(cp.session_id, None)
             raise
-        if tip is not None:
-            self._codec.remember(tip)
 
     async def save(self, cp: Checkpoint) -> None:
-        await self._run(lambda: self._save_sync(cp, False, None))
+        await self._run(lambda: self._save_sync([cp]))
 
     async def save_with_concurrency_check(self, cp: Checkpoint, expected_step: int | None) -> None:
-        await self._run(lambda: self._save_sync(cp, True, expected_step))
+        await self._run(lambda: self._save_sync([cp], True, expected_step))
 
     # -- reads -------------------------------------------------------------------------------------
 

@@ -29,11 +29,10 @@ from .codec import (
     StepCodec,
     StepMeta,
     StepRow,
-    Tip,
     dumps,
     load_step,
     prune_session,
-    save_step,
+    save_steps,
 )
 
 if TYPE_CHECKING:
@@ -302,14 +301,16 @@ class PostgresCheckpointer:
         return self._conn
 
     @contextmanager
-    def _transaction(self, lock_session: str | None = None) -> Iterator[_PostgresTx]:
+    def _transaction(self, lock_sessions: Sequence[str] = ()) -> Iterator[_PostgresTx]:
+        """A transaction holding the write locks of ``lock_sessions`` (taken in sorted order, so
+        that two batches never wait on each other in a cycle)."""
         conn = self._require_conn()
         try:
             with conn.transaction():
-                if lock_session is not None:
+                for session_id in sorted(set(lock_sessions)):
                     conn.execute(
                         "SELECT pg_advisory_xact_lock(%s)",
-                        (_lock_key("write", self.schema, lock_session),),
+                        (_lock_key("write", self.schema, session_id),),
                     )
                 yield _PostgresTx(conn)
         except _db_error() as exc:
@@ -398,22 +399,26 @@ class PostgresCheckpointer:
 
     # -- writes ------------------------------------------------------------------------------------
 
-    def _save_sync(self, cp: Checkpoint, check: bool, expected: int | None) -> None:
-        tip: Tip | None = None
+    def _save_sync(
+        self, cps: Sequence[Checkpoint], check: bool = False, expected: int | None = None
+    ) -> None:
         try:
-            with self._transaction(lock_session=cp.session_id) as tx:
-                tip = save_step(self._codec, tx, cp, check=check, expected=expected)
+            with self._transaction([cp.session_id for cp in cps]) as tx:
+                save_steps(self._codec, tx, cps, check=check, expected=expected)
         except BaseException:
-            self._codec.forget(cp.session_id)
+            for cp in cps:
+                self._codec.forget(cp.session_id)
             raise
-        if tip is not None:
-            self._codec.remember(tip)
 
     async def save(self, cp: Checkpoint) -> None:
-        await self._run(lambda: self._save_sync(cp, False, None))
+        await self._run(lambda: self._save_sync([cp]))
+
+    async def save_many(self, cps: Sequence[Checkpoint]) -> None:
+        """Store ``cps`` in order in one transaction (the actor's group commit)."""
+        await self._run(lambda: self._save_sync(cps))
 
     async def save_with_concurrency_check(self, cp: Checkpoint, expected_step: int | None) -> None:
-        await self._run(lambda: self._save_sync(cp, True, expected_step))
+        await self._run(lambda: self._save_sync([cp], True, expected_step))
 
     # -- reads -------------------------------------------------------------------------------------
 
@@ -458,7 +463,7 @@ class PostgresCheckpointer:
 
     def _delete_sync(self, session_id: str) -> bool:
         self._codec.forget(session_id)
-        with self._transaction(lock_session=session_id) as tx:
+        with self._transaction([session_id]) as tx:
             cursor = tx.conn.execute("DELETE FROM sessions WHERE session_id = %s", (session_id,))
             return cursor.rowcount > 0
 
@@ -469,7 +474,7 @@ class PostgresCheckpointer:
         sessions = [session_id] if session_id is not None else self._list_sessions_sync()
         removed = 0
         for sid in sessions:
-            with self._transaction(lock_session=sid) as tx:
+            with self._transaction([sid]) as tx:
                 removed += prune_session(
                     self._codec, tx, sid, cutoff_ms=cutoff, keep_last=keep_last
                 )

@@ -21,11 +21,10 @@ from .codec import (
     StepCodec,
     StepMeta,
     StepRow,
-    Tip,
     dumps,
     load_step,
     prune_session,
-    save_step,
+    save_steps,
 )
 
 T = TypeVar("T")
@@ -347,22 +346,26 @@ class SQLiteCheckpointer:
 
     # -- writes ------------------------------------------------------------------------------------
 
-    def _save_sync(self, cp: Checkpoint, check: bool, expected: int | None) -> None:
-        tip: Tip | None = None
+    def _save_sync(
+        self, cps: Sequence[Checkpoint], check: bool = False, expected: int | None = None
+    ) -> None:
         try:
             with self._transaction(write=True) as tx:
-                tip = save_step(self._codec, tx, cp, check=check, expected=expected)
+                save_steps(self._codec, tx, cps, check=check, expected=expected)
         except BaseException:
-            self._codec.forget(cp.session_id)
+            for cp in cps:
+                self._codec.forget(cp.session_id)
             raise
-        if tip is not None:
-            self._codec.remember(tip)
 
     async def save(self, cp: Checkpoint) -> None:
-        await self._run(lambda: self._save_sync(cp, False, None))
+        await self._run(lambda: self._save_sync([cp]))
+
+    async def save_many(self, cps: Sequence[Checkpoint]) -> None:
+        """Store ``cps`` in order in one transaction (the actor's group commit)."""
+        await self._run(lambda: self._save_sync(cps))
 
     async def save_with_concurrency_check(self, cp: Checkpoint, expected_step: int | None) -> None:
-        await self._run(lambda: self._save_sync(cp, True, expected_step))
+        await self._run(lambda: self._save_sync([cp], True, expected_step))
 
     # -- reads -------------------------------------------------------------------------------------
 

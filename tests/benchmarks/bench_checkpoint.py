@@ -1,0 +1,156 @@
+"""Checkpointing throughput: a 2-node loop (A -> B -> A ...) of 1,000 supersteps, each node adding
+one to a counter, run by ``AppRunner`` with every checkpointer and durability mode.
+
+Run: ``python tests/benchmarks/bench_checkpoint.py [steps] [--repeats N] [--postgres URL]``.
+Configurations are interleaved round by round (the machine is shared and its speed drifts); the
+table shows the median and best steps/s over the repeats. PostgreSQL rows are included when the
+server at ``--postgres`` (default ``TREADLE_TEST_POSTGRES_URL`` or the local test server) answers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+
+
+def _load_treadle() -> None:
+    """Make ``import treadle`` work from an uninstalled checkout (its root is the package)."""
+    if importlib.util.find_spec("treadle") is not None:
+        return
+    root = Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location(
+        "treadle", root / "__init__.py", submodule_search_locations=[str(root)]
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["treadle"] = module
+    spec.loader.exec_module(module)
+
+
+_load_treadle()
+# After the path setup:
+from treadle import END, START, AppRunner, GraphBuilder, NodePartial, VersionedState  # noqa: E402
+from treadle.runtime.checkpointers import PostgresCheckpointer, SQLiteCheckpointer  # noqa: E402
+
+
+def loop_app(steps: int) -> Any:
+    async def a(snapshot: Any, ctx: Any) -> NodePartial:
+        return NodePartial(extra={"counter": snapshot.extra.get("counter", 0) + 1})
+
+    async def b(snapshot: Any, ctx: Any) -> NodePartial:
+        return NodePartial(extra={"counter": snapshot.extra["counter"] + 1})
+
+    def again(snapshot: Any) -> str:
+        return END if snapshot.extra["counter"] >= steps else "a"
+
+    return (
+        GraphBuilder()
+        .add_node("a", a)
+        .add_node("b", b)
+        .add_edge(START, "a")
+        .add_edge("a", "b")
+        .add_conditional_edges("b", again, path_map=["a", END])
+        .compile()
+    )
+
+
+async def one_run(app: Any, steps: int, checkpointer: Any, durability: str) -> float:
+    """Seconds for one whole session of ``steps`` supersteps (runner start and close excluded)."""
+    async with AppRunner(app, checkpointer=checkpointer, durability=durability) as runner:
+        await runner.create_session("bench", VersionedState())
+        started = time.perf_counter()
+        final = await runner.run_until_complete("bench")
+        # "async" and "exit" owe their writes until flushed: count them in.
+        await runner.checkpoints.flush()
+        elapsed = time.perf_counter() - started
+    assert final.extra["counter"] == steps, final.extra
+    return elapsed
+
+
+def configurations(folder: Path, pg_url: str | None) -> list[tuple[str, Callable[[], Any], str]]:
+    def sqlite() -> Any:
+        return SQLiteCheckpointer(folder / f"{uuid.uuid4().hex}.db")
+
+    configs: list[tuple[str, Callable[[], Any], str]] = [
+        ("memory (no storage)", lambda: None, "sync"),
+        ("SQLite sync", sqlite, "sync"),
+        ("SQLite async", sqlite, "async"),
+        ("SQLite exit", sqlite, "exit"),
+    ]
+    if pg_url is not None:
+
+        def postgres() -> Any:
+            return PostgresCheckpointer(pg_url, schema=f"bench_{uuid.uuid4().hex[:10]}")
+
+        configs += [("PostgreSQL sync", postgres, "sync"), ("PostgreSQL async", postgres, "async")]
+    return configs
+
+
+def _postgres_url(url: str) -> str | None:
+    try:
+        import psycopg
+
+        with psycopg.connect(url, connect_timeout=3):
+            pass
+    except Exception as exc:
+        print(f"(PostgreSQL skipped: {exc})".splitlines()[0])
+        return None
+    return url
+
+
+def _drop_bench_schemas(url: str) -> None:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        for (name,) in conn.execute(
+            "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'bench\\_%'"
+        ).fetchall():
+            conn.execute(f'DROP SCHEMA "{name}" CASCADE'.encode())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("steps", nargs="?", type=int, default=1000)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--postgres",
+        default=os.environ.get(
+            "TREADLE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+        ),
+    )
+    args = parser.parse_args()
+    pg_url = _postgres_url(args.postgres) if args.postgres else None
+    app = loop_app(args.steps)
+    with tempfile.TemporaryDirectory() as tmp:
+        configs = configurations(Path(tmp), pg_url)
+        timings: dict[str, list[float]] = {name: [] for name, _, _ in configs}
+        try:
+            for _ in range(args.repeats):
+                for name, make, durability in configs:
+                    seconds = trio.run(one_run, app, args.steps, make(), durability)
+                    timings[name].append(seconds)
+        finally:
+            if pg_url is not None:
+                _drop_bench_schemas(pg_url)
+    print(f"{args.steps}-step 2-node loop, {args.repeats} interleaved repeats (steps/s)")
+    print(f"{'configuration':<22} {'median':>8} {'best':>8}")
+    for name, seconds in timings.items():
+        median = args.steps / statistics.median(seconds)
+        best = args.steps / min(seconds)
+        print(f"{name:<22} {median:>8.0f} {best:>8.0f}")
+
+
+if __name__ == "__main__":
+    main()
