@@ -8,6 +8,7 @@ from typing import Any
 
 import attrs
 
+from .errors import TreadleError
 from .graph import END, START, CompiledGraph, ConditionalEdge, JoinEdge
 from .partial import Append, FrontierCommand, Replace
 from .state import StateSnapshot
@@ -123,8 +124,12 @@ def _mark_join(joins: dict[str, tuple[str, ...]], join: JoinEdge, node: str) -> 
     return False
 
 
-class RouterFailed(Exception):
-    """A conditional edge's router raised; the step fails as if its source node had."""
+class RouterFailed(TreadleError):
+    """A conditional edge's router raised.
+
+    Inside a step the step fails as if the router's source node had (:class:`NodeRunError`); a
+    router from START that raises while a session is created surfaces as this error.
+    """
 
     def __init__(self, node: str, cause: Exception) -> None:
         self.node = node

@@ -104,11 +104,13 @@ async def _attempt(
     if spec.timeout is None:
         result = await _call(spec, snapshot, ctx, thread_limiter)
     else:
-        try:
-            with trio.fail_after(spec.timeout):
-                result = await _call(spec, snapshot, ctx, thread_limiter)
-        except trio.TooSlowError:
-            raise NodeTimeoutError(spec.name, spec.timeout) from None
+        result = _TIMED_OUT
+        with trio.move_on_after(spec.timeout) as scope:
+            result = await _call(spec, snapshot, ctx, thread_limiter)
+        # A plain ``def`` node (inline or in a thread) cannot be interrupted: it is failed after the
+        # fact when it overran its deadline.
+        if result is _TIMED_OUT or trio.current_time() >= scope.deadline:
+            raise NodeTimeoutError(spec.name, spec.timeout)
     if result is None:
         return _EMPTY
     if isinstance(result, NodePartial):
@@ -135,3 +137,4 @@ async def _call(
 
 
 _EMPTY = NodePartial()
+_TIMED_OUT = object()

@@ -22,6 +22,7 @@ from .checkpoint import Checkpoint, Checkpointer, CheckpointerType, StepInfo, re
 from .checkpointer_actor import CheckpointerActor
 from .clock import Clock
 from .errors import NoStartNodes, RunnerClosed, SessionNotFound
+from .events import DiagnosticEvent
 from .frontier import initial_frontier
 from .scheduler import (
     Durability,
@@ -207,6 +208,14 @@ class AppRunner:
             return Resumed(stored.step)
         state = state if state is not None else VersionedState()
         routing = initial_frontier(self.app.graph, state.snapshot())
+        for _, target in routing.unknown_targets:
+            await self.bus.publish(
+                session_id,
+                DiagnosticEvent(
+                    scope="routing.unknown_target",
+                    message=f"START routed to unknown node {target!r}",
+                ),
+            )
         if not routing.frontier:
             raise NoStartNodes()
         core = SessionCore(
@@ -242,7 +251,14 @@ class AppRunner:
         """
         inbox = self._inbox(session_id)
         opts = options if options is not None else StepOptions()
-        return await ask(inbox, lambda r: RunStep(opts, r), actor=f"scheduler of {session_id!r}")
+        abandon = trio.CancelScope()
+        try:
+            result: StepResult = await ask(
+                inbox, lambda r: RunStep(opts, r, abandon), actor=f"scheduler of {session_id!r}"
+            )
+        finally:
+            abandon.cancel(reason="the caller of run_step stopped waiting")
+        return result
 
     async def run_until_complete(self, session_id: str) -> VersionedState:
         """Run supersteps until the frontier is empty or only END; return the final state.

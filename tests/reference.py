@@ -373,7 +373,10 @@ def reference_run(
     start = _targets_of(session, START, None, state.snapshot(), unknown)
     session.frontier = _dedupe(start)
     traces: list[StepTrace] = []
-    events: list[EventRecord] = []
+    # SPEC 4.2.5: unknown targets are reported, START's included.
+    events: list[EventRecord] = [
+        EventRecord("diagnostic", UNKNOWN_TARGET_SCOPE, "") for _ in unknown
+    ]
     error: RunError | None = None
     while not _complete(session.frontier) and len(traces) < max_steps:
         session.step += 1
