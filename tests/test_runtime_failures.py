@@ -184,3 +184,37 @@ async def test_router_exception_fails_the_step() -> None:
     assert info.value.node == "a"
     assert "x" not in view.state.extra
     assert view.frontier == ("a",)
+
+
+async def test_timeout_holds_for_plain_def_nodes() -> None:
+    import time
+
+    def blocking(snapshot, ctx):  # type: ignore[no-untyped-def]
+        time.sleep(0.05)
+        return NodePartial(extra={"late": True})
+
+    for thread in (False, True):
+        app = build({"blocking": blocking}, blocking={"timeout": 0.01, "thread": thread})
+        with trio.fail_after(10), pytest.raises(NodeRunError) as info:
+            await app.invoke(VersionedState())
+        assert isinstance(info.value.cause, NodeTimeoutError)
+
+
+async def test_cancelling_run_step_abandons_the_step(autojump_clock: trio.abc.Clock) -> None:
+    async def slow(snapshot, ctx):  # type: ignore[no-untyped-def]
+        await trio.sleep(10)
+        return NodePartial(extra={"done": True})
+
+    app = build({"slow": slow})
+    with trio.fail_after(60):
+        async with AppRunner(app) as runner:
+            await runner.create_session("s", VersionedState())
+            with trio.move_on_after(1):
+                await runner.run_step("s")
+            view = await runner.get_session("s")
+            assert view.step == 0
+            assert "done" not in view.state.extra
+            assert trio.current_time() == 1.0
+            final = await runner.run_until_complete("s")
+    assert final.extra["done"] is True
+    assert trio.current_time() == 11.0
