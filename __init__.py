@@ -19,6 +19,9 @@ from .runtime.checkpoint import Checkpointer as Checkpointer
 from .runtime.checkpoint import CheckpointerType as CheckpointerType
 from .runtime.checkpoint import InMemoryCheckpointer as InMemoryCheckpointer
 from .runtime.checkpoint import StepInfo as StepInfo
+from .runtime.checkpointers.json_files import JSONCheckpointer as JSONCheckpointer
+from .runtime.checkpointers.postgres import PostgresCheckpointer as PostgresCheckpointer
+from .runtime.checkpointers.sqlite import SQLiteCheckpointer as SQLiteCheckpointer
 from .runtime.clock import Clock as Clock
 from .runtime.clock import MockClock as MockClock
 from .runtime.clock import SystemClock as SystemClock
@@ -56,6 +59,7 @@ from .runtime.events import Event as Event
 from .runtime.events import LLMEvent as LLMEvent
 from .runtime.events import NodeEvent as NodeEvent
 from .runtime.events import canonical_order as canonical_order
+from .runtime.frontier import RouterFailed as RouterFailed
 from .runtime.graph import END as END
 from .runtime.graph import START as START
 from .runtime.graph import GraphBuilder as GraphBuilder
