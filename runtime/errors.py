@@ -20,9 +20,7 @@ class GraphCompileError(TreadleError):
 
 class MissingEntry(GraphCompileError):
     def __init__(self) -> None:
-        super().__init__(
-            "the graph has no entry: add an edge from START (add_edge(START, 'node'))"
-        )
+        super().__init__("the graph has no entry: add an edge from START (add_edge(START, 'node'))")
 
 
 class UnknownNode(GraphCompileError):
@@ -42,8 +40,7 @@ class ReservedNodeName(GraphCompileError):
     def __init__(self, name: str) -> None:
         self.name = name
         super().__init__(
-            f"node name {name!r} is reserved or invalid: use a non-empty name other than "
-            "START/END"
+            f"node name {name!r} is reserved or invalid: use a non-empty name other than START/END"
         )
 
 
@@ -119,9 +116,7 @@ class NodeTimeoutError(TreadleError, TimeoutError):
 class SessionNotFound(TreadleError):
     def __init__(self, session_id: str) -> None:
         self.session_id = session_id
-        super().__init__(
-            f"session {session_id!r} not found: create it with create_session() first"
-        )
+        super().__init__(f"session {session_id!r} not found: create it with create_session() first")
 
 
 class SessionExists(TreadleError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import attrs
 import trio
 
+from ..actors.mailbox import MailboxSender
 from .partial import NodePartial
 from .state import StateSnapshot
 
@@ -44,14 +45,19 @@ class StepCancel:
 
 @attrs.frozen
 class Execute:
-    """Scheduler -> node actor: run once on ``snapshot`` for ``step``."""
+    """Scheduler -> node actor: run once on ``snapshot`` for ``step`` of ``session_id``.
+
+    The reply goes to ``reply_to``, the scheduler's reply mailbox (the node actor never closes it).
+    """
 
     step: int
     index: int
     frontier_index: int
     snapshot: StateSnapshot
+    session_id: str
     invocation_id: str
     cancel: StepCancel
+    reply_to: MailboxSender[NodeDone]
 
 
 @attrs.frozen

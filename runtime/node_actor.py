@@ -8,7 +8,7 @@ from typing import Any, cast
 
 import trio
 
-from ..actors.mailbox import MailboxReceiver, MailboxSender
+from ..actors.mailbox import MailboxReceiver
 from .clock import Clock
 from .context import NodeContext, Publish, PublishNowait
 from .errors import NodeTimeoutError
@@ -25,9 +25,7 @@ NodeFn = Callable[[StateSnapshot, NodeContext], Any]
 async def node_actor(
     spec: NodeSpec,
     inbox: MailboxReceiver[Execute],
-    replies: MailboxSender[NodeDone],
     *,
-    session_id: str,
     publish: Publish,
     publish_nowait: PublishNowait,
     clock: Clock | None,
@@ -42,6 +40,10 @@ async def node_actor(
     Backpressure: the scheduler sends at most one Execute at a time to each node and its reply mailbox
     has room for one reply per node, so neither side ever waits on the other's buffer.
 
+    A node actor belongs to one session at a time. When a session completes, its scheduler hands its
+    idle node actors to the runner's :class:`NodePool`, and the next session of the same graph takes
+    them instead of starting new ones.
+
     Errors: exceptions from the node are retried per its :class:`RetryPolicy` and then sent back as the
     reply's ``error``; they never crash the actor.
     """
@@ -50,16 +52,16 @@ async def node_actor(
         ctx = NodeContext(
             node_id=spec.name,
             step=msg.step,
-            session_id=session_id,
+            session_id=msg.session_id,
             invocation_id=msg.invocation_id,
             frontier_index=msg.frontier_index,
             publish=publish,
             publish_nowait=publish_nowait,
             clock=clock,
         )
-        await replies.post(await _execute(spec, msg, ctx, thread_limiter))
+        await msg.reply_to.post(await _execute(spec, msg, ctx, thread_limiter))
 
-    with inbox, replies:
+    with inbox:
         if first is not None:
             # Handed over at spawn: a node's first execution costs no mailbox round trip.
             await handle(first)

@@ -24,6 +24,7 @@ from .clock import Clock
 from .errors import NoStartNodes, RunnerClosed, SessionNotFound
 from .events import DiagnosticEvent
 from .frontier import initial_frontier
+from .pool import NodePool
 from .scheduler import (
     Durability,
     FlushCheckpoint,
@@ -127,6 +128,7 @@ class AppRunner:
             await stack.aclose()
             raise
         self._nursery = nursery
+        thread_limiter = trio.CapacityLimiter(self._max_threads)
         self._config = SchedulerConfig(
             graph=self.app.graph,
             publish=self.bus.publish,
@@ -135,7 +137,16 @@ class AppRunner:
             checkpoints=self._checkpoints,
             autosave=self.autosave,
             durability=self.durability,
-            thread_limiter=trio.CapacityLimiter(self._max_threads),
+            thread_limiter=thread_limiter,
+            pool=NodePool(
+                graph=self.app.graph,
+                nursery=nursery,
+                publish=self.bus.publish,
+                publish_nowait=self.bus.publish_nowait,
+                clock=self.clock,
+                thread_limiter=thread_limiter,
+                perturb=self._perturb,
+            ),
             perturb=self._perturb,
         )
         return self

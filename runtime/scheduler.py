@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Literal, TypeVar
@@ -24,8 +23,8 @@ from .events import DiagnosticEvent, stream_end
 from .frontier import RouterFailed, route
 from .graph import END, START, CompiledGraph
 from .messages import Execute, NodeDone, StepCancel
-from .node_actor import node_actor
 from .partial import NodePartial
+from .pool import NodePool
 from .session import (
     Completed,
     Paused,
@@ -113,6 +112,7 @@ class SchedulerConfig:
     autosave: bool
     durability: Durability
     thread_limiter: trio.CapacityLimiter
+    pool: NodePool
     perturb: Perturbation | None = None
 
     def now_ms(self) -> int:
@@ -191,6 +191,8 @@ class Scheduler:
                     await self.flush_exit_checkpoint()
                     return Paused(PauseReason("before_node", node), None)
         report = await self._superstep()
+        if report.completed:
+            self._release_nodes()
         if options.interrupt_after:
             for node in report.ran_nodes:
                 if node in options.interrupt_after:
@@ -206,6 +208,7 @@ class Scheduler:
         try:
             while not is_complete(core.frontier):
                 await self._superstep()
+            self._release_nodes()
             await self.flush_exit_checkpoint()
         except NodeRunError as exc:
             await self._publish_end(error=str(exc))
@@ -293,12 +296,23 @@ class Scheduler:
 
         async def dispatch(index: int) -> None:
             frontier_index, node = run[index]
-            execute = Execute(step, index, frontier_index, snapshot, self.invocation_id, cancel)
+            execute = Execute(
+                step,
+                index,
+                frontier_index,
+                snapshot,
+                self.core.session_id,
+                self.invocation_id,
+                cancel,
+                self._replies_send,
+            )
             mailbox = self._nodes.get(node)
             if mailbox is None:
-                self._spawn_node(node, execute)
-            else:
-                await mailbox.post(execute)
+                mailbox, started = self.config.pool.take(node, execute)
+                self._nodes[node] = mailbox
+                if started:
+                    return
+            await mailbox.post(execute)
 
         while sent < count and sent < limit:
             await dispatch(sent)
@@ -355,27 +369,11 @@ class Scheduler:
 
     # -- helpers -----------------------------------------------------------------------------------
 
-    def _spawn_node(self, node: str, first: Execute) -> None:
-        """Start ``node``'s actor, handing it ``first`` so its first run needs no mailbox trip."""
-        assert self._nursery is not None
-        config = self.config
-        mailbox, inbox = open_mailbox[Execute](
-            1, name=f"{self.core.session_id}/{node}", perturb=config.perturb
-        )
-        actor = functools.partial(
-            node_actor,
-            config.graph.nodes[node],
-            inbox,
-            self._replies_send.clone(),
-            session_id=self.core.session_id,
-            publish=config.publish,
-            publish_nowait=config.publish_nowait,
-            clock=config.clock,
-            thread_limiter=config.thread_limiter,
-            first=first,
-        )
-        self._nursery.start_soon(actor, name=f"treadle node {node!r}")
-        self._nodes[node] = mailbox
+    def _release_nodes(self) -> None:
+        """Give this session's node actors back to the pool once it has completed."""
+        nodes, self._nodes = self._nodes, {}
+        for node, mailbox in nodes.items():
+            self.config.pool.give(node, mailbox)
 
     def _record(self, report: StepReport) -> Checkpoint:
         core = self.core

@@ -39,4 +39,5 @@ def test_python_dash_m_and_the_script_agree() -> None:
         [sys.executable, "-m", "treadle", "--help"], capture_output=True, text=True, timeout=60
     )
     assert out.returncode == 0
-    assert "demo" in out.stdout and "sessions" in out.stdout
+    assert "demo" in out.stdout
+    assert "sessions" in out.stdout

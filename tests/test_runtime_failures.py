@@ -55,15 +55,9 @@ async def test_failing_node_discards_the_step_and_keeps_the_frontier(
             assert dict(view.state.extra) == {"x": 1}  # good's write was discarded
             assert view.frontier == ("good", "bad")
             [error] = view.state.errors
-            assert (
-                error.scope.kind == "node"
-            )
-            assert (
-                error.scope.name == "bad"
-            )
-            assert (
-                error.scope.step == 1
-            )
+            assert error.scope.kind == "node"
+            assert error.scope.name == "bad"
+            assert error.scope.step == 1
             assert error.error == "ValueError: boom"
             assert view.state.errors_version == 2
             # Retrying re-runs the kept frontier at the next step.

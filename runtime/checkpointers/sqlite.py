@@ -37,6 +37,8 @@ _ROW_COLUMNS = (
     "ran_nodes, skipped_nodes, updated_channels, body"
 )
 
+_PUT_ROW = f"INSERT OR REPLACE INTO steps ({_ROW_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+
 _TABLES: dict[str, dict[str, Any]] = {
     "sessions": {
         "columns": {
@@ -118,9 +120,12 @@ class _SQLiteTx:
 
     def __init__(self, db: sqlite_utils.Database) -> None:
         self.db = db
+        # The per-step statements go straight to the connection: sqlite-utils' execute() adds
+        # bookkeeping for autocommit mode that a transaction never needs.
+        self.conn = db.conn
 
     def head(self, session_id: str) -> Head | None:
-        found = self.db.execute(
+        found = self.conn.execute(
             "SELECT latest_step, token, log_end FROM sessions WHERE session_id = ?", (session_id,)
         ).fetchone()
         return None if found is None else Head(found[0], found[1], found[2])
@@ -148,31 +153,29 @@ class _SQLiteTx:
         return [_row(values) for values in cursor]
 
     def put_rows(self, rows: Sequence[StepRow]) -> None:
-        self.db.conn.executemany(
-            f"INSERT OR REPLACE INTO steps ({_ROW_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-            [
-                (
-                    r.session_id,
-                    r.step,
-                    r.created_at,
-                    r.kind,
-                    r.base_step,
-                    r.root_step,
-                    r.messages_start,
-                    r.messages_len,
-                    _dump_names(r.ran_nodes),
-                    _dump_names(r.skipped_nodes),
-                    _dump_names(r.updated_channels),
-                    r.body,
-                )
-                for r in rows
-            ],
-        )
+        for values in (
+            (
+                r.session_id,
+                r.step,
+                r.created_at,
+                r.kind,
+                r.base_step,
+                r.root_step,
+                r.messages_start,
+                r.messages_len,
+                _dump_names(r.ran_nodes),
+                _dump_names(r.skipped_nodes),
+                _dump_names(r.updated_channels),
+                r.body,
+            )
+            for r in rows
+        ):
+            self.conn.execute(_PUT_ROW, values)
 
     def append_messages(
         self, session_id: str, start: int, messages: Sequence[Mapping[str, str]]
     ) -> None:
-        self.db.conn.executemany(
+        self.conn.executemany(
             "INSERT OR REPLACE INTO messages (session_id, seq, role, content) VALUES (?,?,?,?)",
             [(session_id, start + i, m["role"], m["content"]) for i, m in enumerate(messages)],
         )
@@ -186,7 +189,7 @@ class _SQLiteTx:
         return [{"role": role, "content": content} for role, content in cursor]
 
     def set_head(self, session_id: str, head: Head, *, updated_at: int) -> None:
-        self.db.execute(
+        self.conn.execute(
             "INSERT INTO sessions (session_id, latest_step, token, log_end, created_at, updated_at) "
             "VALUES (?,?,?,?,?,?) ON CONFLICT (session_id) DO UPDATE SET "
             "latest_step = excluded.latest_step, token = excluded.token, "

@@ -1,0 +1,83 @@
+"""Idle node actors of completed sessions, kept by the runner for the next session to take."""
+
+from __future__ import annotations
+
+import functools
+
+import attrs
+import trio
+
+from ..actors.mailbox import MailboxSender, open_mailbox
+from ..actors.perturb import Perturbation
+from .clock import Clock
+from .context import Publish, PublishNowait
+from .graph import CompiledGraph
+from .messages import Execute
+from .node_actor import node_actor
+
+# Idle actors kept per graph node; more than this (many sessions completing at once) are stopped.
+MAX_IDLE_PER_NODE = 64
+
+
+@attrs.define(eq=False)
+class NodePool:
+    """Starts node actors under the runner's nursery and keeps idle ones for reuse.
+
+    A node actor belongs to one session at a time: the session's scheduler takes it (or starts a new
+    one) on the node's first execution and gives it back when the session completes, when all of its
+    executions have been answered. Reuse saves a task start and a mailbox per node per session.
+    """
+
+    graph: CompiledGraph
+    nursery: trio.Nursery
+    publish: Publish
+    publish_nowait: PublishNowait
+    clock: Clock | None
+    thread_limiter: trio.CapacityLimiter
+    perturb: Perturbation | None = None
+    _idle: dict[str, list[MailboxSender[Execute]]] = attrs.field(factory=dict, init=False)
+    _started: int = attrs.field(default=0, init=False)
+
+    def take(self, node: str, first: Execute) -> tuple[MailboxSender[Execute], bool]:
+        """An actor of ``node`` for a session, and whether it was started with ``first`` in hand.
+
+        An idle actor is returned as ``(mailbox, False)``: the caller sends ``first`` to it. A new one
+        starts running ``first`` at once and is returned as ``(mailbox, True)``.
+        """
+        idle = self._idle.get(node)
+        if idle:
+            return idle.pop(), False
+        return self._start(node, first), True
+
+    def give(self, node: str, mailbox: MailboxSender[Execute]) -> None:
+        """Return an idle actor; it waits for the next session's first Execute."""
+        idle = self._idle.setdefault(node, [])
+        if len(idle) >= MAX_IDLE_PER_NODE:
+            mailbox.close()  # its actor sees the end of its inbox and exits
+        else:
+            idle.append(mailbox)
+
+    @property
+    def started(self) -> int:
+        """How many node actors this pool has started."""
+        return self._started
+
+    def idle(self) -> int:
+        """How many idle node actors the pool holds."""
+        return sum(len(v) for v in self._idle.values())
+
+    def _start(self, node: str, first: Execute) -> MailboxSender[Execute]:
+        mailbox, inbox = open_mailbox[Execute](1, name=f"node {node}", perturb=self.perturb)
+        actor = functools.partial(
+            node_actor,
+            self.graph.nodes[node],
+            inbox,
+            publish=self.publish,
+            publish_nowait=self.publish_nowait,
+            clock=self.clock,
+            thread_limiter=self.thread_limiter,
+            first=first,
+        )
+        self.nursery.start_soon(actor, name=f"treadle node {node!r}")
+        self._started += 1
+        return mailbox
