@@ -254,6 +254,9 @@ class InMemoryCheckpointer:
     """
 
     backend = "memory"
+    # Nothing here outlives the process, so waiting for each write buys no durability: the runner
+    # pipelines writes to it under every durability mode (reads still queue behind them).
+    volatile = True
 
     def __init__(self) -> None:
         self._latest: dict[str, Checkpoint] = {}

@@ -111,6 +111,11 @@ class CheckpointerActor:
         """The backend's name: ``"memory"``, ``"sqlite"``, ``"postgres"`` or ``"json"``."""
         return self.checkpointer.backend
 
+    @property
+    def volatile(self) -> bool:
+        """Whether the backend keeps nothing beyond the process (the in-memory one)."""
+        return bool(getattr(self.checkpointer, "volatile", False))
+
     # -- the actor ---------------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

@@ -404,7 +404,7 @@ class Scheduler:
         checkpoints = self.config.checkpoints
         if checkpoints is None:
             return
-        if self.config.durability == "async":
+        if self.config.durability == "async" or checkpoints.volatile:
             await checkpoints.save_pipelined(record)
         else:
             await checkpoints.save(record)
