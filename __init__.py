@@ -77,6 +77,7 @@ from .runtime.reducers import map_merge as map_merge
 from .runtime.reducers import reducer as reducer
 from .runtime.runner import AppRunner as AppRunner
 from .runtime.runner import RunMetadata as RunMetadata
+from .runtime.runner import RunnerStatistics as RunnerStatistics
 from .runtime.session import Completed as Completed
 from .runtime.session import Fresh as Fresh
 from .runtime.session import Paused as Paused

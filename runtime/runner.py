@@ -48,6 +48,15 @@ _SHUTDOWN_GRACE = 10.0
 
 
 @attrs.frozen
+class RunnerStatistics:
+    """What a runner holds now: open sessions, node actors started so far, idle node actors."""
+
+    sessions: int
+    node_actors_started: int
+    idle_node_actors: int
+
+
+@attrs.frozen
 class RunMetadata:
     """What a run depended on, for comparing runs and replays."""
 
@@ -332,6 +341,15 @@ class AppRunner:
     ) -> EventStream:
         """Subscribe to the events of every session (or one), from now on."""
         return self.bus.subscribe(session_id=session_id, capacity=capacity)
+
+    def statistics(self) -> RunnerStatistics:
+        """Counts of sessions and node actors (see :class:`RunnerStatistics`)."""
+        config = self._require_open()
+        return RunnerStatistics(
+            sessions=len(self._sessions),
+            node_actors_started=config.pool.started,
+            idle_node_actors=config.pool.idle(),
+        )
 
     def run_metadata(self) -> RunMetadata:
         """Hashes and modes that identify what this runner's runs depend on."""

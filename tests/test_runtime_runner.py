@@ -258,3 +258,31 @@ async def test_invoke_streaming_yields_events_then_one_stream_end() -> None:
     assert [e.scope for e in events].count(treadle.STREAM_END_SCOPE) == 1
     assert events[-1].scope == treadle.STREAM_END_SCOPE
     assert final.messages == ()
+
+
+async def test_completed_sessions_hand_their_node_actors_to_the_next() -> None:
+    app = counter_app(limit=2)
+    async with AppRunner(app) as runner:
+        for i in range(5):
+            await runner.create_session(f"s{i}", VersionedState())
+            final = await runner.run_until_complete(f"s{i}")
+            assert final.extra["n"] == 2
+        stats = runner.statistics()
+    assert stats.sessions == 5
+    assert stats.node_actors_started == 1
+    assert stats.idle_node_actors == 1
+
+
+async def test_concurrent_sessions_get_their_own_node_actors(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    app = counter_app(limit=2)
+    with trio.fail_after(10):
+        async with AppRunner(app) as runner:
+            async with trio.open_nursery() as nursery:
+                for i in range(3):
+                    await runner.create_session(f"s{i}", VersionedState())
+                    nursery.start_soon(runner.run_until_complete, f"s{i}")
+            stats = runner.statistics()
+    assert stats.node_actors_started == 3
+    assert trio.current_time() == pytest.approx(0.2)
