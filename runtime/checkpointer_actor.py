@@ -61,9 +61,13 @@ class Call:
 
 @attrs.frozen
 class PipelinedSave:
-    """Write a checkpoint nobody waits for (``durability="async"``); a failure is kept for later."""
+    """Write a checkpoint nobody waits for (``durability="async"``); a failure is kept for later.
+
+    ``done`` is set once the write is over (stored, failed or skipped).
+    """
 
     checkpoint: Checkpoint
+    done: trio.Event = attrs.field(factory=trio.Event, eq=False)
 
 
 @attrs.frozen
@@ -98,6 +102,8 @@ class CheckpointerActor:
     capacity: int = attrs.field(default=64, kw_only=True)
     perturb: Perturbation | None = attrs.field(default=None, kw_only=True)
     _pending_error: BaseException | None = attrs.field(default=None, init=False)
+    # Per session, the pipelined write still in progress: the next one waits for it.
+    _inflight: dict[str, trio.Event] = attrs.field(factory=dict, init=False)
     _send: MailboxSender[CheckpointerMsg] = attrs.field(init=False)
     _receive: MailboxReceiver[CheckpointerMsg] | None = attrs.field(init=False)
 
@@ -136,7 +142,7 @@ class CheckpointerActor:
         Errors:
             A failing operation is answered to its asker and the actor goes on. A failing pipelined
             write is kept and raised by the next ``save``, ``save_pipelined`` or ``flush``; writes
-            queued behind it are skipped so that the stored history has no gap.
+            queued behind it are skipped until then, so that the stored history has no gap.
 
         Pipelined writes queued back to back are stored together in one transaction when the
         backend supports it (:class:`SavesBatches`): one commit, one thread hop.
@@ -174,13 +180,13 @@ class CheckpointerActor:
                         return
                 if batches and isinstance(msg, PipelinedSave):
                     taken.extend(receive.drain_nowait(_MAX_BATCH))
-                    batch = [msg.checkpoint]
+                    batch = [msg]
                     while taken and len(batch) < _MAX_BATCH:
                         head = taken[0]
                         if not isinstance(head, PipelinedSave):
                             break
                         taken.popleft()
-                        batch.append(head.checkpoint)
+                        batch.append(head)
                     await self._save_pipelined_batch(batch)
                 else:
                     await self._handle(msg)
@@ -189,26 +195,37 @@ class CheckpointerActor:
             for msg in taken:
                 if isinstance(msg, Call | Flush):
                     msg.reply_to.close()
+            # Writers waiting for an earlier pipelined write must not wait for ever.
+            inflight, self._inflight = self._inflight, {}
+            for done in inflight.values():
+                done.set()
 
-    async def _save_pipelined_batch(self, batch: list[Checkpoint]) -> None:
-        if self._pending_error is not None:
-            return  # an earlier write failed: never leave a gap in the history
+    async def _save_pipelined_batch(self, batch: list[PipelinedSave]) -> None:
         try:
-            if len(batch) == 1:
-                await self.checkpointer.save(batch[0])
-            else:
-                assert isinstance(self.checkpointer, SavesBatches)
-                await self.checkpointer.save_many(batch)
-        except Exception as exc:
-            first, last = batch[0], batch[-1]
-            log.warning(
-                "checkpoints of steps %d..%d (session %r…) failed: %s",
-                first.step,
-                last.step,
-                first.session_id,
-                exc,
-            )
-            self._pending_error = exc
+            if self._pending_error is not None:
+                return  # an earlier write failed: never leave a gap in the history
+            cps = [msg.checkpoint for msg in batch]
+            try:
+                if len(cps) == 1:
+                    await self.checkpointer.save(cps[0])
+                else:
+                    assert isinstance(self.checkpointer, SavesBatches)
+                    await self.checkpointer.save_many(cps)
+            except Exception as exc:
+                log.warning(
+                    "checkpoints of steps %d..%d (session %r…) failed: %s",
+                    cps[0].step,
+                    cps[-1].step,
+                    cps[0].session_id,
+                    exc,
+                )
+                self._pending_error = exc
+        finally:
+            for msg in batch:
+                msg.done.set()
+                session_id = msg.checkpoint.session_id
+                if self._inflight.get(session_id) is msg.done:
+                    del self._inflight[session_id]
 
     async def _handle(self, msg: CheckpointerMsg) -> None:
         match msg:
@@ -221,8 +238,8 @@ class CheckpointerActor:
                         reply(reply_to, outcome.Error(exc))
                     else:
                         reply(reply_to, outcome.Value(value))
-            case PipelinedSave(checkpoint=cp):
-                await self._save_pipelined_batch([cp])
+            case PipelinedSave():
+                await self._save_pipelined_batch([msg])
             case Flush(reply_to=reply_to):
                 error, self._pending_error = self._pending_error, None
                 reply(reply_to, outcome.Value(None) if error is None else outcome.Error(error))
@@ -285,17 +302,30 @@ class CheckpointerActor:
     async def save_pipelined(self, cp: Checkpoint) -> None:
         """Queue a checkpoint write without waiting for it (``durability="async"``).
 
-        Writes stay in order behind earlier ones. Waits only when ``capacity`` requests are queued.
+        The write overlaps whatever the caller does next, but at most one write per session is in
+        flight: this first waits for the session's previous pipelined write, so a crash loses at
+        most the step being written. Writes stay in order; writes of several sessions queued
+        together are committed together.
 
         Raises:
             CheckpointerError: An earlier pipelined write failed (raised once).
             ActorGone: The actor has stopped.
         """
+        previous = self._inflight.get(cp.session_id)
+        if previous is not None:
+            await previous.wait()
         self._raise_pending()
+        msg = PipelinedSave(cp)
+        self._inflight[cp.session_id] = msg.done
         try:
-            await self._send.send(PipelinedSave(cp))
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise ActorGone("checkpointer") from exc
+            await self._send.send(msg)
+        except BaseException as exc:
+            msg.done.set()
+            if self._inflight.get(cp.session_id) is msg.done:
+                del self._inflight[cp.session_id]
+            if isinstance(exc, trio.BrokenResourceError | trio.ClosedResourceError):
+                raise ActorGone("checkpointer") from exc
+            raise
 
     async def flush(self) -> None:
         """Wait until every queued write is stored.

@@ -117,7 +117,7 @@ async def test_requests_are_served_one_at_a_time_in_arrival_order(
             nursery.cancel_scope.cancel()
 
 
-async def test_pipelined_saves_do_not_wait_and_flush_does(
+async def test_pipelined_saves_overlap_one_write_per_session(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     store = SlowStore()
@@ -125,19 +125,26 @@ async def test_pipelined_saves_do_not_wait_and_flush_does(
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
             await nursery.start(actor.run)
-            for step in range(1, 4):
-                await actor.save_pipelined(checkpoint(step))
-            assert trio.current_time() == 5
-            await actor.flush()
+            await actor.save_pipelined(checkpoint(1))
+            assert trio.current_time() == 5  # queued, not awaited
+            await actor.save_pipelined(checkpoint(1, session="other"))
+            assert trio.current_time() == 5  # another session does not wait either
+            # The next write of a session waits for its previous one: a crash loses one step.
+            await actor.save_pipelined(checkpoint(2))
+            assert trio.current_time() == 6
+            await actor.save_pipelined(checkpoint(3))
             assert trio.current_time() == 8
-            assert [e[1] for e in store.events if e[0] == "save"] == [1, 2, 3]
+            await actor.flush()
+            assert trio.current_time() == 9
+            saved = [(e[1], e[2]) for e in store.events if e[0] == "save"]
+            assert saved == [(1, 6), (1, 7), (2, 8), (3, 9)]
             latest = await actor.load_latest("s")
             assert latest is not None
             assert latest.step == 3
             nursery.cancel_scope.cancel()
 
 
-async def test_a_failed_pipelined_write_is_raised_once_and_later_writes_are_skipped(
+async def test_a_failed_pipelined_write_is_raised_once_and_nothing_after_it_lands(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     store = SlowStore(fail_steps=(2,))
@@ -145,13 +152,13 @@ async def test_a_failed_pipelined_write_is_raised_once_and_later_writes_are_skip
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
             await nursery.start(actor.run)
-            for step in (1, 2, 3):
-                await actor.save_pipelined(checkpoint(step))
+            await actor.save_pipelined(checkpoint(1))
+            await actor.save_pipelined(checkpoint(2))
             with pytest.raises(CheckpointBackendError, match="disk full at step 2"):
-                await actor.flush()
-            # Step 3 was queued behind the failure: it never landed, so there is no gap.
-            assert [e[1] for e in store.events if e[0] == "save"] == [1]
+                await actor.save_pipelined(checkpoint(3))
             await actor.flush()  # reported once
+            # Step 3 never reached the store: no gap after the failed step 2.
+            assert [e[1] for e in store.events if e[0] == "save"] == [1]
             await actor.save(checkpoint(4))
             assert [e[1] for e in store.events if e[0] == "save"] == [1, 4]
             nursery.cancel_scope.cancel()
@@ -273,19 +280,19 @@ async def test_queued_pipelined_writes_are_committed_together(
             await nursery.start(actor.run)
             await actor.save_pipelined(checkpoint(1))
             await trio.testing.wait_all_tasks_blocked()  # the actor is now busy with step 1
-            for step in (2, 3, 4):
-                await actor.save_pipelined(checkpoint(step))
+            for session in ("b", "c", "d"):
+                await actor.save_pipelined(checkpoint(2, session=session))
             await actor.flush()
             await actor.save_pipelined(checkpoint(5))
             await trio.testing.wait_all_tasks_blocked()
-            await actor.save_pipelined(checkpoint(6))
-            await actor.save_pipelined(checkpoint(7))
+            await actor.save_pipelined(checkpoint(6, session="b"))
+            await actor.save_pipelined(checkpoint(7, session="c"))
             await actor.save(checkpoint(8))  # a sync save ends the batch before it
             await actor.save_pipelined(checkpoint(9))
             await actor.flush()
             # A lone write goes through save(); writes queued together share one save_many().
             assert [e[1] for e in store.events if e[0] == "save"] == [1, 5, 8, 9]
-            assert store.batches == [[2, 3, 4], [6, 7]]
+            assert store.batches == [[2, 2, 2], [6, 7]]
             latest = await actor.load_latest("s")
             assert latest is not None
             assert latest.step == 9

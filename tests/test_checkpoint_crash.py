@@ -1,0 +1,324 @@
+"""Crash and resume: worker processes running a 200-step graph (a loop, a fan-out, a join, extra
+writes and deletes) are killed with SIGKILL at random instants and resumed by new processes; every
+session must end with exactly the final state, step count and stored history (every step's full
+checkpoint) of an uninterrupted run. Also: two processes resuming one PostgreSQL session at once.
+
+This file is also the worker: ``python test_checkpoint_crash.py run URL DURABILITY SESSION...``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+ROUNDS = 67  # 3 supersteps a round (plan, left+right, merge): 201 steps
+
+
+def crash_app() -> Any:
+    from treadle import END, START, GraphBuilder, Message, NodePartial
+
+    async def plan(snapshot: Any, ctx: Any) -> NodePartial:
+        if os.environ.get("CRASH_TEST_PROGRESS"):
+            print(f"AT {ctx.session_id} {ctx.step}", flush=True)  # lets the parent aim its kill
+        pace = float(os.environ.get("CRASH_TEST_PACE", "0"))
+        if pace:
+            import trio
+
+            await trio.sleep(pace)
+        round_ = snapshot.extra.get("round", 0) + 1
+        # Writes and deletes: "scratch" exists on even rounds only.
+        scratch = {"scratch": [round_, {"even": True}]} if round_ % 2 == 0 else {"scratch": None}
+        return NodePartial(
+            messages=[Message.user(f"round {round_}")],
+            extra={"round": round_, **scratch},
+        )
+
+    async def left(snapshot: Any, ctx: Any) -> NodePartial:
+        return NodePartial(
+            extra={"left": snapshot.extra.get("left", 0) + snapshot.extra["round"]},
+            messages=[Message.assistant(f"left saw {len(snapshot.messages)}")],
+        )
+
+    async def right(snapshot: Any, ctx: Any) -> NodePartial:
+        return NodePartial(extra={"right": f"r{snapshot.extra['round']}"})
+
+    async def merge(snapshot: Any, ctx: Any) -> NodePartial:
+        total = snapshot.extra["left"] + len(snapshot.extra["right"])
+        return NodePartial(
+            extra={"total": total, "history": [*snapshot.extra.get("history", [])[-3:], total]}
+        )
+
+    def again(snapshot: Any) -> str:
+        return END if snapshot.extra["round"] >= ROUNDS else "plan"
+
+    return (
+        GraphBuilder()
+        .add_node("plan", plan)
+        .add_node("left", left)
+        .add_node("right", right)
+        .add_node("merge", merge)
+        .add_edge(START, "plan")
+        .add_edge("plan", "left")
+        .add_edge("plan", "right")
+        .add_edge(["left", "right"], "merge")
+        .add_conditional_edges("merge", again, path_map=["plan", END])
+        .compile()
+    )
+
+
+def checkpointer(url: str) -> Any:
+    """A URL, or ``postgresql://…#schema`` for a private schema."""
+    if url.startswith("postgresql://") and "#" in url:
+        from treadle.runtime.checkpointers import PostgresCheckpointer
+
+        base, schema = url.split("#", 1)
+        return PostgresCheckpointer(base, schema=schema)
+    return url
+
+
+# -- the worker --------------------------------------------------------------------------------------
+
+
+async def work(url: str, durability: str, sessions: list[str]) -> None:
+    import trio
+
+    from treadle import AppRunner, MockClock, VersionedState
+
+    # A mock clock keeps created_at (and every other time) identical between runs.
+    async with AppRunner(
+        crash_app(), checkpointer=checkpointer(url), durability=durability, clock=MockClock(0)
+    ) as runner:
+        for session in sessions:
+            await runner.create_session(session, VersionedState.with_user_message("go"))
+        print("READY", flush=True)
+        async with trio.open_nursery() as nursery:
+            for session in sessions:
+                nursery.start_soon(runner.run_until_complete, session)
+    print("DONE", flush=True)
+
+
+def _find(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
+    if isinstance(exc, kind):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _find(inner, kind)
+            if found is not None:
+                return found
+    return None
+
+
+def worker_main(argv: list[str]) -> int:
+    import trio
+
+    from treadle import SessionLeased
+
+    _, url, durability, *sessions = argv
+    try:
+        trio.run(work, url, durability, sessions)
+    except Exception as exc:
+        leased = _find(exc, SessionLeased)
+        if leased is None:
+            raise
+        print(f"LEASED {leased}", flush=True)
+        return 3
+    return 0
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["run"]:
+    sys.exit(worker_main(sys.argv[1:]))
+
+
+# -- the tests ---------------------------------------------------------------------------------------
+
+pytest_plugins = ["pg_fixtures"]
+
+
+def spawn(url: str, durability: str, sessions: list[str], **env: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-u", __file__, "run", url, durability, *sessions],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **env},
+    )
+
+
+def wait_ready(proc: subprocess.Popen[str], timeout: float = 60) -> bool:
+    """Wait for the worker's READY line; False if it ended before that."""
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if line.startswith("READY"):
+            return True
+        if not line and proc.poll() is not None:
+            return False
+    raise AssertionError("the worker did not start in time")
+
+
+async def history(url: str, session: str) -> tuple[Any, list[str]]:
+    """The latest checkpoint and every stored checkpoint of a session, as exact JSON text."""
+    from treadle.runtime.checkpoint import resolve_checkpointer
+
+    store = resolve_checkpointer(checkpointer(url))
+    await store.open()
+    try:
+        steps = await store.list_steps(session)
+        stored = [
+            json.dumps((await store.load(session, info.step)).to_json_value(), sort_keys=True)
+            for info in steps
+        ]
+        latest = await store.load_latest(session)
+    finally:
+        await store.aclose()
+    assert latest is not None
+    return latest, stored
+
+
+async def latest_steps(url: str, sessions: list[str]) -> dict[str, int | None]:
+    from treadle.runtime.checkpoint import resolve_checkpointer
+
+    store = resolve_checkpointer(checkpointer(url))
+    await store.open()
+    try:
+        found = {s: await store.load_latest(s) for s in sessions}
+    finally:
+        await store.aclose()
+    return {s: cp.step if cp is not None else None for s, cp in found.items()}
+
+
+def run_to_completion(url: str, durability: str, sessions: list[str]) -> None:
+    proc = spawn(url, durability, sessions)
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0, err
+    assert "DONE" in out
+
+
+FINAL_STEP = 3 * ROUNDS
+KILL_POINTS = 20
+
+
+def kill_during(proc: subprocess.Popen[str], session: str, step: int, rng: random.Random) -> None:
+    """SIGKILL ``proc`` a random instant (0-5 ms) after ``session`` reaches ``step``: the kill
+    lands anywhere in the steps that follow, inside node runs, checkpoint writes or commits."""
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        parts = line.split()
+        if parts[:2] == ["AT", session] and int(parts[2]) >= step:
+            time.sleep(rng.uniform(0.0, 0.005))
+            break
+    proc.send_signal(signal.SIGKILL)
+
+
+def crash_repeatedly(
+    url: str, durability: str, sessions: list[str], rng: random.Random
+) -> list[tuple[str, int | None]]:
+    """SIGKILL workers at random points until at least KILL_POINTS unfinished sessions were
+    interrupted; sessions join one per process so they are at different depths when it dies. A last
+    worker then finishes every session.
+
+    Returns the kill points: (session, latest stored step right after the kill).
+    """
+    kill_points: list[tuple[str, int | None]] = []
+    latest: dict[str, int | None] = dict.fromkeys(sessions)
+    for attempt in range(40):
+        if len(kill_points) >= KILL_POINTS:
+            break
+        active = [s for s in sessions[: attempt + 1] if latest[s] != FINAL_STEP]
+        if not active:
+            continue
+        target = rng.choice(active)
+        # Aim a short way ahead, so sessions take several crashes to finish.
+        start = (latest[target] or 0) + 1
+        aim = rng.randint(start, min(start + 50, FINAL_STEP - 1))
+        proc = spawn(url, durability, active, CRASH_TEST_PROGRESS="1")
+        try:
+            if wait_ready(proc):
+                kill_during(proc, target, aim, rng)
+        finally:
+            proc.communicate(timeout=60)
+        if proc.returncode == -signal.SIGKILL:
+            latest.update(trio.run(latest_steps, url, active))
+            kill_points += [(s, latest[s]) for s in active if latest[s] != FINAL_STEP]
+    run_to_completion(url, durability, sessions)
+    return kill_points
+
+
+def check_against_reference(tmp_path: Path, url: str, sessions: list[str]) -> None:
+    reference_url = f"sqlite:///{tmp_path / 'reference.db'}"
+    run_to_completion(reference_url, "sync", ["ref"])
+    ref_latest, ref_stored = trio.run(history, reference_url, "ref")
+    assert ref_latest.step == FINAL_STEP
+    assert len(ref_stored) == FINAL_STEP + 1
+    ref_texts = [text.replace('"ref"', '"S"') for text in ref_stored]
+    for session in sessions:
+        latest, stored = trio.run(history, url, session)
+        assert latest.state == ref_latest.state
+        assert latest.step == ref_latest.step
+        texts = [text.replace(json.dumps(session), '"S"') for text in stored]
+        assert len(texts) == len(ref_texts)  # no step missing, none stored twice
+        assert texts == ref_texts
+
+
+def seeded() -> random.Random:
+    seed = int(os.environ.get("CRASH_TEST_SEED") or random.randrange(2**32))
+    print(f"crash test seed: CRASH_TEST_SEED={seed}")
+    return random.Random(seed)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("durability", ["sync", "async"])
+def test_sqlite_sessions_survive_sigkill(tmp_path: Path, durability: str) -> None:
+    url = f"sqlite:///{tmp_path / 'crash.db'}"
+    sessions = [f"s{i}" for i in range(6)]
+    kills = crash_repeatedly(url, durability, sessions, seeded())
+    print(f"{len(kills)} kill points (session, stored step): {kills}")
+    assert len(kills) >= KILL_POINTS, kills
+    assert len({step for _, step in kills}) > KILL_POINTS // 2, kills  # spread over the run
+    check_against_reference(tmp_path, url, sessions)
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_postgres_sessions_survive_sigkill(
+    tmp_path: Path, postgres_url: str, pg_schema: str
+) -> None:
+    url = f"{postgres_url}#{pg_schema}"
+    sessions = [f"s{i}" for i in range(6)]
+    kills = crash_repeatedly(url, "sync", sessions, seeded())
+    print(f"{len(kills)} kill points (session, stored step): {kills}")
+    assert len(kills) >= KILL_POINTS, kills
+    assert len({step for _, step in kills}) > KILL_POINTS // 2, kills
+    check_against_reference(tmp_path, url, sessions)
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_two_processes_cannot_run_one_postgres_session(
+    tmp_path: Path, postgres_url: str, pg_schema: str
+) -> None:
+    url = f"{postgres_url}#{pg_schema}"
+    # Paced nodes keep the first process busy for seconds, so the second surely overlaps it.
+    first = spawn(url, "sync", ["shared"], CRASH_TEST_PACE="0.03")
+    assert wait_ready(first)
+    second = spawn(url, "sync", ["shared"], CRASH_TEST_PACE="0.03")
+    out2, err2 = second.communicate(timeout=60)
+    still_running = first.poll() is None
+    out1, err1 = first.communicate(timeout=180)
+    assert first.returncode == 0, err1
+    assert "DONE" in out1
+    assert second.returncode == 3, (out2, err2)
+    assert "LEASED session 'shared' is being run by another process" in out2
+    assert still_running  # the refusal came while the first process was running: fail fast
+    check_against_reference(tmp_path, url, ["shared"])
