@@ -464,8 +464,10 @@ class PostgresCheckpointer:
     def _delete_sync(self, session_id: str) -> bool:
         self._codec.forget(session_id)
         with self._transaction([session_id]) as tx:
-            cursor = tx.conn.execute("DELETE FROM sessions WHERE session_id = %s", (session_id,))
-            return cursor.rowcount > 0
+            cursor = tx.conn.execute(
+                "DELETE FROM sessions WHERE session_id = %s RETURNING session_id", (session_id,)
+            )
+            return cursor.fetchone() is not None
 
     async def delete_session(self, session_id: str) -> bool:
         return await self._run(lambda: self._delete_sync(session_id))
