@@ -50,7 +50,8 @@ def route(
         by_node.setdefault(node, []).append(command)
 
     nodes = graph.nodes
-    joins = dict(join_state) if graph.joins else {}
+    # Join marks as sets while routing (a wide join is marked once per source), tuples in the result.
+    marks: dict[JoinEdge, set[str]] = {}
     seen: set[str] = set()
     frontier: list[str] = []
     unknown: list[tuple[str, str]] = []
@@ -58,7 +59,7 @@ def route(
     for node in ran_nodes:
         targets, replaced = _static_targets(graph.edges.get(node, ()), by_node.get(node))
         for join in graph.joins_by_source.get(node, ()):
-            if _mark_join(joins, join, node):
+            if _mark_join(marks, join_state, join, node):
                 targets.append(join.target)
         if not replaced:
             for edge in graph.conditional_by_source.get(node, ()):
@@ -76,7 +77,7 @@ def route(
             else:
                 log.warning("node %r routed to unknown node %r; dropped", node, target)
                 unknown.append((node, target))
-    return Routing(tuple(frontier), joins, tuple(unknown))
+    return Routing(tuple(frontier), _join_state(join_state, marks), tuple(unknown))
 
 
 def initial_frontier(graph: CompiledGraph, snapshot: StateSnapshot) -> Routing:
@@ -112,16 +113,31 @@ def _static_targets(
     return targets, replaced
 
 
-def _mark_join(joins: dict[str, tuple[str, ...]], join: JoinEdge, node: str) -> bool:
-    key = join_key(join)
-    seen = joins.get(key, ())
-    if node not in seen:
-        seen = (*seen, node)
+def _mark_join(
+    marks: dict[JoinEdge, set[str]], before: JoinState, join: JoinEdge, node: str
+) -> bool:
+    """Mark ``node`` as run for ``join``; True when that completes it (the join then resets)."""
+    seen = marks.get(join)
+    if seen is None:
+        seen = marks[join] = set(before.get(join_key(join), ()))
+    seen.add(node)
     if len(seen) == len(join.sources):
-        joins.pop(key, None)
+        seen.clear()
         return True
-    joins[key] = tuple(s for s in join.sources if s in seen)
     return False
+
+
+def _join_state(before: JoinState, marks: dict[JoinEdge, set[str]]) -> JoinState:
+    if not marks:
+        return before
+    state = dict(before)
+    for join, seen in marks.items():
+        key = join_key(join)
+        if seen:
+            state[key] = tuple(source for source in join.sources if source in seen)
+        else:
+            state.pop(key, None)
+    return state
 
 
 class RouterFailed(TreadleError):
