@@ -312,13 +312,14 @@ class CheckpointerActor:
             ActorGone: The actor has stopped.
         """
         previous = self._inflight.get(cp.session_id)
-        if previous is not None:
+        if previous is not None and not previous.is_set():
             await previous.wait()
         self._raise_pending()
         msg = PipelinedSave(cp)
         self._inflight[cp.session_id] = msg.done
         try:
-            await self._send.send(msg)
+            # post: no schedule point when the mailbox has room (the caller yields soon anyway).
+            await self._send.post(msg)
         except BaseException as exc:
             msg.done.set()
             if self._inflight.get(cp.session_id) is msg.done:
