@@ -7,6 +7,7 @@ from typing import Literal
 
 import attrs
 
+from .graph import END
 from .state import VersionedState
 
 
@@ -98,6 +99,7 @@ class SessionView:
 
 def is_complete(frontier: Sequence[str]) -> bool:
     """A session is complete when its frontier is empty or holds only END."""
-    from .graph import END
-
-    return all(node == END for node in frontier)
+    for node in frontier:
+        if node != END:
+            return False
+    return True
