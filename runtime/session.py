@@ -99,7 +99,4 @@ class SessionView:
 
 def is_complete(frontier: Sequence[str]) -> bool:
     """A session is complete when its frontier is empty or holds only END."""
-    for node in frontier:
-        if node != END:
-            return False
-    return True
+    return all(node == END for node in frontier)
