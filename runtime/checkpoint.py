@@ -204,8 +204,11 @@ class Checkpointer(Protocol):
         older_than: float | datetime.timedelta | None = None,
         keep_last: int | None = None,
         session_id: str | None = None,
+        now_ms: int | None = None,
     ) -> int:
-        """Remove old steps; returns how many. Never removes a session's latest step."""
+        """Remove the steps older than ``older_than`` (seconds before ``now_ms``, default the wall
+        clock) and outside each session's last ``keep_last``; returns how many. Never removes a
+        session's latest step."""
 
     async def acquire_lease(self, session_id: str, owner: str) -> None:
         """Claim the right to run a session; raises ``SessionLeased`` if another live owner holds

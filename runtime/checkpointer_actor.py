@@ -369,14 +369,21 @@ class CheckpointerActor:
         older_than: float | datetime.timedelta | None = None,
         keep_last: int | None = None,
         session_id: str | None = None,
+        now_ms: int | None = None,
     ) -> int:
-        """Remove old steps (never a session's latest); how many were removed."""
-        return await self._call(
-            "prune",
-            lambda: self.checkpointer.prune(
-                older_than=older_than, keep_last=keep_last, session_id=session_id
-            ),
-        )
+        """Remove old steps (never a session's latest); how many were removed.
+
+        ``older_than`` is measured back from ``now_ms`` (unix ms; default the wall clock), to compare
+        with the ``created_at`` the runner's clock gave each step.
+        """
+        options: dict[str, Any] = {
+            "older_than": older_than,
+            "keep_last": keep_last,
+            "session_id": session_id,
+        }
+        if now_ms is not None:  # only then: custom stores may predate the argument
+            options["now_ms"] = now_ms
+        return await self._call("prune", lambda: self.checkpointer.prune(**options))
 
     async def acquire_lease(self, session_id: str, owner: str) -> None:
         """Claim a session for ``owner``.
