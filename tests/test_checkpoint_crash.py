@@ -309,16 +309,24 @@ def test_two_processes_cannot_run_one_postgres_session(
     tmp_path: Path, postgres_url: str, pg_schema: str
 ) -> None:
     url = f"{postgres_url}#{pg_schema}"
-    # Paced nodes keep the first process busy for seconds, so the second surely overlaps it.
-    first = spawn(url, "sync", ["shared"], CRASH_TEST_PACE="0.03")
-    assert wait_ready(first)
-    second = spawn(url, "sync", ["shared"], CRASH_TEST_PACE="0.03")
-    out2, err2 = second.communicate(timeout=60)
-    still_running = first.poll() is None
-    out1, err1 = first.communicate(timeout=180)
-    assert first.returncode == 0, err1
-    assert "DONE" in out1
-    assert second.returncode == 3, (out2, err2)
-    assert "LEASED session 'shared' is being run by another process" in out2
-    assert still_running  # the refusal came while the first process was running: fail fast
+    # Both start at once; paced nodes keep the winner busy for seconds, so the two surely overlap.
+    procs = [spawn(url, "sync", ["shared"], CRASH_TEST_PACE="0.03") for _ in range(2)]
+    deadline = time.monotonic() + 120
+    loser = None
+    while loser is None and time.monotonic() < deadline:
+        for index, proc in enumerate(procs):
+            if proc.poll() is not None:
+                loser = index
+                break
+        time.sleep(0.01)
+    assert loser is not None, "neither process finished"
+    winner = procs[1 - loser]
+    still_running = winner.poll() is None
+    out_loser, err_loser = procs[loser].communicate(timeout=60)
+    out_winner, err_winner = winner.communicate(timeout=180)
+    assert procs[loser].returncode == 3, (out_loser, err_loser)
+    assert "LEASED session 'shared' is being run by another process" in out_loser
+    assert winner.returncode == 0, err_winner
+    assert "DONE" in out_winner
+    assert still_running  # the refusal came while the winner was running: it failed fast
     check_against_reference(tmp_path, url, ["shared"])

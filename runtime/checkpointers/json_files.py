@@ -8,6 +8,7 @@ import datetime
 import json
 import logging
 import os
+import threading
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -208,7 +209,9 @@ class JSONCheckpointer:
         self._codec = StepCodec(inline_messages=True, max_chain=max_chain)
         self._limiter = trio.CapacityLimiter(1)
         self._open = False
+        # Written by worker threads, read by corrupt_files() on the Trio thread.
         self._corrupt: dict[Path, CorruptFile] = {}
+        self._corrupt_lock = threading.Lock()
         self._heads: OrderedDict[str, tuple[Head, tuple[int, int, int]]] = OrderedDict()
 
     def __repr__(self) -> str:
@@ -236,9 +239,11 @@ class JSONCheckpointer:
             self._heads.popitem(last=False)
 
     def _report(self, path: Path, reason: str) -> None:
-        if path not in self._corrupt:
+        with self._corrupt_lock:
+            known = path in self._corrupt
+            self._corrupt[path] = CorruptFile(path, reason)
+        if not known:
             log.warning("skipping corrupt checkpoint file %s: %s", path, reason)
-        self._corrupt[path] = CorruptFile(path, reason)
 
     def _read_row(self, session_id: str, step: int) -> StepRow | None:
         """The row stored in a step file, or ``None`` (and reported) if it cannot be read."""
@@ -317,7 +322,7 @@ class JSONCheckpointer:
             temp.unlink(missing_ok=True)
             raise
         _fsync_dir(folder)
-        self._corrupt.pop(final, None)
+        self._forget_corrupt(final)
 
     # -- plumbing ----------------------------------------------------------------------------------
 
@@ -364,7 +369,13 @@ class JSONCheckpointer:
 
     def corrupt_files(self) -> list[CorruptFile]:
         """The files found unreadable so far (by :meth:`open` and later reads), by path."""
-        return sorted(self._corrupt.values(), key=lambda c: str(c.path))
+        with self._corrupt_lock:
+            found = list(self._corrupt.values())
+        return sorted(found, key=lambda c: str(c.path))
+
+    def _forget_corrupt(self, path: Path) -> None:
+        with self._corrupt_lock:
+            self._corrupt.pop(path, None)
 
     # -- writes ------------------------------------------------------------------------------------
 
@@ -450,7 +461,7 @@ class JSONCheckpointer:
                 existed = True
             if entry.is_file():
                 os.unlink(entry.path)
-                self._corrupt.pop(Path(entry.path), None)
+                self._forget_corrupt(Path(entry.path))
         try:
             folder.rmdir()
         except OSError:
