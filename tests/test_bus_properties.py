@@ -7,7 +7,7 @@ from typing import Any
 
 import trio
 import trio.testing
-from hypothesis import given, settings
+from hypothesis import given, register_random, settings
 from hypothesis import strategies as st
 
 from treadle.runtime.bus import EventBus
@@ -21,6 +21,10 @@ from treadle.runtime.events import (
 )
 from treadle.runtime.stream import Buffer
 from treadle.sinks import MemorySink
+
+# trio shuffles each batch of runnable tasks with this Random; registering it lets Hypothesis seed it
+# per example (with st.random_module()), so each example explores its own, reproducible schedule.
+register_random(trio._core._run._r)
 
 # -- the buffer against a model -------------------------------------------------------------------
 
