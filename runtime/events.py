@@ -323,24 +323,34 @@ def is_sentinel(event: Event) -> bool:
     return type(event) is DiagnosticEvent and event.scope in _SENTINEL_SCOPES
 
 
-def _end(scope: str, session_id: str, step: int, error: str | None) -> DiagnosticEvent:
+def _end(
+    scope: str, session_id: str, step: int, error: str | None, timestamp: float | None
+) -> DiagnosticEvent:
     if error is None:
         message = f"session={session_id} status=completed step={step}"
         metadata = {"status": "completed", "step": step}
     else:
         message = f"session={session_id} status=error step={step} error={error}"
         metadata = {"status": "error", "step": step, "error": error}
-    return DiagnosticEvent(scope, message, FrozenDict(metadata), session_id=session_id)
+    when = time.time() if timestamp is None else timestamp
+    return DiagnosticEvent(scope, message, FrozenDict(metadata), when, session_id)
 
 
-def stream_end(session_id: str, step: int, *, error: str | None = None) -> DiagnosticEvent:
-    """The sentinel that ends a run's stream (``metadata`` has ``status``, ``step``, ``error``)."""
-    return _end(STREAM_END_SCOPE, session_id, step, error)
+def stream_end(
+    session_id: str, step: int, *, error: str | None = None, timestamp: float | None = None
+) -> DiagnosticEvent:
+    """The sentinel that ends a run's stream (``metadata`` has ``status``, ``step``, ``error``).
+
+    ``timestamp`` defaults to now; pass the run clock's reading for reproducible events.
+    """
+    return _end(STREAM_END_SCOPE, session_id, step, error, timestamp)
 
 
-def invocation_end(session_id: str, step: int, *, error: str | None = None) -> DiagnosticEvent:
+def invocation_end(
+    session_id: str, step: int, *, error: str | None = None, timestamp: float | None = None
+) -> DiagnosticEvent:
     """The sentinel that ends one ``invoke_next`` of an iterative session."""
-    return _end(INVOCATION_END_SCOPE, session_id, step, error)
+    return _end(INVOCATION_END_SCOPE, session_id, step, error, timestamp)
 
 
 # -- canonical order -------------------------------------------------------------------------------
