@@ -34,8 +34,13 @@ async def sensor(snapshot: StateSnapshot, ctx: NodeContext) -> None:
         await trio.sleep(0.01)
 
 
-app = GraphBuilder().add_node("sensor", sensor).add_edge(START, "sensor").add_edge("sensor", END)
-app = app.compile()
+app = (
+    GraphBuilder()
+    .add_node("sensor", sensor)
+    .add_edge(START, "sensor")
+    .add_edge("sensor", END)
+    .compile()
+)
 
 
 async def slow_reader(stream: EventStream, received: list[str]) -> None:

@@ -65,8 +65,13 @@ async def ticker(snapshot: StateSnapshot, ctx: NodeContext) -> None:
         await trio.sleep(0.5)
 
 
-app = GraphBuilder().add_node("ticker", ticker).add_edge(START, "ticker").add_edge("ticker", END)
-app = app.compile()
+app = (
+    GraphBuilder()
+    .add_node("ticker", ticker)
+    .add_edge(START, "ticker")
+    .add_edge("ticker", END)
+    .compile()
+)
 
 
 async def collect(stream: trio.abc.ReceiveChannel[SinkDiagnostic], into: list[str]) -> None:

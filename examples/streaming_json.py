@@ -44,8 +44,13 @@ async def answer(snapshot: StateSnapshot, ctx: NodeContext) -> NodePartial:
     return NodePartial(extra={"answer": "Treadle streams events."})
 
 
-app = GraphBuilder().add_node("answer", answer).add_edge(START, "answer").add_edge("answer", END)
-app = app.compile()
+app = (
+    GraphBuilder()
+    .add_node("answer", answer)
+    .add_edge(START, "answer")
+    .add_edge("answer", END)
+    .compile()
+)
 
 
 def write_from_thread(stream: EventStream, path: Path) -> int:

@@ -42,9 +42,8 @@ async def clean(snapshot: StateSnapshot, ctx: NodeContext) -> NodePartial:
     return NodePartial(extra={"total": sum(rows)})
 
 
-async def report(snapshot: StateSnapshot, ctx: NodeContext) -> NodePartial:
+async def report(snapshot: StateSnapshot, ctx: NodeContext) -> None:
     await ctx.emit("report", f"total is {snapshot.extra['total']}")
-    return None
 
 
 app = (

@@ -150,8 +150,9 @@ async def test_default_policy_detaches_a_sink_after_five_restarts(
         # Every event was either handed to the flaky sink or dropped: nothing vanished.
         assert len(flaky.seen) + flaky_health.dropped == len(published)
         # What it was handed came in publication order (drops only leave gaps).
-        seqs = [e.seq for e in flaky.seen]
+        seqs = [e.seq for e in flaky.seen if e.seq is not None]
         assert seqs == sorted(set(seqs))
+        assert len(seqs) == len(flaky.seen)
         assert after not in flaky.seen  # detached: nothing more reaches it
         assert memory_health.error_count == memory_health.dropped == 0
 
@@ -462,3 +463,26 @@ async def test_blocking_iter_from_a_worker_thread() -> None:
                 sent.append(await bus.publish("s", stream_end("s", 1)))
             assert result == sent
             assert is_sentinel(result[-1])
+
+
+async def test_add_sink_while_running_and_after_close(autojump_clock: trio.abc.Clock) -> None:
+    with trio.fail_after(5):
+        early, late = MemorySink(name="early"), MemorySink(name="late")
+        bus = EventBus([early])
+        async with running(bus):
+            first = await bus.publish("s", node(0))
+            await bus.add_sink(late)
+            second = await bus.publish("s", node(1))
+        assert early.snapshot() == [first, second]
+        assert late.snapshot() == [second]
+        assert [h.sink for h in bus.sink_health()] == ["early", "late"]
+        assert bus.sinks == (early, late)
+        with pytest.raises(trio.ClosedResourceError, match="closed"):
+            await bus.add_sink(MemorySink())
+
+
+def test_bad_arguments_are_named() -> None:
+    with pytest.raises(ValueError, match="capacity must be at least 1"):
+        EventBus(capacity=0)
+    with pytest.raises(TypeError, match="is not a sink"):
+        EventBus([object()])  # type: ignore[list-item]  # proving the check

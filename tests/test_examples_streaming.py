@@ -120,3 +120,19 @@ def test_streaming_example_uses_only_the_public_api(name: str) -> None:
 
 def test_every_streaming_example_is_tested() -> None:
     assert {path.name for path in EXAMPLES.glob("streaming_*.py")} == set(EXPECTED)
+
+
+def test_streaming_doc_snippets_parse_and_name_public_things() -> None:
+    import importlib
+
+    treadle = importlib.import_module("treadle")
+    text = (ROOT / "docs" / "streaming.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"^```python\n(.*?)^```", text, flags=re.MULTILINE | re.DOTALL)
+    assert len(blocks) >= 5
+    for block in blocks:
+        for node in ast.walk(ast.parse(block)):
+            if isinstance(node, ast.ImportFrom) and node.module == "treadle":
+                for alias in node.names:
+                    assert hasattr(treadle, alias.name), f"streaming.md: treadle.{alias.name}"
+    for name in EXPECTED:
+        assert f"examples/{name}" in text, f"streaming.md does not list {name}"
