@@ -53,6 +53,13 @@ class DiagnosticsConfig:
     buffer_capacity: int | None = None
     emit_to_events: bool = False
 
+    def __attrs_post_init__(self) -> None:
+        if self.buffer_capacity is not None and self.buffer_capacity < 1:
+            raise ValueError(
+                f"DiagnosticsConfig buffer_capacity must be at least 1 or None, "
+                f"not {self.buffer_capacity}"
+            )
+
 
 @attrs.frozen
 class SinkHealth:

@@ -484,5 +484,9 @@ async def test_add_sink_while_running_and_after_close(autojump_clock: trio.abc.C
 def test_bad_arguments_are_named() -> None:
     with pytest.raises(ValueError, match="capacity must be at least 1"):
         EventBus(capacity=0)
+    from treadle.runtime.bus import DiagnosticsConfig
+
+    with pytest.raises(ValueError, match="buffer_capacity must be at least 1"):
+        DiagnosticsConfig(buffer_capacity=0)
     with pytest.raises(TypeError, match="is not a sink"):
         EventBus([object()])  # type: ignore[list-item]  # proving the check
