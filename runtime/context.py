@@ -18,7 +18,7 @@ from .events import (
     LLMEvent,
     NodeEvent,
 )
-from .frozen import freeze
+from .frozen import EMPTY, _trusted, freeze
 
 AnyEvent = NodeEvent | DiagnosticEvent | LLMEvent
 Publish = Callable[[str | None, AnyEvent], Awaitable[object]]
@@ -55,8 +55,9 @@ class NodeContext:
 
     def _metadata(self, extra: dict[str, Any]) -> Any:
         self._seq += 1
+        # Only the caller's values need checking and freezing; the context's own are str and int.
         meta: dict[str, Any] = {
-            **extra,
+            **(freeze(extra, path="metadata") if extra else EMPTY),  # type: ignore[dict-item]
             "node_id": self.node_id,
             "step": self.step,
             "invocation_id": self.invocation_id,
@@ -65,7 +66,7 @@ class NodeContext:
         }
         if self._clock is not None:
             meta["now_unix_ms"] = self._clock.now_unix_ms()
-        return freeze(meta, path="metadata")
+        return _trusted(meta)
 
     def _timestamp(self) -> float:
         if self._clock is None:

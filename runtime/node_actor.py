@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
@@ -59,7 +60,17 @@ async def node_actor(
             publish_nowait=publish_nowait,
             clock=clock,
         )
-        await msg.reply_to.post(await _execute(spec, msg, ctx, thread_limiter))
+        try:
+            done = await _execute(spec, msg, ctx, thread_limiter)
+        except BaseException:
+            # Cancelled from outside (the runner is closing): still answer, so a scheduler draining
+            # its step never waits for a reply that cannot come.
+            with contextlib.suppress(
+                trio.BrokenResourceError, trio.ClosedResourceError, trio.WouldBlock
+            ):
+                msg.reply_to.send_nowait(NodeDone(spec.name, msg.step, msg.index, cancelled=True))
+            raise
+        await msg.reply_to.post(done)
 
     with inbox:
         if first is not None:

@@ -325,7 +325,10 @@ class Scheduler:
                 # Abandoned mid-step: stop every node and collect their replies, so no stale reply
                 # can reach a later step.
                 cancel.cancel_all()
-                with trio.CancelScope(shield=True):
+                # Node actors answer even when cancelled; the bound is a backstop for a node stuck
+                # in a worker thread while the whole runner is closing.
+                with trio.move_on_after(_DRAIN_TIMEOUT) as drain:
+                    drain.shield = True
                     for _ in range(in_flight):
                         await self._replies.receive()
                 raise
@@ -415,9 +418,10 @@ class Scheduler:
 
     async def _publish_end(self, *, error: str | None = None) -> None:
         core = self.core
-        await self.config.publish(
-            core.session_id, stream_end(core.session_id, core.step, error=error)
-        )
+        clock = self.config.clock
+        timestamp = clock.now_seconds() if clock is not None else None
+        event = stream_end(core.session_id, core.step, error=error, timestamp=timestamp)
+        await self.config.publish(core.session_id, event)
 
 
 async def _answer(reply_to: ReplyTo[T], fn: Callable[..., Awaitable[T]], *args: object) -> None:
@@ -431,3 +435,5 @@ async def _answer(reply_to: ReplyTo[T], fn: Callable[..., Awaitable[T]], *args: 
 
 
 _EMPTY = NodePartial()
+# How long an abandoned step waits for its cancelled nodes to answer (seconds).
+_DRAIN_TIMEOUT = 5.0

@@ -286,3 +286,23 @@ async def test_concurrent_sessions_get_their_own_node_actors(
             stats = runner.statistics()
     assert stats.node_actors_started == 3
     assert trio.current_time() == pytest.approx(0.2)
+
+
+async def test_a_deadline_around_the_whole_runner_cancels_a_run_mid_step(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    async def slow(snapshot, ctx):  # type: ignore[no-untyped-def]
+        await trio.sleep(100)
+
+    builder = GraphBuilder()
+    for name in ("a", "b", "c"):
+        builder.add_node(name, slow).add_edge(START, name).add_edge(name, END)
+    app = builder.compile()
+    tasks_before = _task_count()
+    with trio.fail_after(50), trio.move_on_after(1) as deadline:
+        async with AppRunner(app) as runner:
+            await runner.create_session("s", VersionedState())
+            await runner.run_until_complete("s")
+    assert deadline.cancelled_caught
+    assert trio.current_time() == 1.0
+    assert _task_count() == tasks_before
