@@ -7,10 +7,13 @@ module only re-exports the public API.
 
 from .actors.errors import ActorGone as ActorGone
 from .actors.errors import TreadleError as TreadleError
+from .actors.supervisor import RestartPolicy as RestartPolicy
 from .runtime.app import App as App
 from .runtime.app import StreamingRun as StreamingRun
 from .runtime.app import run as run
+from .runtime.bus import BusStatistics as BusStatistics
 from .runtime.bus import DiagnosticsConfig as DiagnosticsConfig
+from .runtime.bus import DiagnosticStream as DiagnosticStream
 from .runtime.bus import EventBus as EventBus
 from .runtime.bus import SinkDiagnostic as SinkDiagnostic
 from .runtime.bus import SinkHealth as SinkHealth
@@ -52,6 +55,10 @@ from .runtime.errors import UnknownNode as UnknownNode
 from .runtime.errors import UnreachableNodes as UnreachableNodes
 from .runtime.errors import WorkflowExecutionError as WorkflowExecutionError
 from .runtime.events import INVOCATION_END_SCOPE as INVOCATION_END_SCOPE
+from .runtime.events import LLM_CHUNK_SCOPE as LLM_CHUNK_SCOPE
+from .runtime.events import LLM_ERROR_SCOPE as LLM_ERROR_SCOPE
+from .runtime.events import LLM_FINAL_SCOPE as LLM_FINAL_SCOPE
+from .runtime.events import SINK_ERROR_SCOPE as SINK_ERROR_SCOPE
 from .runtime.events import STREAM_END_SCOPE as STREAM_END_SCOPE
 from .runtime.events import AnyEvent as AnyEvent
 from .runtime.events import DiagnosticEvent as DiagnosticEvent
@@ -59,6 +66,8 @@ from .runtime.events import Event as Event
 from .runtime.events import LLMEvent as LLMEvent
 from .runtime.events import NodeEvent as NodeEvent
 from .runtime.events import canonical_order as canonical_order
+from .runtime.events import event_from_json as event_from_json
+from .runtime.events import is_sentinel as is_sentinel
 from .runtime.frontier import RouterFailed as RouterFailed
 from .runtime.graph import END as END
 from .runtime.graph import START as START
@@ -93,9 +102,12 @@ from .runtime.state import Message as Message
 from .runtime.state import StateSnapshot as StateSnapshot
 from .runtime.state import VersionedState as VersionedState
 from .runtime.stream import EventStream as EventStream
+from .runtime.stream import StreamStatistics as StreamStatistics
 from .sinks import ChannelSink as ChannelSink
 from .sinks import JsonLinesSink as JsonLinesSink
 from .sinks import MemorySink as MemorySink
+from .sinks import Sink as Sink
+from .sinks import SinkError as SinkError
 from .sinks import StdOutSink as StdOutSink
 
 __version__ = "0.1.0"
