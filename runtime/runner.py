@@ -189,11 +189,14 @@ class AppRunner:
             raise
 
     async def _shutdown(self) -> None:
-        for session_id, inbox in list(self._sessions.items()):
-            await ask(inbox, FlushCheckpoint, actor=f"scheduler of {session_id!r}")
-        await self._checkpoints.flush()
-        for session_id in self._sessions:
-            await self._checkpoints.release_lease(session_id, self._owner)
+        if self.durability == "exit":
+            for session_id, inbox in list(self._sessions.items()):
+                await ask(inbox, FlushCheckpoint, actor=f"scheduler of {session_id!r}")
+        # The in-memory store keeps nothing past the process: no write to wait for, no lease.
+        if not self._checkpoints.volatile:
+            await self._checkpoints.flush()
+            for session_id in self._sessions:
+                await self._checkpoints.release_lease(session_id, self._owner)
         await self.bus.aclose()
 
     # -- sessions ----------------------------------------------------------------------------------
@@ -221,7 +224,8 @@ class AppRunner:
         if inbox is not None:
             view = await self._view(session_id, inbox)
             return Resumed(view.step)
-        await self._checkpoints.acquire_lease(session_id, self._owner)
+        if not self._checkpoints.volatile:
+            await self._checkpoints.acquire_lease(session_id, self._owner)
         stored = await self._checkpoints.load_latest(session_id)
         if stored is not None:
             await self._spawn(SessionCore.from_checkpoint(stored), config, fresh=False)
