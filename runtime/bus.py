@@ -327,6 +327,31 @@ class EventBus:
         seq = seqs.get(sid, 0)
         seqs[sid] = seq + 1
         stamped = event.stamped(sid, seq)
+        self._deliver(sid, stamped)
+        return stamped
+
+    def publish_fresh_nowait(self, event: Event) -> None:
+        """Publish an event that nobody else holds yet, stamping its ``seq`` in place.
+
+        For the runtime's own hot path (``ctx.emit``): the event was just built with its
+        ``session_id`` set and has not been shared, so the copy :meth:`publish_nowait` makes to
+        keep a caller's event unchanged is unnecessary.
+        """
+        sid = event.session_id
+        seqs = self._seqs
+        seq = seqs.get(sid, 0)
+        seqs[sid] = seq + 1
+        type(event)._set_seq(event, seq)
+        self._deliver(sid, event)
+
+    async def publish_fresh(self, event: Event) -> None:
+        """:meth:`publish_fresh_nowait` with :meth:`publish`'s scheduling behaviour."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        self.publish_fresh_nowait(event)
+        if self._pressure:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+
+    def _deliver(self, sid: str | None, stamped: Event) -> None:
         self._published += 1
         pressure = False
         for buffer in self._targets:
@@ -342,7 +367,6 @@ class EventBus:
                     for buffer in subscribers:
                         buffer.end()
         self._pressure = pressure
-        return stamped
 
     async def publish(self, session_id: str | None, event: Event) -> Event:
         """Like :meth:`publish_nowait`; a cancellation point that never waits on a consumer.

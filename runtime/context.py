@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
@@ -20,9 +20,8 @@ from .events import (
 )
 from .frozen import EMPTY, _trusted, freeze
 
-AnyEvent = NodeEvent | DiagnosticEvent | LLMEvent
-Publish = Callable[[str | None, AnyEvent], Awaitable[object]]
-PublishNowait = Callable[[str | None, AnyEvent], object]
+if TYPE_CHECKING:
+    from .bus import EventBus
 
 
 @attrs.define(eq=False)
@@ -42,8 +41,7 @@ class NodeContext:
     session_id: str
     invocation_id: str
     frontier_index: int
-    _publish: Publish = attrs.field(alias="publish", repr=False)
-    _publish_nowait: PublishNowait = attrs.field(alias="publish_nowait", repr=False)
+    _bus: EventBus = attrs.field(alias="bus", repr=False)
     _clock: Clock | None = attrs.field(alias="clock", default=None, repr=False)
     _seq: int = attrs.field(default=0, init=False, repr=False)
 
@@ -74,13 +72,15 @@ class NodeContext:
         return self._clock.now_seconds()
 
     def _node_event(self, scope: str, message: str, metadata: dict[str, Any]) -> NodeEvent:
-        return NodeEvent(
-            node_id=self.node_id,
-            step=self.step,
-            scope=scope,
-            message=message,
-            metadata=self._metadata(metadata),
-            timestamp=self._timestamp(),
+        _check_text(scope, message)
+        return NodeEvent._fresh(
+            self.node_id,
+            self.step,
+            scope,
+            message,
+            self._metadata(metadata),
+            self._timestamp(),
+            self.session_id,
         )
 
     async def emit(self, scope: str, message: str, **metadata: Any) -> None:
@@ -89,12 +89,12 @@ class NodeContext:
         Metadata values must be JSON values; ``node_id``, ``step``, ``invocation_id``,
         ``frontier_index``, ``node_seq`` (and ``now_unix_ms`` with a clock) are added.
         """
-        await self._publish(self.session_id, self._node_event(scope, message, metadata))
+        await self._bus.publish_fresh(self._node_event(scope, message, metadata))
 
     def emit_nowait(self, scope: str, message: str, **metadata: Any) -> None:
         """Like :meth:`emit`, for plain ``def`` nodes, inline or in a worker thread."""
         event = self._node_event(scope, message, metadata)
-        _call_on_trio_thread(self._publish_nowait, self.session_id, event)
+        _call_on_trio_thread(self._bus.publish_fresh_nowait, event)
 
     async def emit_diagnostic(self, scope: str, message: str, **metadata: Any) -> None:
         """Publish a :class:`DiagnosticEvent` attributed to this node."""
@@ -104,7 +104,7 @@ class NodeContext:
             metadata=self._metadata(metadata),
             timestamp=self._timestamp(),
         )
-        await self._publish(self.session_id, event)
+        await self._bus.publish(self.session_id, event)
 
     def _llm_event(
         self, chunk: str, *, scope: str, is_final: bool, stream_id: str | None, meta: dict[str, Any]
@@ -127,7 +127,7 @@ class NodeContext:
         event = self._llm_event(
             chunk, scope=LLM_CHUNK_SCOPE, is_final=False, stream_id=stream_id, meta=metadata
         )
-        await self._publish(self.session_id, event)
+        await self._bus.publish(self.session_id, event)
 
     async def emit_llm_final(
         self, chunk: str = "", *, stream_id: str | None = None, **metadata: Any
@@ -136,7 +136,7 @@ class NodeContext:
         event = self._llm_event(
             chunk, scope=LLM_FINAL_SCOPE, is_final=True, stream_id=stream_id, meta=metadata
         )
-        await self._publish(self.session_id, event)
+        await self._bus.publish(self.session_id, event)
 
     async def emit_llm_error(
         self, error: str, *, stream_id: str | None = None, **metadata: Any
@@ -145,18 +145,26 @@ class NodeContext:
         event = self._llm_event(
             error, scope=LLM_ERROR_SCOPE, is_final=True, stream_id=stream_id, meta=metadata
         )
-        await self._publish(self.session_id, event)
+        await self._bus.publish(self.session_id, event)
 
 
 def trio_wall_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def _call_on_trio_thread(fn: PublishNowait, session_id: str, event: AnyEvent) -> None:
+def _check_text(scope: object, message: object) -> None:
+    if type(scope) is not str or type(message) is not str:
+        raise TypeError(
+            f"ctx.emit(scope, message) takes two strings, not {type(scope).__name__} and "
+            f"{type(message).__name__}"
+        )
+
+
+def _call_on_trio_thread(fn: Callable[[NodeEvent], None], event: NodeEvent) -> None:
     try:
         trio.lowlevel.current_task()
     except RuntimeError:
         # A worker thread (a ``thread=True`` node): hop to the Trio thread to publish.
-        trio.from_thread.run_sync(fn, session_id, event)
+        trio.from_thread.run_sync(fn, event)
     else:
-        fn(session_id, event)
+        fn(event)

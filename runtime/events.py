@@ -172,6 +172,36 @@ class NodeEvent(Event):
     def __str__(self) -> str:
         return f"[{self.node_id}@{self.step}] {self.scope}: {self.message}"
 
+    @classmethod
+    def _fresh(
+        cls,
+        node_id: str,
+        step: int,
+        scope: str,
+        message: str,
+        metadata: FrozenDict,
+        timestamp: float,
+        session_id: str,
+    ) -> NodeEvent:
+        """Build an event from values the runtime already checked and froze (``ctx.emit``).
+
+        ``metadata`` must be a FrozenDict already holding ``node_id`` and ``step``; the event is new,
+        so the bus may stamp its ``seq`` in place (:meth:`EventBus.publish_fresh`).
+        """
+        new = object.__new__(cls)
+        for name, value in (
+            ("node_id", node_id),
+            ("step", step),
+            ("scope", scope),
+            ("message", message),
+            ("metadata", metadata),
+            ("timestamp", timestamp),
+            ("session_id", session_id),
+            ("seq", None),
+        ):
+            object.__setattr__(new, name, value)
+        return new
+
 
 @attrs.frozen(eq=True)
 class DiagnosticEvent(Event):

@@ -10,8 +10,9 @@ from typing import Any, cast
 import trio
 
 from ..actors.mailbox import MailboxReceiver
+from .bus import EventBus
 from .clock import Clock
-from .context import NodeContext, Publish, PublishNowait
+from .context import NodeContext
 from .errors import NodeTimeoutError
 from .graph import NodeSpec
 from .messages import Execute, NodeDone
@@ -27,8 +28,7 @@ async def node_actor(
     spec: NodeSpec,
     inbox: MailboxReceiver[Execute],
     *,
-    publish: Publish,
-    publish_nowait: PublishNowait,
+    bus: EventBus,
     clock: Clock | None,
     thread_limiter: trio.CapacityLimiter,
     first: Execute | None = None,
@@ -56,8 +56,7 @@ async def node_actor(
             session_id=msg.session_id,
             invocation_id=msg.invocation_id,
             frontier_index=msg.frontier_index,
-            publish=publish,
-            publish_nowait=publish_nowait,
+            bus=bus,
             clock=clock,
         )
         try:

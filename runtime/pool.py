@@ -9,8 +9,8 @@ import trio
 
 from ..actors.mailbox import MailboxSender, open_mailbox
 from ..actors.perturb import Perturbation
+from .bus import EventBus
 from .clock import Clock
-from .context import Publish, PublishNowait
 from .graph import CompiledGraph
 from .messages import Execute
 from .node_actor import node_actor
@@ -30,8 +30,7 @@ class NodePool:
 
     graph: CompiledGraph
     nursery: trio.Nursery
-    publish: Publish
-    publish_nowait: PublishNowait
+    bus: EventBus
     clock: Clock | None
     thread_limiter: trio.CapacityLimiter
     perturb: Perturbation | None = None
@@ -72,8 +71,7 @@ class NodePool:
             node_actor,
             self.graph.nodes[node],
             inbox,
-            publish=self.publish,
-            publish_nowait=self.publish_nowait,
+            bus=self.bus,
             clock=self.clock,
             thread_limiter=self.thread_limiter,
             first=first,

@@ -140,8 +140,7 @@ class AppRunner:
         thread_limiter = trio.CapacityLimiter(self._max_threads)
         self._config = SchedulerConfig(
             graph=self.app.graph,
-            publish=self.bus.publish,
-            publish_nowait=self.bus.publish_nowait,
+            bus=self.bus,
             clock=self.clock,
             checkpoints=self._checkpoints,
             autosave=self.autosave,
@@ -150,8 +149,7 @@ class AppRunner:
             pool=NodePool(
                 graph=self.app.graph,
                 nursery=nursery,
-                publish=self.bus.publish,
-                publish_nowait=self.bus.publish_nowait,
+                bus=self.bus,
                 clock=self.clock,
                 thread_limiter=thread_limiter,
                 perturb=self._perturb,

@@ -14,10 +14,11 @@ from ..actors.mailbox import MailboxReceiver, MailboxSender, open_mailbox
 from ..actors.perturb import Perturbation
 from ..actors.request import ReplyTo, reply
 from .barrier import apply_barrier
+from .bus import EventBus
 from .checkpoint import Checkpoint
 from .checkpointer_actor import CheckpointerActor
 from .clock import Clock
-from .context import Publish, PublishNowait, trio_wall_ms
+from .context import trio_wall_ms
 from .errors import NodeRunError
 from .events import DiagnosticEvent, stream_end
 from .frontier import RouterFailed, route
@@ -105,8 +106,7 @@ class SchedulerConfig:
     """What a scheduler actor needs from its runner; shared by every session of one runner."""
 
     graph: CompiledGraph
-    publish: Publish
-    publish_nowait: PublishNowait
+    bus: EventBus
     clock: Clock | None
     checkpoints: CheckpointerActor | None
     autosave: bool
@@ -271,7 +271,7 @@ class Scheduler:
         )
         await self._checkpoint(report)
         for source, target in routing.unknown_targets:
-            await self.config.publish(
+            await self.config.bus.publish(
                 core.session_id,
                 DiagnosticEvent(
                     scope="routing.unknown_target",
@@ -421,7 +421,7 @@ class Scheduler:
         clock = self.config.clock
         timestamp = clock.now_seconds() if clock is not None else None
         event = stream_end(core.session_id, core.step, error=error, timestamp=timestamp)
-        await self.config.publish(core.session_id, event)
+        await self.config.bus.publish(core.session_id, event)
 
 
 async def _answer(reply_to: ReplyTo[T], fn: Callable[..., Awaitable[T]], *args: object) -> None:
