@@ -18,7 +18,7 @@ from .events import (
     LLMEvent,
     NodeEvent,
 )
-from .frozen import EMPTY, _trusted, freeze
+from .frozen import FrozenDict, freeze
 
 if TYPE_CHECKING:
     from .bus import EventBus
@@ -51,24 +51,28 @@ class NodeContext:
             return trio_wall_ms()
         return self._clock.now_unix_ms()
 
-    def _metadata(self, extra: dict[str, Any]) -> Any:
+    def _metadata(self, extra: dict[str, Any]) -> FrozenDict:
         self._seq += 1
-        # Only the caller's values need checking and freezing; the context's own are str and int.
-        meta: dict[str, Any] = {
-            **(freeze(extra, path="metadata") if extra else EMPTY),  # type: ignore[dict-item]
-            "node_id": self.node_id,
-            "step": self.step,
-            "invocation_id": self.invocation_id,
-            "frontier_index": self.frontier_index,
-            "node_seq": self._seq,
-        }
+        # Built in place as a FrozenDict (one dict per event): only the caller's values need
+        # checking and freezing; the context's own are str and int.
+        meta = dict.__new__(FrozenDict)
+        if extra:
+            dict.update(meta, freeze(extra, path="metadata"))  # type: ignore[arg-type]
+        dict.update(
+            meta,
+            node_id=self.node_id,
+            step=self.step,
+            invocation_id=self.invocation_id,
+            frontier_index=self.frontier_index,
+            node_seq=self._seq,
+        )
         if self._clock is not None:
-            meta["now_unix_ms"] = self._clock.now_unix_ms()
-        return _trusted(meta)
+            dict.__setitem__(meta, "now_unix_ms", self._clock.now_unix_ms())
+        return meta
 
     def _timestamp(self) -> float:
         if self._clock is None:
-            return trio_wall_ms() / 1000
+            return time.time()
         return self._clock.now_seconds()
 
     def _node_event(self, scope: str, message: str, metadata: dict[str, Any]) -> NodeEvent:

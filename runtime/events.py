@@ -152,6 +152,7 @@ class NodeEvent(Event):
     """
 
     json_type: ClassVar[str] = "node"
+    _slot_setters: ClassVar[tuple[Any, ...]] = ()
 
     node_id: str
     step: int
@@ -189,17 +190,16 @@ class NodeEvent(Event):
         so the bus may stamp its ``seq`` in place (:meth:`EventBus.publish_fresh`).
         """
         new = object.__new__(cls)
-        for name, value in (
-            ("node_id", node_id),
-            ("step", step),
-            ("scope", scope),
-            ("message", message),
-            ("metadata", metadata),
-            ("timestamp", timestamp),
-            ("session_id", session_id),
-            ("seq", None),
-        ):
-            object.__setattr__(new, name, value)
+        # Slot descriptors set directly: this runs for every event a node emits.
+        set_ = cls._slot_setters
+        set_[0](new, node_id)
+        set_[1](new, step)
+        set_[2](new, scope)
+        set_[3](new, message)
+        set_[4](new, metadata)
+        set_[5](new, timestamp)
+        set_[6](new, session_id)
+        set_[7](new, None)
         return new
 
 
@@ -273,6 +273,7 @@ def _enable_stamping(*classes: type[Any]) -> None:
 
 
 _enable_stamping(NodeEvent, DiagnosticEvent, LLMEvent)
+NodeEvent._slot_setters = tuple(getattr(NodeEvent, f.name).__set__ for f in attrs.fields(NodeEvent))
 
 AnyEvent: TypeAlias = NodeEvent | DiagnosticEvent | LLMEvent
 """The closed union of event variants, for exhaustive ``match`` with ``assert_never``."""
