@@ -35,6 +35,8 @@ __all__ = [
 ]
 
 DEFAULT_CAPACITY = 1024
+# Under pressure a publisher yields once per this many events (see EventBus._pressure).
+_YIELD_EVERY = 32
 
 
 @attrs.frozen
@@ -200,7 +202,10 @@ class EventBus:
         self._diagnostic_buffers: tuple[Buffer[SinkDiagnostic], ...] = ()
         self._seqs: dict[str | None, int] = {}
         self._published = 0
-        self._pressure = False  # set by each publish_nowait: some buffer is over half full
+        # Set by each publish: some buffer is over half full and the publisher should yield (see
+        # _deliver: at once for a sink, once per _YIELD_EVERY events for a lagging subscriber).
+        self._pressure = False
+        self._pressured = 0
         self._subscribers = 0
         self._phase = "new"  # new -> running -> closed
         self._closing = False
@@ -250,7 +255,7 @@ class EventBus:
                 the bus closes.
             capacity: This stream's buffer size (default: the bus capacity).
         """
-        buffer: Buffer[Event] = Buffer(capacity or self.capacity, keep=is_sentinel)
+        buffer: Buffer[Event] = Buffer(capacity or self.capacity, keep=is_sentinel, patient=True)
         if self._closing:
             buffer.end()
             return EventStream(buffer)
@@ -353,29 +358,44 @@ class EventBus:
 
     def _deliver(self, sid: str | None, stamped: Event) -> None:
         self._published += 1
-        pressure = False
+        # A sink actor over half full makes the publisher yield at once; a subscriber only every
+        # _YIELD_EVERY events, since it may never read and must not tax every publish.
+        urgent = lagging = False
         for buffer in self._targets:
-            pressure |= buffer.put(stamped)
+            if buffer.put(stamped):
+                if buffer.patient:
+                    lagging = True
+                else:
+                    urgent = True
         if sid is not None and self._by_session:
             subscribers = self._by_session.get(sid)
             if subscribers is not None:
                 for buffer in subscribers:
-                    pressure |= buffer.put(stamped)
+                    if buffer.put(stamped):
+                        lagging = True
                 if stamped.scope == STREAM_END_SCOPE and is_sentinel(stamped):
                     # The session's stream is over: its subscribers end after this event.
                     del self._by_session[sid]
                     for buffer in subscribers:
                         buffer.end()
-        self._pressure = pressure
+        if urgent:
+            self._pressure = True
+        elif lagging:
+            self._pressure = self._pressured % _YIELD_EVERY == 0
+            self._pressured += 1
+        else:
+            self._pressure = False
+            self._pressured = 0
 
     async def publish(self, session_id: str | None, event: Event) -> Event:
         """Like :meth:`publish_nowait`; a cancellation point that never waits on a consumer.
 
         Backpressure: none; a full consumer buffer drops its oldest event instead of waiting.
-        When some consumer's buffer is more than half full, ``publish`` yields to the scheduler
-        once, so a busy emitter lets the sink actors and readers catch up (this costs no
-        virtual time). Otherwise it does not switch tasks: a switch per event would cost more
-        than delivering it.
+        When a sink's buffer is more than half full, ``publish`` yields to the scheduler so a busy
+        emitter lets the sink actors catch up (this costs no virtual time); for a subscriber's
+        buffer it yields once per 32 events, so a reader that never reads cannot make every
+        publish pay for a switch. Otherwise it does not switch tasks: a
+        switch per event would cost more than delivering it.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
         stamped = self.publish_nowait(session_id, event)

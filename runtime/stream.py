@@ -40,6 +40,8 @@ class Buffer(Generic[T]):
     dropped: int = 0
     ended: bool = False
     """No more items will arrive; readers see the end once ``items`` is empty."""
+    patient: bool = False
+    """Read by a task that may fall behind for good (a subscriber), not by a sink actor."""
     _waiter: trio.lowlevel.Task | None = None
     _high_water: int = attrs.field(init=False, default=0)
 
