@@ -10,10 +10,8 @@ server at ``--postgres`` (default ``TREADLE_TEST_POSTGRES_URL`` or the local tes
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import statistics
-import sys
 import tempfile
 import time
 import uuid
@@ -21,28 +19,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import _treadle_path  # noqa: F401  (makes `import treadle` work uninstalled)
 import trio
 
-
-def _load_treadle() -> None:
-    """Make ``import treadle`` work from an uninstalled checkout (its root is the package)."""
-    if importlib.util.find_spec("treadle") is not None:
-        return
-    root = Path(__file__).resolve().parents[2]
-    spec = importlib.util.spec_from_file_location(
-        "treadle", root / "__init__.py", submodule_search_locations=[str(root)]
-    )
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["treadle"] = module
-    spec.loader.exec_module(module)
-
-
-_load_treadle()
 # After the path setup:
-from treadle import END, START, AppRunner, GraphBuilder, NodePartial, VersionedState  # noqa: E402
-from treadle.runtime.checkpointers import PostgresCheckpointer, SQLiteCheckpointer  # noqa: E402
+from treadle import END, START, AppRunner, GraphBuilder, NodePartial, VersionedState
+from treadle.runtime.checkpointers import PostgresCheckpointer, SQLiteCheckpointer
 
 
 def loop_app(steps: int) -> Any:

@@ -13,39 +13,21 @@ events/s = events published / elapsed; best of 5 repeats, since the machine is s
 
 from __future__ import annotations
 
-import importlib.util
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
+import _treadle_path  # noqa: F401  (makes `import treadle` work uninstalled)
 import trio
 
-
-def _load_treadle() -> None:
-    """Make ``import treadle`` work from an uninstalled checkout (its root is the package)."""
-    if importlib.util.find_spec("treadle") is not None:
-        return
-    root = Path(__file__).resolve().parents[2]
-    spec = importlib.util.spec_from_file_location(
-        "treadle", root / "__init__.py", submodule_search_locations=[str(root)]
-    )
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["treadle"] = module
-    spec.loader.exec_module(module)
-
-
-_load_treadle()
 # After the path setup:
-import trio.lowlevel  # noqa: E402
+import trio.lowlevel
 
-from treadle.runtime.bus import EventBus  # noqa: E402
-from treadle.runtime.events import NodeEvent, is_sentinel, stream_end  # noqa: E402
-from treadle.runtime.frozen import FrozenDict  # noqa: E402
-from treadle.sinks.memory import MemorySink  # noqa: E402
+from treadle.runtime.bus import EventBus
+from treadle.runtime.events import NodeEvent, is_sentinel, stream_end
+from treadle.runtime.frozen import FrozenDict
+from treadle.sinks.memory import MemorySink
 
 NODES = 100
 
@@ -204,7 +186,6 @@ def main() -> None:
 
 
 def _echo_baseline_us() -> float:
-    sys.path.insert(0, str(Path(__file__).parent))
     from bench_core import echo_baseline
 
     return statistics.median(trio.run(echo_baseline, 100, 30))

@@ -7,33 +7,15 @@ neighbours on a shared machine.
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
+import _treadle_path  # noqa: F401  (makes `import treadle` work uninstalled)
 import trio
 
-
-def _load_treadle() -> None:
-    """Make ``import treadle`` work from an uninstalled checkout (its root is the package)."""
-    if importlib.util.find_spec("treadle") is not None:
-        return
-    root = Path(__file__).resolve().parents[2]
-    spec = importlib.util.spec_from_file_location(
-        "treadle", root / "__init__.py", submodule_search_locations=[str(root)]
-    )
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["treadle"] = module
-    spec.loader.exec_module(module)
-
-
-_load_treadle()
-from treadle.actors.mailbox import Overflow, open_mailbox  # noqa: E402  (after the path setup)
+from treadle.actors.mailbox import Overflow, open_mailbox
 
 Pair = tuple[Any, Any]
 
