@@ -159,8 +159,10 @@ class StepInfo:
 
 @runtime_checkable
 class Checkpointer(Protocol):
-    """Storage for checkpoints. Every method is async; backends run blocking drivers in
-    ``trio.to_thread`` behind a ``CapacityLimiter(1)``, so the trio thread never blocks on I/O.
+    """Storage for checkpoints. Every method is async; the durable backends run their blocking
+    driver in one ``trio.to_thread`` worker thread per connection, behind that connection's
+    ``CapacityLimiter(1)`` (:class:`~treadle.runtime.checkpointers.connection.ConnectionThread`), so
+    the trio thread never blocks on I/O.
 
     The "latest" checkpoint of a session is monotonic: saving a step lower than the latest stores it
     in the history but never moves the latest back. The runner talks to a checkpointer only through
@@ -170,11 +172,15 @@ class Checkpointer(Protocol):
     backend: str
     """``"memory"``, ``"sqlite"``, ``"postgres"`` or ``"json"``."""
 
-    async def open(self) -> None:
-        """Connect (and migrate); raises ``CheckpointBackendError`` naming the URL or path."""
+    async def open(self, nursery: trio.Nursery) -> None:
+        """Connect (and migrate); raises ``CheckpointBackendError`` naming the URL or path.
+
+        Background work the store needs while open (the durable backends' connection thread) runs
+        in ``nursery``; :meth:`aclose` ends it.
+        """
 
     async def aclose(self) -> None:
-        """Release the connection; idempotent."""
+        """Release the connection and end the store's background work; idempotent."""
 
     async def save(self, cp: Checkpoint) -> None:
         """Store ``cp`` (replacing a stored checkpoint of the same session and step)."""
@@ -267,7 +273,7 @@ class InMemoryCheckpointer:
     def __repr__(self) -> str:
         return "InMemoryCheckpointer()"
 
-    async def open(self) -> None:
+    async def open(self, nursery: trio.Nursery) -> None:
         await trio.lowlevel.checkpoint()
 
     async def aclose(self) -> None:

@@ -128,7 +128,8 @@ class CheckpointerActor:
         """Open the backend, then serve requests until cancelled; close the backend on the way out.
 
         ``await nursery.start(actor.run)`` returns once the backend is open, so a backend that cannot
-        connect fails the caller's start with its own clear error.
+        connect fails the caller's start with its own clear error. The backend's background work
+        (its connection thread) runs in this actor's nursery and ends before the actor does.
 
         Cancellation:
             Stops serving at once; queued requests are dropped and their askers get ``ActorGone``
@@ -151,19 +152,30 @@ class CheckpointerActor:
         if receive is None:
             raise RuntimeError("a CheckpointerActor can run only once")
         self._receive = None
+        failed_to_open: BaseException | None = None
         with receive:
-            await self.checkpointer.open()
-            try:
-                async with trio.open_nursery() as nursery:
-                    if isinstance(self.checkpointer, RenewsLeases):
-                        nursery.start_soon(self._heartbeat, self.checkpointer.lease_renew_interval)
-                    task_status.started()
-                    await self._serve(receive)
-                    nursery.cancel_scope.cancel()
-            finally:
-                with trio.move_on_after(_CLOSE_TIMEOUT) as scope:
-                    scope.shield = True
-                    await self.checkpointer.aclose()
+            # The backend's connection thread and the lease heartbeat live in this nursery.
+            async with trio.open_nursery() as nursery:
+                try:
+                    await self.checkpointer.open(nursery)
+                except BaseException as exc:
+                    # Raised below, outside the nursery, so the runner's start sees it unwrapped.
+                    failed_to_open = exc
+                    nursery.cancel_scope.cancel(reason="the checkpointer failed to open")
+                else:
+                    try:
+                        if isinstance(self.checkpointer, RenewsLeases):
+                            interval = self.checkpointer.lease_renew_interval
+                            nursery.start_soon(self._heartbeat, interval)
+                        task_status.started()
+                        await self._serve(receive)
+                    finally:
+                        with trio.move_on_after(_CLOSE_TIMEOUT) as scope:
+                            scope.shield = True
+                            await self.checkpointer.aclose()
+                        nursery.cancel_scope.cancel(reason="the checkpointer actor stopped")
+        if failed_to_open is not None:
+            raise failed_to_open
 
     async def _serve(self, receive: MailboxReceiver[CheckpointerMsg]) -> None:
         # Messages taken out of the mailbox early, to batch pipelined writes; served in order.

@@ -11,13 +11,28 @@ from __future__ import annotations
 import functools
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
+import trio
+
+S = TypeVar("S")
 
 DEFAULT_TEST_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+@asynccontextmanager
+async def opened(store: S) -> AsyncIterator[S]:
+    """``store`` open for direct use, its connection thread in a nursery of its own."""
+    async with trio.open_nursery() as nursery:
+        await store.open(nursery)  # type: ignore[attr-defined]
+        try:
+            yield store
+        finally:
+            await store.aclose()  # type: ignore[attr-defined]
 
 
 def test_postgres_url() -> str:

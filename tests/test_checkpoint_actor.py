@@ -41,7 +41,7 @@ class SlowStore(InMemoryCheckpointer):
         self.max_active = 0
         self.closed = False
 
-    async def open(self) -> None:
+    async def open(self, nursery: trio.Nursery) -> None:
         await trio.sleep(5)
         self.events.append(("open", None, trio.current_time()))
 
@@ -79,7 +79,7 @@ async def test_start_returns_once_the_backend_is_open(
 
 async def test_a_backend_that_cannot_open_fails_the_start() -> None:
     class Broken(InMemoryCheckpointer):
-        async def open(self) -> None:
+        async def open(self, nursery: trio.Nursery) -> None:
             raise CheckpointBackendError("postgres", "cannot connect to postgresql://u:***@db/x")
 
     with trio.fail_after(5):

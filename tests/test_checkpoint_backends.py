@@ -65,9 +65,11 @@ def kind(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-async def store(kind: str, make_backend: Callable[..., Any]) -> AsyncIterator[Any]:
+async def store(
+    kind: str, make_backend: Callable[..., Any], nursery: trio.Nursery
+) -> AsyncIterator[Any]:
     backend = make_backend(kind)
-    await backend.open()
+    await backend.open(nursery)
     yield backend
     await backend.aclose()
 
@@ -215,11 +217,11 @@ async def test_concurrency_check(store: Any) -> None:
 
 @pytest.mark.parametrize("kind", SHARED, indirect=True)
 async def test_two_writers_expecting_the_same_step_exactly_one_wins(
-    kind: str, make_backend: Callable[..., Any]
+    kind: str, make_backend: Callable[..., Any], nursery: trio.Nursery
 ) -> None:
     first, second = make_backend(kind), make_backend(kind)  # two connections
-    await first.open()
-    await second.open()
+    await first.open(nursery)
+    await second.open(nursery)
     try:
         await first.save(checkpoint(5))
         results: dict[str, BaseException | None] = {}
@@ -233,9 +235,9 @@ async def test_two_writers_expecting_the_same_step_exactly_one_wins(
                 results[name] = None
 
         mine, theirs = checkpoint(6, state(1)), checkpoint(6, state(30))
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(write, "first", first, mine)
-            nursery.start_soon(write, "second", second, theirs)
+        async with trio.open_nursery() as writers:
+            writers.start_soon(write, "first", first, mine)
+            writers.start_soon(write, "second", second, theirs)
         losers = [name for name, error in results.items() if error is not None]
         assert len(losers) == 1, results
         winner = theirs if losers == ["first"] else mine
@@ -275,16 +277,16 @@ async def test_a_batch_is_stored_whole_or_not_at_all(store: Any) -> None:
 
 
 async def test_reopening_reads_what_was_written(
-    kind: str, make_backend: Callable[..., Any]
+    kind: str, make_backend: Callable[..., Any], nursery: trio.Nursery
 ) -> None:
     backend = make_backend(kind)
-    await backend.open()
+    await backend.open(nursery)
     for step in range(5):
         await backend.save(checkpoint(step))
     await backend.aclose()
 
     again = make_backend(kind)
-    await again.open()
+    await again.open(nursery)
     try:
         latest = await again.load_latest("s")
         assert latest is not None
@@ -318,9 +320,9 @@ async def test_a_value_that_is_not_json_fails_the_save_clearly(store: Any) -> No
 # -- in memory ---------------------------------------------------------------------------------------
 
 
-async def test_in_memory_keeps_the_latest_only() -> None:
+async def test_in_memory_keeps_the_latest_only(nursery: trio.Nursery) -> None:
     store = InMemoryCheckpointer()
-    await store.open()
+    await store.open(nursery)
     await store.save(checkpoint(1))
     await store.save(checkpoint(3))
     await store.save(checkpoint(2))  # lower: ignored, the latest is monotonic

@@ -169,32 +169,28 @@ def wait_ready(proc: subprocess.Popen[str], timeout: float = 60) -> bool:
 
 async def history(url: str, session: str) -> tuple[Any, list[str]]:
     """The latest checkpoint and every stored checkpoint of a session, as exact JSON text."""
+    from pg_fixtures import opened
+
     from treadle.runtime.checkpoint import resolve_checkpointer
 
-    store = resolve_checkpointer(checkpointer(url))
-    await store.open()
-    try:
+    async with opened(resolve_checkpointer(checkpointer(url))) as store:
         steps = await store.list_steps(session)
         stored = [
             json.dumps((await store.load(session, info.step)).to_json_value(), sort_keys=True)
             for info in steps
         ]
         latest = await store.load_latest(session)
-    finally:
-        await store.aclose()
     assert latest is not None
     return latest, stored
 
 
 async def latest_steps(url: str, sessions: list[str]) -> dict[str, int | None]:
+    from pg_fixtures import opened
+
     from treadle.runtime.checkpoint import resolve_checkpointer
 
-    store = resolve_checkpointer(checkpointer(url))
-    await store.open()
-    try:
+    async with opened(resolve_checkpointer(checkpointer(url))) as store:
         found = {s: await store.load_latest(s) for s in sessions}
-    finally:
-        await store.aclose()
     return {s: cp.step if cp is not None else None for s, cp in found.items()}
 
 

@@ -42,16 +42,18 @@ def step_file(root: Path, step: int, session: str = "s") -> Path:
     return root / session / f"{step:012d}.json"
 
 
-async def filled(root: Path, steps: int = 6) -> JSONCheckpointer:
+async def filled(root: Path, nursery: trio.Nursery, steps: int = 6) -> JSONCheckpointer:
     store = JSONCheckpointer(root, max_chain=100)
-    await store.open()
+    await store.open(nursery)
     for step in range(steps):
         await store.save(checkpoint(step))
     return store
 
 
-async def test_files_are_readable_json_and_no_temporary_file_remains(tmp_path: Path) -> None:
-    store = await filled(tmp_path)
+async def test_files_are_readable_json_and_no_temporary_file_remains(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    store = await filled(tmp_path, nursery)
     files = sorted(p.name for p in (tmp_path / "s").iterdir())
     assert files == [f"{step:012d}.json" for step in range(6)]
     first = json.loads(step_file(tmp_path, 0).read_text())
@@ -76,9 +78,13 @@ async def test_files_are_readable_json_and_no_temporary_file_remains(tmp_path: P
     ],
 )
 async def test_a_corrupt_latest_file_is_reported_and_the_previous_step_is_used(
-    tmp_path: Path, damage: object, reason: str, caplog: pytest.LogCaptureFixture
+    tmp_path: Path,
+    damage: object,
+    reason: str,
+    caplog: pytest.LogCaptureFixture,
+    nursery: trio.Nursery,
 ) -> None:
-    store = await filled(tmp_path)
+    store = await filled(tmp_path, nursery)
     latest = step_file(tmp_path, 5)
     latest.write_text(damage(latest.read_text()))  # type: ignore[operator]
     with caplog.at_level(logging.WARNING, logger="treadle.checkpointer.json"):
@@ -96,7 +102,7 @@ async def test_a_corrupt_latest_file_is_reported_and_the_previous_step_is_used(
 
     # A fresh open finds it too, and saving goes on (the session continues from step 4).
     again = JSONCheckpointer(tmp_path)
-    await again.open()
+    await again.open(nursery)
     assert [c.path for c in again.corrupt_files()] == [latest]
     await again.save(checkpoint(6))
     found = await again.load_latest("s")
@@ -105,8 +111,10 @@ async def test_a_corrupt_latest_file_is_reported_and_the_previous_step_is_used(
     await again.aclose()
 
 
-async def test_a_corrupt_middle_file_costs_only_the_steps_built_on_it(tmp_path: Path) -> None:
-    store = await filled(tmp_path)
+async def test_a_corrupt_middle_file_costs_only_the_steps_built_on_it(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    store = await filled(tmp_path, nursery)
     step_file(tmp_path, 3).write_text("")
     # Steps 4 and 5 are deltas on 3: they cannot be rebuilt, and are reported too.
     found = await store.load_latest("s")
@@ -118,8 +126,8 @@ async def test_a_corrupt_middle_file_costs_only_the_steps_built_on_it(tmp_path: 
     await store.aclose()
 
 
-async def test_stray_files_are_ignored(tmp_path: Path) -> None:
-    store = await filled(tmp_path, steps=2)
+async def test_stray_files_are_ignored(tmp_path: Path, nursery: trio.Nursery) -> None:
+    store = await filled(tmp_path, nursery, steps=2)
     (tmp_path / "s" / "notes.txt").write_text("hello")
     (tmp_path / "s" / ".000000000009.json.abc.tmp").write_text("half")
     (tmp_path / "README").write_text("not a session")
@@ -130,13 +138,15 @@ async def test_stray_files_are_ignored(tmp_path: Path) -> None:
     await store.aclose()
 
 
-async def test_an_unusable_directory_fails_open_clearly(tmp_path: Path) -> None:
+async def test_an_unusable_directory_fails_open_clearly(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("")
     with pytest.raises(
         CheckpointBackendError, match=r"cannot use .*file.* as a checkpoint directory"
     ):
-        await JSONCheckpointer(blocker).open()
+        await JSONCheckpointer(blocker).open(nursery)
 
 
 async def test_the_runner_resumes_past_corrupt_files(tmp_path: Path) -> None:

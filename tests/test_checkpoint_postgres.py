@@ -39,12 +39,14 @@ def query(url: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
 
 
 @pytest.fixture
-async def pair(postgres_url: str, pg_schema: str) -> AsyncIterator[tuple[Any, Any]]:
+async def pair(
+    postgres_url: str, pg_schema: str, nursery: trio.Nursery
+) -> AsyncIterator[tuple[Any, Any]]:
     """Two checkpointers on one schema: two connections, as two processes would have."""
     first = PostgresCheckpointer(postgres_url, schema=pg_schema)
     second = PostgresCheckpointer(postgres_url, schema=pg_schema)
-    await first.open()
-    await second.open()
+    await first.open(nursery)
+    await second.open(nursery)
     yield first, second
     await first.aclose()
     await second.aclose()
@@ -61,19 +63,19 @@ def test_migrations_ship_as_numbered_files() -> None:
 
 
 async def test_migrations_apply_once_even_when_opened_concurrently(
-    postgres_url: str, pg_schema: str
+    postgres_url: str, pg_schema: str, nursery: trio.Nursery
 ) -> None:
     stores = [PostgresCheckpointer(postgres_url, schema=pg_schema) for _ in range(3)]
-    async with trio.open_nursery() as nursery:
+    async with trio.open_nursery() as openers:
         for store in stores:
-            nursery.start_soon(store.open)
+            openers.start_soon(store.open, nursery)
     rows = query(postgres_url, f'SELECT version, name FROM "{pg_schema}".schema_migrations')
     assert rows == [(1, "0001_init.sql")]
     await stores[0].save(checkpoint(1))
     for store in stores:
         await store.aclose()
     again = PostgresCheckpointer(f"{postgres_url}?schema={pg_schema}")
-    await again.open()
+    await again.open(nursery)
     latest = await again.load_latest("s")
     assert latest is not None
     assert latest.step == 1
@@ -81,21 +83,25 @@ async def test_migrations_apply_once_even_when_opened_concurrently(
     assert query(postgres_url, f'SELECT count(*) FROM "{pg_schema}".schema_migrations') == [(1,)]
 
 
-async def test_a_schema_from_a_newer_treadle_is_refused(postgres_url: str, pg_schema: str) -> None:
+async def test_a_schema_from_a_newer_treadle_is_refused(
+    postgres_url: str, pg_schema: str, nursery: trio.Nursery
+) -> None:
     store = PostgresCheckpointer(postgres_url, schema=pg_schema)
-    await store.open()
+    await store.open(nursery)
     await store.aclose()
     query(
         postgres_url,
         f"INSERT INTO \"{pg_schema}\".schema_migrations (version, name) VALUES (999, '0999_x.sql')",
     )
     with pytest.raises(CheckpointBackendError, match=r"migrated by a newer treadle.*999"):
-        await PostgresCheckpointer(postgres_url, schema=pg_schema).open()
+        await PostgresCheckpointer(postgres_url, schema=pg_schema).open(nursery)
 
 
-async def test_step_metadata_is_jsonb_and_queryable(postgres_url: str, pg_schema: str) -> None:
+async def test_step_metadata_is_jsonb_and_queryable(
+    postgres_url: str, pg_schema: str, nursery: trio.Nursery
+) -> None:
     store = PostgresCheckpointer(postgres_url, schema=pg_schema)
-    await store.open()
+    await store.open(nursery)
     for step in range(3):
         await store.save(
             Checkpoint(
@@ -121,12 +127,12 @@ async def test_step_metadata_is_jsonb_and_queryable(postgres_url: str, pg_schema
 # -- unreachable servers -----------------------------------------------------------------------------
 
 
-async def test_an_unreachable_server_fails_open_with_the_masked_url() -> None:
+async def test_an_unreachable_server_fails_open_with_the_masked_url(nursery: trio.Nursery) -> None:
     store = PostgresCheckpointer(
         "postgresql://treadle:s3cret-pw@127.0.0.1:1/nothing", connect_timeout=2
     )
     with trio.fail_after(30), pytest.raises(CheckpointBackendError) as info:
-        await store.open()
+        await store.open(nursery)
     message = str(info.value)
     assert message.startswith(
         "postgres: cannot connect to postgresql://treadle:***@127.0.0.1:1/nothing"
@@ -136,10 +142,12 @@ async def test_an_unreachable_server_fails_open_with_the_masked_url() -> None:
     assert "s3cret-pw" not in repr(store)
 
 
-async def test_a_wrong_database_fails_open_clearly(postgres_url: str) -> None:
+async def test_a_wrong_database_fails_open_clearly(
+    postgres_url: str, nursery: trio.Nursery
+) -> None:
     store = PostgresCheckpointer(postgres_url.rsplit("/", 1)[0] + "/no_such_database_here")
     with pytest.raises(CheckpointBackendError, match="no_such_database_here"):
-        await store.open()
+        await store.open(nursery)
 
 
 # -- leases ------------------------------------------------------------------------------------------

@@ -114,8 +114,13 @@ async def check_all(store: Any, model: dict[int, Checkpoint]) -> None:
 
 
 async def play(make: Any, ops: list[tuple[Any, ...]]) -> None:
+    async with trio.open_nursery() as nursery:  # where each store's connection thread runs
+        await play_in(nursery, make, ops)
+
+
+async def play_in(nursery: trio.Nursery, make: Any, ops: list[tuple[Any, ...]]) -> None:
     store = make()
-    await store.open()
+    await store.open(nursery)
     model: dict[int, Checkpoint] = {}
     state = VersionedState()
     try:
@@ -154,7 +159,7 @@ async def play(make: Any, ops: list[tuple[Any, ...]]) -> None:
                 case ("reopen",):
                     await store.aclose()
                     store = make()
-                    await store.open()
+                    await store.open(nursery)
                 case ("delete",):
                     assert await store.delete_session("s") is bool(model)
                     model = {}

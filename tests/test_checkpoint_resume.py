@@ -102,7 +102,9 @@ async def test_a_failed_step_is_stored_and_its_frontier_rerun_on_resume(tmp_path
 
 
 @pytest.mark.parametrize("durability", ["sync", "async", "exit"])
-async def test_durability_modes_store_what_they_promise(tmp_path: Path, durability: str) -> None:
+async def test_durability_modes_store_what_they_promise(
+    tmp_path: Path, durability: str, nursery: trio.Nursery
+) -> None:
     url = f"sqlite:///{tmp_path / 'runs.db'}"
     app = app_with(Flaky())
     with trio.fail_after(30):
@@ -110,7 +112,7 @@ async def test_durability_modes_store_what_they_promise(tmp_path: Path, durabili
             await runner.create_session("s", VersionedState())
             final = await runner.run_until_complete("s")
         store = SQLiteCheckpointer(tmp_path / "runs.db")
-        await store.open()
+        await store.open(nursery)
         steps = [i.step for i in await store.list_steps("s")]
         latest = await store.load_latest("s")
         await store.aclose()

@@ -57,7 +57,9 @@ def file_bytes(path: Path) -> int:
     )
 
 
-async def test_sqlite_file_stays_under_2_mb_for_1000_growing_steps(tmp_path: Path) -> None:
+async def test_sqlite_file_stays_under_2_mb_for_1000_growing_steps(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
     path = tmp_path / "growth.db"
     with trio.fail_after(120):
         final = await run_chatty(f"sqlite:///{path}")
@@ -65,7 +67,7 @@ async def test_sqlite_file_stays_under_2_mb_for_1000_growing_steps(tmp_path: Pat
     print(f"\nSQLite, {STEPS} steps x 100-byte message: {size:,} bytes")
     assert size < TWO_MB
     store = SQLiteCheckpointer(path)
-    await store.open()
+    await store.open(nursery)
     latest = await store.load_latest("s")
     assert latest is not None
     assert latest.state == final
@@ -75,12 +77,12 @@ async def test_sqlite_file_stays_under_2_mb_for_1000_growing_steps(tmp_path: Pat
 
 @pytest.mark.postgres
 async def test_postgres_rows_stay_under_2_mb_for_1000_growing_steps(
-    postgres_url: str, pg_schema: str
+    postgres_url: str, pg_schema: str, nursery: trio.Nursery
 ) -> None:
     store = PostgresCheckpointer(postgres_url, schema=pg_schema)
     with trio.fail_after(180):
         final = await run_chatty(store)
-    await store.open()
+    await store.open(nursery)
     sizes = await store.storage()
     row_bytes = sum(table["row_bytes"] for table in sizes.values())
     relation_bytes = sum(table["relation_bytes"] for table in sizes.values())
@@ -115,17 +117,19 @@ def grow(state: VersionedState, step: int) -> VersionedState:
     )
 
 
-async def test_a_resumed_session_does_not_store_its_messages_again(tmp_path: Path) -> None:
+async def test_a_resumed_session_does_not_store_its_messages_again(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
     state = VersionedState()
     store = SQLiteCheckpointer(tmp_path / "resume.db")
-    await store.open()
+    await store.open(nursery)
     for step in range(10):
         state = grow(state, step)
         await store.save(record(step, state))
     await store.aclose()
 
     store = SQLiteCheckpointer(tmp_path / "resume.db")  # a new process: nothing cached
-    await store.open()
+    await store.open(nursery)
     latest = await store.load_latest("s")
     assert latest is not None
     state = latest.state
@@ -137,10 +141,12 @@ async def test_a_resumed_session_does_not_store_its_messages_again(tmp_path: Pat
     await store.aclose()
 
 
-async def test_rebuilding_any_step_replays_a_bounded_chain(tmp_path: Path) -> None:
+async def test_rebuilding_any_step_replays_a_bounded_chain(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
     path = tmp_path / "chain.db"
     store = SQLiteCheckpointer(path, max_chain=16)
-    await store.open()
+    await store.open(nursery)
     state = VersionedState()
     for step in range(3000):
         state = grow(state, step)
@@ -162,7 +168,7 @@ async def test_rebuilding_any_step_replays_a_bounded_chain(tmp_path: Path) -> No
         deltas = sum(row.kind == DELTA for row in rows.values())
         return max(len(chain_to(tx, row)) for row in rows.values()), deltas
 
-    longest, deltas = await trio.to_thread.run_sync(longest_chain)
+    longest, deltas = await store._run(longest_chain)  # in the connection thread
     assert deltas > 2000  # the big blob makes deltas worthwhile: most steps are deltas
     assert longest <= 17  # a snapshot plus at most max_chain deltas
     await store.aclose()

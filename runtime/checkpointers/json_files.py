@@ -31,6 +31,7 @@ from .codec import (
     prune_session,
     save_steps,
 )
+from .connection import ConnectionThread
 
 log = logging.getLogger("treadle.checkpointer.json")
 
@@ -207,8 +208,7 @@ class JSONCheckpointer:
         self.directory = Path(directory)
         self.indent = indent
         self._codec = StepCodec(inline_messages=True, max_chain=max_chain)
-        self._limiter = trio.CapacityLimiter(1)
-        self._open = False
+        self._thread: ConnectionThread[None] | None = None
         # Written by worker threads, read by corrupt_files() on the Trio thread.
         self._corrupt: dict[Path, CorruptFile] = {}
         self._corrupt_lock = threading.Lock()
@@ -327,12 +327,12 @@ class JSONCheckpointer:
     # -- plumbing ----------------------------------------------------------------------------------
 
     async def _run(self, fn: Callable[[], T]) -> T:
-        if not self._open:
+        if self._thread is None:
             raise CheckpointerError(
                 f"the JSON checkpointer for {self.directory} is not open: call open() first"
             )
         try:
-            return await trio.to_thread.run_sync(fn, limiter=self._limiter)
+            return await self._thread.call(fn)
         except OSError as exc:
             raise CheckpointBackendError(
                 "json", f"{self.directory}: {exc.strerror or exc} ({exc.filename or ''})"
@@ -340,10 +340,16 @@ class JSONCheckpointer:
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
-    async def open(self) -> None:
-        """Create the directory if needed and check every file, listing the corrupt ones."""
-        await trio.to_thread.run_sync(self._open_sync, limiter=self._limiter)
-        self._open = True
+    async def open(self, nursery: trio.Nursery) -> None:
+        """Create the directory if needed and check every file, listing the corrupt ones.
+
+        The file I/O runs in a worker thread of its own, in ``nursery``.
+        """
+        if self._thread is not None:
+            return
+        thread = ConnectionThread("treadle-json", self._open_sync, lambda _: None)
+        await nursery.start(thread.run)
+        self._thread = thread
 
     def _open_sync(self) -> None:
         try:
@@ -362,10 +368,13 @@ class JSONCheckpointer:
                 self._read_row(session_id, step)
 
     async def aclose(self) -> None:
-        self._open = False
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            await thread.aclose()
+        else:
+            await trio.lowlevel.checkpoint()
         self._codec.forget()
         self._heads.clear()
-        await trio.lowlevel.checkpoint()
 
     def corrupt_files(self) -> list[CorruptFile]:
         """The files found unreadable so far (by :meth:`open` and later reads), by path."""

@@ -34,6 +34,7 @@ from .codec import (
     prune_session,
     save_steps,
 )
+from .connection import ConnectionThread
 
 if TYPE_CHECKING:
     import psycopg
@@ -264,7 +265,7 @@ class PostgresCheckpointer:
         self.lease_ttl = lease_ttl
         self.lease_renew_interval = lease_ttl / 3
         self._codec = StepCodec(max_chain=max_chain)
-        self._limiter = trio.CapacityLimiter(1)
+        self._thread: ConnectionThread[psycopg.Connection[tuple[Any, ...]]] | None = None
         self._conn: psycopg.Connection[tuple[Any, ...]] | None = None
         self._leases: dict[str, str] = {}
 
@@ -279,7 +280,14 @@ class PostgresCheckpointer:
     # -- plumbing ----------------------------------------------------------------------------------
 
     async def _run(self, fn: Callable[[], T]) -> T:
-        return await trio.to_thread.run_sync(fn, limiter=self._limiter)
+        if self._thread is None:
+            raise self._not_open()
+        return await self._thread.call(fn)
+
+    def _not_open(self) -> CheckpointerError:
+        return CheckpointerError(
+            f"the PostgreSQL checkpointer for {self.masked_url} is not open: call open() first"
+        )
 
     def _reason(self, exc: BaseException) -> str:
         """The first line of a driver error, with the password masked should libpq echo it."""
@@ -295,9 +303,7 @@ class PostgresCheckpointer:
 
     def _require_conn(self) -> psycopg.Connection[tuple[Any, ...]]:
         if self._conn is None:
-            raise CheckpointerError(
-                f"the PostgreSQL checkpointer for {self.masked_url} is not open: call open() first"
-            )
+            raise self._not_open()
         return self._conn
 
     @contextmanager
@@ -318,10 +324,13 @@ class PostgresCheckpointer:
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
-    async def open(self) -> None:
-        if self._conn is not None:
+    async def open(self, nursery: trio.Nursery) -> None:
+        """Connect and migrate in a new connection thread, which runs in ``nursery``."""
+        if self._thread is not None:
             return
-        self._conn = await self._run(self._open_sync)
+        thread = ConnectionThread("treadle-pg", self._open_sync, self._close_sync)
+        self._conn = await nursery.start(thread.run)
+        self._thread = thread
 
     def _open_sync(self) -> psycopg.Connection[tuple[Any, ...]]:
         try:
@@ -376,26 +385,26 @@ class PostgresCheckpointer:
                     (version, name),
                 )
 
-    async def aclose(self) -> None:
-        conn, self._conn = self._conn, None
-        self._codec.forget()
-        if conn is None:
-            return
+    def _close_sync(self, conn: psycopg.Connection[tuple[Any, ...]]) -> None:
+        # The connection thread's last act, however it stops: give up our leases, then close.
         leases, self._leases = self._leases, {}
+        try:
+            if leases and not conn.closed:
+                conn.execute(
+                    "DELETE FROM session_leases WHERE session_id = ANY(%s) AND owner = ANY(%s)",
+                    (list(leases), list(set(leases.values()))),
+                )
+        except _db_error():
+            pass  # closing the connection frees the locks anyway
+        finally:
+            conn.close()
 
-        def close() -> None:
-            try:
-                if leases and not conn.closed:
-                    conn.execute(
-                        "DELETE FROM session_leases WHERE session_id = ANY(%s) AND owner = ANY(%s)",
-                        (list(leases), list(set(leases.values()))),
-                    )
-            except _db_error():
-                pass  # closing the connection frees the locks anyway
-            finally:
-                conn.close()
-
-        await self._run(close)
+    async def aclose(self) -> None:
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            await thread.aclose()  # the thread gives up the leases and closes the connection
+        self._conn = None
+        self._codec.forget()
 
     # -- writes ------------------------------------------------------------------------------------
 

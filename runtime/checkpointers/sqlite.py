@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import os
 import sqlite3
@@ -26,6 +27,7 @@ from .codec import (
     prune_session,
     save_steps,
 )
+from .connection import ConnectionThread
 
 T = TypeVar("T")
 
@@ -111,7 +113,9 @@ def _row(values: Sequence[Any]) -> StepRow:
     )
 
 
+@functools.lru_cache(maxsize=4096)
 def _dump_names(names: tuple[str, ...]) -> str:
+    # Steps keep naming the same few nodes and channels: encode each tuple once.
     return dumps(list(names))
 
 
@@ -214,10 +218,10 @@ class SQLiteCheckpointer:
 
     The file is in WAL mode; a committed step survives the process being killed at any instant
     (``synchronous="normal"``); use ``synchronous="full"`` to also survive power loss, at some cost
-    per step. The connection is used only from worker threads, one call at a time, through
-    ``trio.to_thread`` behind a ``CapacityLimiter(1)``. Several processes may share a file (writes
-    are serialised by SQLite's lock), but nothing stops two of them running one session: use
-    PostgreSQL for that.
+    per step. The connection lives in its own worker thread (:class:`.ConnectionThread`: one
+    ``trio.to_thread`` call behind a ``CapacityLimiter(1)``), which serves calls one at a time.
+    Several processes may share a file (writes are serialised by SQLite's lock), but nothing stops
+    two of them running one session: use PostgreSQL for that.
 
     Args:
         path: The database file (``":memory:"`` for a private in-memory database).
@@ -242,7 +246,7 @@ class SQLiteCheckpointer:
         self.synchronous = synchronous
         self.busy_timeout = busy_timeout
         self._codec = StepCodec(max_chain=max_chain)
-        self._limiter = trio.CapacityLimiter(1)
+        self._thread: ConnectionThread[sqlite_utils.Database] | None = None
         self._db: sqlite_utils.Database | None = None
 
     def __repr__(self) -> str:
@@ -251,13 +255,18 @@ class SQLiteCheckpointer:
     # -- plumbing ----------------------------------------------------------------------------------
 
     async def _run(self, fn: Callable[[], T]) -> T:
-        return await trio.to_thread.run_sync(fn, limiter=self._limiter)
+        if self._thread is None:
+            raise self._not_open()
+        return await self._thread.call(fn)
+
+    def _not_open(self) -> CheckpointerError:
+        return CheckpointerError(
+            f"the SQLite checkpointer for {self.path} is not open: call open() first"
+        )
 
     def _require_db(self) -> sqlite_utils.Database:
         if self._db is None:
-            raise CheckpointerError(
-                f"the SQLite checkpointer for {self.path} is not open: call open() first"
-            )
+            raise self._not_open()
         return self._db
 
     @contextmanager
@@ -276,10 +285,13 @@ class SQLiteCheckpointer:
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
-    async def open(self) -> None:
-        if self._db is not None:
+    async def open(self, nursery: trio.Nursery) -> None:
+        """Open (or create) the file in a new connection thread, which runs in ``nursery``."""
+        if self._thread is not None:
             return
-        self._db = await self._run(self._open_sync)
+        thread = ConnectionThread("treadle-sqlite", self._open_sync, sqlite_utils.Database.close)
+        self._db = await nursery.start(thread.run)
+        self._thread = thread
 
     def _open_sync(self) -> sqlite_utils.Database:
         where = str(self.path)
@@ -290,9 +302,8 @@ class SQLiteCheckpointer:
                 "create it or choose another path",
             )
         try:
-            conn = sqlite3.connect(
-                where, check_same_thread=False, isolation_level=None, timeout=self.busy_timeout
-            )
+            # Opened, used and closed in its connection thread only: sqlite3's same-thread check holds.
+            conn = sqlite3.connect(where, isolation_level=None, timeout=self.busy_timeout)
         except sqlite3.Error as exc:
             raise CheckpointBackendError("sqlite", f"cannot open {where}: {exc}") from exc
         try:
@@ -345,9 +356,10 @@ class SQLiteCheckpointer:
         db.execute(sql.removesuffix(";") + " WITHOUT ROWID")
 
     async def aclose(self) -> None:
-        db, self._db = self._db, None
-        if db is not None:
-            await self._run(db.close)
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            await thread.aclose()  # the thread closes the connection
+        self._db = None
         self._codec.forget()
 
     # -- writes ------------------------------------------------------------------------------------
