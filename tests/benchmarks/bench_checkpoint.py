@@ -1,7 +1,9 @@
 """Checkpointing throughput: a 2-node loop (A -> B -> A ...) of 1,000 supersteps, each node adding
 one to a counter, run by ``AppRunner`` with every checkpointer and durability mode.
 
-Run: ``python tests/benchmarks/bench_checkpoint.py [steps] [--repeats N] [--postgres URL]``.
+Run: ``python tests/benchmarks/bench_checkpoint.py [steps] [--repeats N] [--postgres URL] [--cpu N]``.
+``--cpu N`` pins the whole benchmark process (the Trio thread and every worker thread) to CPU ``N``,
+as a deployment might with ``taskset -c N``.
 Configurations are interleaved round by round (the machine is shared and its speed drifts); the
 table shows the median and best steps/s over the repeats. PostgreSQL rows are included when the
 server at ``--postgres`` (default ``TREADLE_TEST_POSTGRES_URL`` or the local test server) answers.
@@ -128,7 +130,10 @@ def main() -> None:
             "TREADLE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
         ),
     )
+    parser.add_argument("--cpu", type=int, default=None, help="pin the process to this CPU")
     args = parser.parse_args()
+    if args.cpu is not None:
+        os.sched_setaffinity(0, {args.cpu})  # before any thread starts: they all inherit it
     pg_url = _postgres_url(args.postgres) if args.postgres else None
     app = loop_app(args.steps)
     with tempfile.TemporaryDirectory() as tmp:
@@ -142,7 +147,8 @@ def main() -> None:
         finally:
             if pg_url is not None:
                 _drop_bench_schemas(pg_url)
-    print(f"{args.steps}-step 2-node loop, {args.repeats} interleaved repeats (steps/s)")
+    pinned = f", pinned to CPU {args.cpu}" if args.cpu is not None else ""
+    print(f"{args.steps}-step 2-node loop, {args.repeats} interleaved repeats{pinned} (steps/s)")
     print(f"{'configuration':<32} {'median':>8} {'best':>8}")
     for name, seconds in timings.items():
         median = args.steps / statistics.median(seconds)
