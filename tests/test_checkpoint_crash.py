@@ -202,6 +202,8 @@ def run_to_completion(url: str, durability: str, sessions: list[str]) -> None:
 
 
 FINAL_STEP = 3 * ROUNDS
+# plan runs at steps 1, 4, ..., 199: the only steps a worker reports
+LAST_PLAN_STEP = FINAL_STEP - 2
 KILL_POINTS = 20
 
 
@@ -232,20 +234,22 @@ def crash_repeatedly(
         if len(kill_points) >= KILL_POINTS:
             break
         active = [s for s in sessions[: attempt + 1] if latest[s] != FINAL_STEP]
-        if not active:
+        # A target must still have a plan step ahead of it to report, or the kill never comes.
+        targets = [s for s in active if (latest[s] or 0) < LAST_PLAN_STEP]
+        if not targets:
             continue
-        target = rng.choice(active)
+        target = rng.choice(targets)
         # Aim a short way ahead, so sessions take several crashes to finish.
         start = (latest[target] or 0) + 1
-        aim = rng.randint(start, min(start + 50, FINAL_STEP - 1))
+        aim = rng.randint(start, min(start + 50, LAST_PLAN_STEP))
         proc = spawn(url, durability, active, CRASH_TEST_PROGRESS="1")
         try:
             if wait_ready(proc):
                 kill_during(proc, target, aim, rng)
         finally:
             proc.communicate(timeout=60)
+        latest.update(trio.run(latest_steps, url, active))
         if proc.returncode == -signal.SIGKILL:
-            latest.update(trio.run(latest_steps, url, active))
             kill_points += [(s, latest[s]) for s in active if latest[s] != FINAL_STEP]
     run_to_completion(url, durability, sessions)
     return kill_points
