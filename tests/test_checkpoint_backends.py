@@ -7,6 +7,7 @@ Real I/O and worker threads: plain trio tests, no autojump clock.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -14,6 +15,7 @@ import pytest
 import trio
 
 from treadle.runtime.checkpoint import Checkpoint, InMemoryCheckpointer, StepInfo
+from treadle.runtime.checkpointers.codec import StepCodec
 from treadle.runtime.errors import CheckpointNotFound, ConcurrencyConflict
 from treadle.runtime.state import ErrorEvent, ErrorScope, Message, VersionedState
 
@@ -140,6 +142,71 @@ async def test_replacing_a_step_leaves_later_steps_intact(store: Any) -> None:
     latest = await store.load_latest("s")
     assert latest is not None
     assert exact(latest) == exact(checkpoint(6, state(2)))
+
+
+async def test_steps_are_encoded_on_the_trio_thread(
+    store: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The connection thread only writes: once a store knows a session's latest step, the next step
+    # is encoded (as a delta or a snapshot) by the caller, before the call into the thread.
+    encoders: list[int] = []
+    encode = StepCodec.encode
+
+    def spy(self: StepCodec, *args: Any, **kwargs: Any) -> Any:
+        encoders.append(threading.get_ident())
+        return encode(self, *args, **kwargs)
+
+    monkeypatch.setattr(StepCodec, "encode", spy)
+    await store.save(checkpoint(0))  # the first step: nothing to draft against
+    encoders.clear()
+    for step in range(1, 80):  # long enough for chain restarts (snapshots) too
+        await store.save(checkpoint(step))
+    assert encoders == [threading.get_ident()] * 79
+
+
+async def test_a_step_encoded_ahead_is_redone_after_a_replaced_step_moved_the_log(
+    store: Any,
+) -> None:
+    # A store encodes each step before its transaction, against the last step it wrote. Replacing
+    # an older step appends to the message log without changing the latest step, so that draft no
+    # longer fits and must be encoded again: written as drafted, its messages would overwrite the
+    # replacement's.
+    saved = {step: checkpoint(step, state(step + 1)) for step in range(3)}
+    for cp in saved.values():
+        await store.save(cp)
+    saved[1] = checkpoint(1, state(5, extra={"replaced": True}))
+    await store.save(saved[1])
+    saved[3] = checkpoint(3, state(4))
+    await store.save(saved[3])
+    for step, cp in saved.items():
+        assert exact(await store.load("s", step)) == exact(cp)
+
+
+@pytest.mark.parametrize("kind", SHARED)
+async def test_a_step_encoded_ahead_is_redone_after_another_writer(
+    kind: str, make_backend: Callable[..., Any], nursery: trio.Nursery
+) -> None:
+    # The same with another store writing the session in between: each store's own writes must
+    # leave the other's steps intact, messages included.
+    ours, theirs = make_backend(kind), make_backend(kind)
+    await ours.open(nursery)
+    await theirs.open(nursery)
+    try:
+        saved = {0: checkpoint(0, state(1)), 1: checkpoint(1, state(2))}
+        for cp in saved.values():
+            await ours.save(cp)
+        saved[2] = checkpoint(2, state(3, extra={"by": "theirs"}))
+        await theirs.save(saved[2])
+        saved[3] = checkpoint(3, state(4))
+        await ours.save(saved[3])
+        saved[4] = checkpoint(4, state(6))
+        await theirs.save(saved[4])
+        for reader in (ours, theirs):
+            for step, cp in saved.items():
+                assert exact(await reader.load("s", step)) == exact(cp)
+    finally:
+        await ours.aclose()
+        await theirs.aclose()
 
 
 async def test_missing_steps_and_sessions(store: Any) -> None:

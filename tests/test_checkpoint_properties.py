@@ -1,6 +1,8 @@
 """Property: any sequence of saves (appends, rewrites, extra writes and deletes, errors; next, same,
 lower and skipped step numbers), prunes, deletes and reopenings leaves every durable backend
-holding exactly what a dictionary model holds, value for value.
+holding exactly what a dictionary model holds, value for value. For SQLite and PostgreSQL the
+sequence also has group commits (``save_many``) and saves by a second store on the same database, so
+that steps encoded ahead of their transaction (drafts) are sometimes stale and must be redone.
 
 Real files and a real server, so plain ``trio.run`` (no mock clock) inside sync ``@given`` tests.
 """
@@ -54,18 +56,24 @@ mutations = st.lists(
     ),
     max_size=4,
 )
-operations = st.lists(
-    st.one_of(
-        st.tuples(
-            st.just("save"),
-            st.sampled_from(["next", "next", "next", "same", "lower", "gap"]),
-            st.integers(0, 50),
-            mutations,
-        ),
-        st.tuples(st.just("prune"), st.integers(0, 4)),
-        st.tuples(st.just("reopen")),
-        st.tuples(st.just("delete")),
-    ),
+saves = st.tuples(
+    st.just("save"),
+    st.sampled_from(["next", "next", "next", "same", "lower", "gap"]),
+    st.integers(0, 50),
+    mutations,
+)
+housekeeping = (
+    st.tuples(st.just("prune"), st.integers(0, 4))
+    | st.tuples(st.just("reopen"))
+    | st.tuples(st.just("delete"))
+)
+operations = st.lists(saves | housekeeping, min_size=1, max_size=14)
+# Saves by another store on the same database, and several saves committed together.
+shared_operations = st.lists(
+    saves
+    | housekeeping
+    | st.tuples(st.just("other"), saves)
+    | st.tuples(st.just("batch"), st.lists(saves, min_size=1, max_size=4)),
     min_size=1,
     max_size=14,
 )
@@ -123,34 +131,50 @@ async def play_in(nursery: trio.Nursery, make: Any, ops: list[tuple[Any, ...]]) 
     await store.open(nursery)
     model: dict[int, Checkpoint] = {}
     state = VersionedState()
+
+    def checkpoint(save: tuple[Any, ...]) -> Checkpoint:
+        # The next checkpoint a ("save", ...) operation describes; the model holds it once stored.
+        nonlocal state
+        _, how, pick, changes = save
+        latest = max(model, default=-1)
+        if how == "next" or latest < 0:
+            step = latest + 1
+        elif how == "same":
+            step = latest
+        elif how == "lower":
+            step = pick % (latest + 1)
+        else:
+            step = latest + 3
+        state = mutate(state, changes, step)
+        cp = Checkpoint(
+            session_id="s",
+            step=step,
+            state=state,
+            frontier=(f"n{step % 3}",),
+            versions_seen={"n": (state.messages_version, state.extra_version)},
+            join_state={"j": ("n",)} if step % 2 else {},
+            concurrency_limit=2,
+            created_at=step,
+            ran_nodes=("n",),
+            updated_channels=("extra",),
+        )
+        model[step] = cp
+        return cp
+
     try:
         for op in ops:
             match op:
-                case ("save", how, pick, changes):
-                    latest = max(model, default=-1)
-                    if how == "next" or latest < 0:
-                        step = latest + 1
-                    elif how == "same":
-                        step = latest
-                    elif how == "lower":
-                        step = pick % (latest + 1)
-                    else:
-                        step = latest + 3
-                    state = mutate(state, changes, step)
-                    cp = Checkpoint(
-                        session_id="s",
-                        step=step,
-                        state=state,
-                        frontier=(f"n{step % 3}",),
-                        versions_seen={"n": (state.messages_version, state.extra_version)},
-                        join_state={"j": ("n",)} if step % 2 else {},
-                        concurrency_limit=2,
-                        created_at=step,
-                        ran_nodes=("n",),
-                        updated_channels=("extra",),
-                    )
-                    await store.save(cp)
-                    model[step] = cp
+                case ("save", *_):
+                    await store.save(checkpoint(op))
+                case ("other", save):
+                    other = make()
+                    await other.open(nursery)
+                    try:
+                        await other.save(checkpoint(save))
+                    finally:
+                        await other.aclose()
+                case ("batch", batch):
+                    await store.save_many([checkpoint(save) for save in batch])
                 case ("prune", keep):
                     removed = await store.prune(keep_last=keep)
                     kept = sorted(model)[-max(keep, 1) :]
@@ -174,7 +198,7 @@ SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[Healt
 
 
 @SETTINGS
-@given(ops=operations)
+@given(ops=shared_operations)
 def test_sqlite_holds_exactly_what_was_saved(ops: list[tuple[Any, ...]]) -> None:
     with tempfile.TemporaryDirectory() as folder:
         # A short chain limit so that snapshots, deltas and chain restarts all occur.
@@ -190,7 +214,7 @@ def test_json_files_hold_exactly_what_was_saved(ops: list[tuple[Any, ...]]) -> N
 
 @pytest.mark.postgres
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(ops=operations)
+@given(ops=shared_operations)
 def test_postgres_holds_exactly_what_was_saved(ops: list[tuple[Any, ...]]) -> None:
     url = require_postgres_url()
     schema = f"treadle_prop_{uuid.uuid4().hex[:12]}"

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import secrets
+from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
-from typing import Any, Final, Protocol
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from typing import Any, Final, Protocol, TypeVar
 
 import attrs
 
@@ -18,6 +20,8 @@ from ..checkpoint import Checkpoint, StepInfo
 from ..errors import CheckpointerError, ConcurrencyConflict
 from ..frozen import strict_equal, thaw
 from ..state import ErrorEvent, Message, VersionedState
+
+T = TypeVar("T")
 
 SNAPSHOT: Final = "snapshot"
 DELTA: Final = "delta"
@@ -162,6 +166,31 @@ class Encoded:
     tip: Tip
 
 
+@attrs.frozen
+class Draft:
+    """A step encoded ahead of its transaction, against the tip the codec remembered then.
+
+    Encoding needs no storage, only the tip, so it can happen on the caller's thread before the
+    transaction starts; the transaction then only checks that the stored head is still that tip and
+    writes. If anything else wrote the session in between, the draft does not fit and the step is
+    encoded again inside the transaction, so a draft never changes what is stored.
+    """
+
+    base: Tip
+    log_end: int
+    token: str
+    encoded: Encoded
+
+    def fits(self, head: Head | None) -> bool:
+        """Whether ``head`` (read inside the transaction) is still exactly the draft's base."""
+        return (
+            head is not None
+            and head.latest_step == self.base.step
+            and head.token == self.base.token
+            and head.log_end == self.log_end
+        )
+
+
 # One encoder for every body: json.dumps with options builds a new encoder on each call.
 _ENCODER: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
@@ -242,6 +271,10 @@ class StepCodec:
         self._tips.move_to_end(tip.session_id)
         while len(self._tips) > self.cache_size:
             self._tips.popitem(last=False)
+
+    def peek_tip(self, session_id: str) -> Tip | None:
+        """The remembered tip of a session, unchecked (for drafting; any thread may call it)."""
+        return self._tips.get(session_id)
 
     def forget(self, session_id: str | None = None) -> None:
         """Drop one session's tip (after a failed write, a delete) or all of them."""
@@ -480,17 +513,45 @@ def chain_to(tx: StepTx, row: StepRow) -> list[StepRow]:
     return chain
 
 
+def draft_steps(codec: StepCodec, cps: Sequence[Checkpoint]) -> list[Draft | None]:
+    """Encode ``cps`` ahead of their transaction, each against the tip the one before would leave.
+
+    A step gets no draft (``None``) when the codec has no tip for its session or the step does not
+    come after that tip (a stored step being replaced); the transaction encodes those itself.
+    Encoding errors (a value JSON cannot hold) are raised here, before anything is written.
+    """
+    drafts: list[Draft | None] = []
+    # Within one batch, a session's next step builds on the draft before it.
+    tips: dict[str, Tip | None] = {}
+    for cp in cps:
+        session_id = cp.session_id
+        tip = tips[session_id] if session_id in tips else codec.peek_tip(session_id)
+        if tip is None or cp.step <= tip.step:
+            drafts.append(None)
+            tips[session_id] = None
+            continue
+        # The stored head's log end after the tip was written (inline messages use no log).
+        log_end = 0 if codec.inline_messages else tip.messages_start + len(tip.state.messages)
+        token = secrets.token_hex(8)
+        encoded = codec.encode(cp, tip, log_end=log_end, token=token)
+        drafts.append(Draft(tip, log_end, token, encoded))
+        tips[session_id] = encoded.tip
+    return drafts
+
+
 def save_step(
     codec: StepCodec,
     tx: StepTx,
     cp: Checkpoint,
     *,
+    draft: Draft | None = None,
     check: bool = False,
     expected: int | None = None,
 ) -> Tip | None:
     """Store ``cp`` inside ``tx``; the tip to remember once ``tx`` commits (``None``: keep the old).
 
     Args:
+        draft: ``cp`` encoded ahead (:func:`draft_steps`), used if it still fits the stored head.
         check: Compare the stored latest step with ``expected`` first.
         expected: The latest step the caller expects; ``None`` means no session yet.
 
@@ -503,10 +564,13 @@ def save_step(
         actual = head.latest_step if head is not None else None
         if actual != expected:
             raise ConcurrencyConflict(session_id, expected, actual)
-    tip = codec.valid_tip(session_id, head)
-    token = secrets.token_hex(8)
-    log_end = head.log_end if head is not None else 0
-    encoded = codec.encode(cp, tip, log_end=log_end, token=token)
+    if draft is not None and draft.fits(head):
+        token, log_end, encoded = draft.token, draft.log_end, draft.encoded
+    else:
+        tip = codec.valid_tip(session_id, head)
+        token = secrets.token_hex(8)
+        log_end = head.log_end if head is not None else 0
+        encoded = codec.encode(cp, tip, log_end=log_end, token=token)
     new_log_end = log_end + len(encoded.log_messages)
     becomes_latest = head is None or cp.step >= head.latest_step
     # The head goes first: rows and messages reference the session row.
@@ -527,21 +591,78 @@ def save_step(
     return encoded.tip if becomes_latest else None
 
 
+class DraftedSaves(ABC):
+    """The writes every durable store shares: each step is drafted (:func:`draft_steps`) on the
+    calling thread, then stored with :func:`save_steps` in the store's connection thread."""
+
+    _codec: StepCodec
+
+    @abstractmethod
+    async def _run(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` in the store's connection thread."""
+
+    @abstractmethod
+    def _write_transaction(self, session_ids: Sequence[str]) -> AbstractContextManager[StepTx]:
+        """A write transaction over ``session_ids``, committed when the block ends normally."""
+
+    def _forget(self, session_ids: Sequence[str]) -> None:
+        """Drop what the store remembers of ``session_ids`` after a write that did not commit."""
+        for session_id in session_ids:
+            self._codec.forget(session_id)
+
+    def _save_sync(
+        self,
+        cps: Sequence[Checkpoint],
+        drafts: Sequence[Draft | None],
+        check: bool,
+        expected: int | None,
+    ) -> None:
+        session_ids = [cp.session_id for cp in cps]
+        try:
+            with self._write_transaction(session_ids) as tx:
+                save_steps(self._codec, tx, cps, drafts=drafts, check=check, expected=expected)
+        except BaseException:
+            self._forget(session_ids)
+            raise
+
+    async def _save(
+        self, cps: Sequence[Checkpoint], check: bool = False, expected: int | None = None
+    ) -> None:
+        # Encoded here, on the Trio thread, so that the connection thread only has to write.
+        drafts = draft_steps(self._codec, cps)
+        await self._run(lambda: self._save_sync(cps, drafts, check, expected))
+
+    async def save(self, cp: Checkpoint) -> None:
+        await self._save([cp])
+
+    async def save_with_concurrency_check(self, cp: Checkpoint, expected_step: int | None) -> None:
+        await self._save([cp], True, expected_step)
+
+
 def save_steps(
     codec: StepCodec,
     tx: StepTx,
     cps: Sequence[Checkpoint],
     *,
+    drafts: Sequence[Draft | None] | None = None,
     check: bool = False,
     expected: int | None = None,
 ) -> None:
     """Store ``cps`` in order inside ``tx`` (``check``/``expected`` apply to the first).
 
+    ``drafts``, from :func:`draft_steps` on the same ``cps``, saves encoding them here.
     Each new tip is remembered at once, so the next step of a session in the batch is a delta on it.
     If ``tx`` then fails to commit, the caller must :meth:`StepCodec.forget` those sessions.
     """
     for index, cp in enumerate(cps):
-        tip = save_step(codec, tx, cp, check=check and index == 0, expected=expected)
+        tip = save_step(
+            codec,
+            tx,
+            cp,
+            draft=drafts[index] if drafts is not None else None,
+            check=check and index == 0,
+            expected=expected,
+        )
         if tip is not None:
             codec.remember(tip)
 

@@ -11,7 +11,8 @@ import os
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote, unquote
@@ -23,13 +24,14 @@ from ..checkpoint import Checkpoint, StepInfo, prune_cutoff_ms
 from ..errors import CheckpointBackendError, CheckpointerError, CheckpointNotFound
 from .codec import (
     BrokenHistory,
+    DraftedSaves,
     Head,
     StepCodec,
     StepMeta,
     StepRow,
+    StepTx,
     load_step,
     prune_session,
-    save_steps,
 )
 from .connection import ConnectionThread
 
@@ -184,7 +186,7 @@ class _FilesTx:
         raise AssertionError("the JSON store keeps messages inline")
 
 
-class JSONCheckpointer:
+class JSONCheckpointer(DraftedSaves):
     """Checkpoints as JSON files you can read: ``<directory>/<session>/<step>.json``.
 
     Each file is one step: a full snapshot, or a delta naming the step it builds on (the same
@@ -388,24 +390,16 @@ class JSONCheckpointer:
 
     # -- writes ------------------------------------------------------------------------------------
 
-    def _save_sync(
-        self, cps: Sequence[Checkpoint], check: bool = False, expected: int | None = None
-    ) -> None:
+    @contextmanager
+    def _write_transaction(self, session_ids: Sequence[str]) -> Iterator[StepTx]:
         tx = _FilesTx(self)
-        try:
-            save_steps(self._codec, tx, cps, check=check, expected=expected)
-            tx.commit()
-        except BaseException:
-            for cp in cps:
-                self._codec.forget(cp.session_id)
-                self._heads.pop(cp.session_id, None)
-            raise
+        yield tx
+        tx.commit()
 
-    async def save(self, cp: Checkpoint) -> None:
-        await self._run(lambda: self._save_sync([cp]))
-
-    async def save_with_concurrency_check(self, cp: Checkpoint, expected_step: int | None) -> None:
-        await self._run(lambda: self._save_sync([cp], True, expected_step))
+    def _forget(self, session_ids: Sequence[str]) -> None:
+        super()._forget(session_ids)
+        for session_id in session_ids:
+            self._heads.pop(session_id, None)
 
     # -- reads -------------------------------------------------------------------------------------
 

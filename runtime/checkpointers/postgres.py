@@ -9,7 +9,7 @@ import hashlib
 import json
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from importlib import resources
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -25,14 +25,15 @@ from ..errors import (
     SessionLeased,
 )
 from .codec import (
+    DraftedSaves,
     Head,
     StepCodec,
     StepMeta,
     StepRow,
+    StepTx,
     dumps,
     load_step,
     prune_session,
-    save_steps,
 )
 from .connection import ConnectionThread
 
@@ -225,7 +226,7 @@ class _PostgresTx:
         )
 
 
-class PostgresCheckpointer:
+class PostgresCheckpointer(DraftedSaves):
     """Checkpoints in PostgreSQL: the full step history, delta-encoded, shareable by processes.
 
     ``open()`` connects and applies the shipped migrations (``migrations/postgres/NNNN_*.sql``) in one
@@ -408,26 +409,12 @@ class PostgresCheckpointer:
 
     # -- writes ------------------------------------------------------------------------------------
 
-    def _save_sync(
-        self, cps: Sequence[Checkpoint], check: bool = False, expected: int | None = None
-    ) -> None:
-        try:
-            with self._transaction([cp.session_id for cp in cps]) as tx:
-                save_steps(self._codec, tx, cps, check=check, expected=expected)
-        except BaseException:
-            for cp in cps:
-                self._codec.forget(cp.session_id)
-            raise
-
-    async def save(self, cp: Checkpoint) -> None:
-        await self._run(lambda: self._save_sync([cp]))
+    def _write_transaction(self, session_ids: Sequence[str]) -> AbstractContextManager[StepTx]:
+        return self._transaction(session_ids)
 
     async def save_many(self, cps: Sequence[Checkpoint]) -> None:
         """Store ``cps`` in order in one transaction (the actor's group commit)."""
-        await self._run(lambda: self._save_sync(cps))
-
-    async def save_with_concurrency_check(self, cp: Checkpoint, expected_step: int | None) -> None:
-        await self._run(lambda: self._save_sync([cp], True, expected_step))
+        await self._save(cps)
 
     # -- reads -------------------------------------------------------------------------------------
 

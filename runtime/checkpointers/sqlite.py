@@ -8,7 +8,7 @@ import json
 import os
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -18,14 +18,15 @@ import trio
 from ..checkpoint import Checkpoint, StepInfo, prune_cutoff_ms
 from ..errors import CheckpointBackendError, CheckpointerError, CheckpointNotFound
 from .codec import (
+    DraftedSaves,
     Head,
     StepCodec,
     StepMeta,
     StepRow,
+    StepTx,
     dumps,
     load_step,
     prune_session,
-    save_steps,
 )
 from .connection import ConnectionThread
 
@@ -213,7 +214,7 @@ class _SQLiteTx:
         )
 
 
-class SQLiteCheckpointer:
+class SQLiteCheckpointer(DraftedSaves):
     """Checkpoints in one SQLite file: the full step history, delta-encoded.
 
     The file is in WAL mode; a committed step survives the process being killed at any instant
@@ -364,26 +365,12 @@ class SQLiteCheckpointer:
 
     # -- writes ------------------------------------------------------------------------------------
 
-    def _save_sync(
-        self, cps: Sequence[Checkpoint], check: bool = False, expected: int | None = None
-    ) -> None:
-        try:
-            with self._transaction(write=True) as tx:
-                save_steps(self._codec, tx, cps, check=check, expected=expected)
-        except BaseException:
-            for cp in cps:
-                self._codec.forget(cp.session_id)
-            raise
-
-    async def save(self, cp: Checkpoint) -> None:
-        await self._run(lambda: self._save_sync([cp]))
+    def _write_transaction(self, session_ids: Sequence[str]) -> AbstractContextManager[StepTx]:
+        return self._transaction(write=True)
 
     async def save_many(self, cps: Sequence[Checkpoint]) -> None:
         """Store ``cps`` in order in one transaction (the actor's group commit)."""
-        await self._run(lambda: self._save_sync(cps))
-
-    async def save_with_concurrency_check(self, cp: Checkpoint, expected_step: int | None) -> None:
-        await self._run(lambda: self._save_sync([cp], True, expected_step))
+        await self._save(cps)
 
     # -- reads -------------------------------------------------------------------------------------
 
