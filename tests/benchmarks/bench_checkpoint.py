@@ -1,9 +1,12 @@
 """Checkpointing throughput: a 2-node loop (A -> B -> A ...) of 1,000 supersteps, each node adding
 one to a counter, run by ``AppRunner`` with every checkpointer and durability mode.
 
-Run: ``python tests/benchmarks/bench_checkpoint.py [steps] [--repeats N] [--postgres URL] [--cpu N]``.
-``--cpu N`` pins the whole benchmark process (the Trio thread and every worker thread) to CPU ``N``,
-as a deployment might with ``taskset -c N``.
+Run: ``python tests/benchmarks/bench_checkpoint.py [steps] [--repeats N] [--postgres URL] [--cpu N]
+[--langgraph PYTHON]``. ``--cpu N`` pins the whole benchmark process (the Trio thread and every
+worker thread) to CPU ``N``, as a deployment might with ``taskset -c N``. ``--langgraph PYTHON`` adds
+the same loop in LangGraph with its SQLite saver (``langgraph_loop.py``, run by ``PYTHON``, an
+interpreter that has LangGraph installed) to every round, and the ratio of the two ``sync`` rates
+round by round: the comparison that holds however fast the machine is that day.
 Configurations are interleaved round by round (the machine is shared and its speed drifts); the
 table shows the median and best steps/s over the repeats. PostgreSQL rows are included when the
 server at ``--postgres`` (default ``TREADLE_TEST_POSTGRES_URL`` or the local test server) answers.
@@ -12,8 +15,10 @@ server at ``--postgres`` (default ``TREADLE_TEST_POSTGRES_URL`` or the local tes
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
 import tempfile
 import time
 import uuid
@@ -120,6 +125,24 @@ def _drop_bench_schemas(url: str) -> None:
             conn.execute(f'DROP SCHEMA "{name}" CASCADE'.encode())
 
 
+def langgraph_round(python: str, steps: int) -> tuple[dict[str, float], dict[str, str]]:
+    """One run of the loop in LangGraph per durability: seconds by durability, and its versions."""
+    script = Path(__file__).with_name("langgraph_loop.py")
+    done = subprocess.run(
+        [python, str(script), str(steps), "--durability", *LANGGRAPH_DURABILITIES],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"{python} {script.name} failed:\n{done.stderr.strip()}")
+    report = json.loads(done.stdout)
+    return report["seconds"], report["versions"]
+
+
+LANGGRAPH_DURABILITIES = ("sync", "async")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("steps", nargs="?", type=int, default=1000)
@@ -131,6 +154,12 @@ def main() -> None:
         ),
     )
     parser.add_argument("--cpu", type=int, default=None, help="pin the process to this CPU")
+    parser.add_argument(
+        "--langgraph",
+        metavar="PYTHON",
+        default=None,
+        help="an interpreter with LangGraph installed: add its SQLite saver to every round",
+    )
     args = parser.parse_args()
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})  # before any thread starts: they all inherit it
@@ -139,11 +168,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         configs = configurations(Path(tmp), pg_url)
         timings: dict[str, list[float]] = {name: [] for name, _, _ in configs}
+        versions: dict[str, str] = {}
         try:
             for _ in range(args.repeats):
                 for name, make, durability in configs:
                     seconds = trio.run(one_run, app, args.steps, make(), durability)
                     timings[name].append(seconds)
+                if args.langgraph is not None:
+                    by_durability, versions = langgraph_round(args.langgraph, args.steps)
+                    for durability, seconds in by_durability.items():
+                        timings.setdefault(f"LangGraph SQLite {durability}", []).append(seconds)
         finally:
             if pg_url is not None:
                 _drop_bench_schemas(pg_url)
@@ -154,6 +188,19 @@ def main() -> None:
         median = args.steps / statistics.median(seconds)
         best = args.steps / min(seconds)
         print(f"{name:<32} {median:>8.0f} {best:>8.0f}")
+    if versions:
+        ratios = [
+            theirs / ours
+            for ours, theirs in zip(
+                timings["SQLite sync"], timings["LangGraph SQLite sync"], strict=True
+            )
+        ]
+        quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+        named = ", ".join(f"{name} {version}" for name, version in versions.items())
+        print(
+            f"SQLite sync, treadle over LangGraph ({named}), round by round: median "
+            f"{statistics.median(ratios):.2f}x (quartiles {quartiles[0]:.2f}-{quartiles[-1]:.2f})"
+        )
 
 
 if __name__ == "__main__":
