@@ -1,9 +1,9 @@
-"""Request/reply between actors that cannot hang: a one-shot reply channel carrying an outcome."""
+"""Request/reply between actors that cannot hang: a one-shot reply slot carrying an outcome."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TypeAlias, TypeVar, TypeVarTuple
+from typing import Generic, Self, TypeVar, TypeVarTuple
 
 import outcome
 import trio
@@ -15,8 +15,90 @@ T = TypeVar("T")
 M = TypeVar("M")
 Ts = TypeVarTuple("Ts")
 
-ReplyTo: TypeAlias = trio.MemorySendChannel[outcome.Outcome[T]]
-"""The one-shot reply end a request carries (buffer 1); answer it with :func:`reply`."""
+
+class ReplyTo(Generic[T]):
+    """The one-shot reply end a request carries; answer it with :func:`reply`.
+
+    It holds one answer (an ``outcome.Outcome``) and never blocks: ``send_nowait`` stores the answer
+    and wakes the asker. It is a slot, not a channel, because every request is answered once: a
+    request costs no channel pair and its answer no extra trip through a buffer.
+
+    ``close()`` (or leaving ``with reply_to:``) without answering tells the asker that the actor is
+    gone. Once the asker has stopped waiting (it was cancelled), ``send_nowait`` raises
+    ``trio.BrokenResourceError``; after an answer, a ``close()`` or the mailbox reporting the
+    request undeliverable, ``trio.ClosedResourceError``. :func:`reply` swallows both.
+    """
+
+    __slots__ = ("_answer", "_asker_gone", "_closed", "_waiter")
+
+    def __init__(self) -> None:
+        self._answer: outcome.Outcome[T] | None = None
+        self._closed = False
+        self._asker_gone = False
+        self._waiter: trio.lowlevel.Task | None = None
+
+    def __repr__(self) -> str:
+        state = (
+            "answered"
+            if self._answer is not None
+            else "asker gone"
+            if self._asker_gone
+            else "closed"
+            if self._closed
+            else "open"
+        )
+        return f"<ReplyTo {state}>"
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def send_nowait(self, answer: outcome.Outcome[T]) -> None:
+        """Store the answer and wake the asker.
+
+        Raises:
+            trio.ClosedResourceError: Already answered or closed.
+            trio.BrokenResourceError: The asker has stopped waiting.
+        """
+        if self._closed:
+            raise trio.ClosedResourceError("this request was already answered or closed")
+        if self._asker_gone:
+            raise trio.BrokenResourceError("the asker has stopped waiting")
+        self._answer = answer
+        self._closed = True
+        self._wake()
+
+    def close(self) -> None:
+        """End the request; without an answer the asker learns that the actor is gone."""
+        if not self._closed:
+            self._closed = True
+            self._wake()
+
+    def _wake(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            trio.lowlevel.reschedule(waiter)
+
+    def _give_up(self) -> None:
+        # The asker stops waiting: a later answer is refused (and so discarded by reply()).
+        self._asker_gone = True
+        self._waiter = None
+
+    async def _wait(self) -> outcome.Outcome[T] | None:
+        """The answer, or ``None`` if the request was closed without one (the asker's side)."""
+        if not self._closed:
+            self._waiter = trio.lowlevel.current_task()
+
+            def abort(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
+                self._give_up()
+                return trio.lowlevel.Abort.SUCCEEDED
+
+            await trio.lowlevel.wait_task_rescheduled(abort)
+        else:
+            await trio.lowlevel.checkpoint()
+        return self._answer
 
 
 async def ask(
@@ -45,38 +127,38 @@ async def ask(
         Exception: Whatever the actor replied with as an ``outcome.Error`` is re-raised here.
 
     Cancellation:
-        Cancelling the asker closes the reply channel; the actor's later reply is discarded.
+        Cancelling the asker closes the reply end; the actor's later reply is discarded.
     """
-    reply_to, replies = trio.open_memory_channel[outcome.Outcome[T]](1)
+    reply_to = ReplyTo[T]()
     request = make_request(reply_to)
     dropped = False
 
     def on_undelivered(reason: UndeliveredReason) -> None:
-        # The request can never be read: wake the wait below with EndOfChannel.
+        # The request can never be read: wake the wait below with no answer.
         nonlocal dropped
         dropped = reason == "dropped"
         reply_to.close()
 
-    with replies:
-        mailbox._watch(request, on_undelivered)
+    mailbox._watch(request, on_undelivered)
+    try:
         try:
-            try:
-                await mailbox.post(request)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                raise ActorGone(actor) from exc
-            try:
-                result = await replies.receive()
-            except trio.EndOfChannel:
-                if dropped:
-                    raise RequestDropped(actor, mailbox.name) from None
-                raise ActorGone(actor) from None
-        finally:
-            mailbox._unwatch(request)
+            await mailbox.post(request)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise ActorGone(actor) from exc
+        result = await reply_to._wait()
+        if result is None:
+            if dropped:
+                raise RequestDropped(actor, mailbox.name) from None
+            raise ActorGone(actor) from None
+    finally:
+        mailbox._unwatch(request)
+        if not reply_to._closed:
+            reply_to._give_up()  # cancelled before waiting, or a perturbation raised in post()
     return result.unwrap()
 
 
 def reply(reply_to: ReplyTo[T], result: outcome.Outcome[T]) -> None:
-    """Answer a request and close its reply channel; never blocks, never fails.
+    """Answer a request and close its reply end; never blocks, never fails.
 
     An asker that has gone (cancelled, or told that the request was undeliverable) is ignored.
     """
@@ -93,7 +175,7 @@ async def serve_request(
     """Await ``fn(*args)`` and reply with its value or its exception.
 
     Cancellation and other ``BaseException``s are not sent to the asker (they belong to this task):
-    the reply channel is closed, so the asker gets :class:`ActorGone`, and the exception propagates.
+    the reply end is closed, so the asker gets :class:`ActorGone`, and the exception propagates.
     """
     with reply_to:
         result: outcome.Outcome[T] = await outcome.acapture(fn, *args)

@@ -205,8 +205,28 @@ async def test_cancelled_asker_leaves_the_actor_unharmed() -> None:
             await trio.testing.wait_all_tasks_blocked()
             nursery.cancel_scope.cancel()
         req = rx.receive_nowait()
+        with pytest.raises(trio.BrokenResourceError):
+            req.reply_to.send_nowait(outcome.Value(2))
         reply(req.reply_to, outcome.Value(2))  # the asker is gone: silently discarded
         assert watched(tx) == 0
+
+
+async def test_a_reply_end_takes_one_answer_and_refuses_the_rest() -> None:
+    with trio.fail_after(1):
+        tx, rx = open_mailbox[Double](1, name="m")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(doubler, rx)
+            with tx:
+                answered: list[ReplyTo[int]] = []
+
+                def keep(reply_to: ReplyTo[int]) -> Double:
+                    answered.append(reply_to)
+                    return Double(3, reply_to)
+
+                assert await ask(tx, keep, actor="m") == 6
+        with pytest.raises(trio.ClosedResourceError):
+            answered[0].send_nowait(outcome.Value(0))
+        answered[0].close()  # closing again is harmless
 
 
 async def test_serve_request_replies_with_value_or_exception() -> None:
