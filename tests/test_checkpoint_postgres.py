@@ -12,7 +12,7 @@ import trio
 
 from treadle.runtime.checkpoint import Checkpoint
 from treadle.runtime.checkpointers import PostgresCheckpointer
-from treadle.runtime.checkpointers.postgres import migrations
+from treadle.runtime.checkpointers.postgres import _PostgresTx, migrations
 from treadle.runtime.errors import CheckpointBackendError, SessionLeased
 from treadle.runtime.state import VersionedState
 
@@ -95,6 +95,58 @@ async def test_a_schema_from_a_newer_treadle_is_refused(
     )
     with pytest.raises(CheckpointBackendError, match=r"migrated by a newer treadle.*999"):
         await PostgresCheckpointer(postgres_url, schema=pg_schema).open(nursery)
+
+
+@pytest.mark.parametrize("pipelined", [True, False], ids=["pipeline", "plain"])
+async def test_a_save_the_server_refuses_half_way_is_rolled_back_whole(
+    postgres_url: str,
+    pg_schema: str,
+    nursery: trio.Nursery,
+    pipelined: bool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A trigger makes the server refuse the row of step 3 after the session's head was updated in
+    # the same transaction: nothing of that save may remain, and the connection must stay usable.
+    store = PostgresCheckpointer(postgres_url, schema=pg_schema)
+    await store.open(nursery)
+    assert store._pipelines  # psycopg's binary build ships a libpq with pipeline mode
+    store._pipelines = pipelined  # the plain path serves a libpq older than 14
+    for step in range(3):
+        await store.save(checkpoint(step))
+    query(
+        postgres_url,
+        f'CREATE FUNCTION "{pg_schema}".refuse() RETURNS trigger LANGUAGE plpgsql AS '
+        "$$ BEGIN RAISE EXCEPTION 'refused step %', NEW.step; END $$",
+    )
+    query(
+        postgres_url,
+        f'CREATE TRIGGER refuse BEFORE INSERT ON "{pg_schema}".steps FOR EACH ROW '
+        f'WHEN (NEW.step = 3) EXECUTE FUNCTION "{pg_schema}".refuse()',
+    )
+    with pytest.raises(CheckpointBackendError, match="refused step 3"):
+        await store.save(checkpoint(3))
+    latest = await store.load_latest("s")
+    assert latest is not None
+    assert latest.step == 2
+    assert [i.step for i in await store.list_steps("s")] == [0, 1, 2]
+    assert query(postgres_url, f'SELECT latest_step FROM "{pg_schema}".sessions') == [(2,)]
+
+    query(postgres_url, f'DROP TRIGGER refuse ON "{pg_schema}".steps')
+
+    # The same when the save fails in this process after the head was sent.
+    def fail(*args: object) -> None:
+        raise RuntimeError("failed between statements")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(_PostgresTx, "put_rows", fail)
+        with pytest.raises(RuntimeError, match="between statements"):
+            await store.save(checkpoint(3))
+    assert query(postgres_url, f'SELECT latest_step FROM "{pg_schema}".sessions') == [(2,)]
+
+    await store.save(checkpoint(3))
+    again = await store.load("s", 3)
+    assert again.state == checkpoint(3).state
+    await store.aclose()
 
 
 async def test_step_metadata_is_jsonb_and_queryable(

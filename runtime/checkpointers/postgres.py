@@ -4,6 +4,7 @@ session leases so that two processes never run one session.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import json
@@ -269,6 +270,7 @@ class PostgresCheckpointer(DraftedSaves):
         self._thread: ConnectionThread[psycopg.Connection[tuple[Any, ...]]] | None = None
         self._conn: psycopg.Connection[tuple[Any, ...]] | None = None
         self._leases: dict[str, str] = {}
+        self._pipelines = False
 
     def __repr__(self) -> str:
         return f"PostgresCheckpointer({mask_url(self.url)!r}, schema={self.schema!r})"
@@ -314,13 +316,41 @@ class PostgresCheckpointer(DraftedSaves):
         conn = self._require_conn()
         try:
             with conn.transaction():
-                for session_id in sorted(set(lock_sessions)):
-                    conn.execute(
-                        "SELECT pg_advisory_xact_lock(%s)",
-                        (_lock_key("write", self.schema, session_id),),
-                    )
+                self._lock_for_writing(conn, lock_sessions)
                 yield _PostgresTx(conn)
         except _db_error() as exc:
+            raise self._error("query failed on", exc) from exc
+
+    def _lock_for_writing(
+        self, conn: psycopg.Connection[tuple[Any, ...]], session_ids: Sequence[str]
+    ) -> None:
+        for session_id in sorted(set(session_ids)):
+            conn.execute(
+                "SELECT pg_advisory_xact_lock(%s)", (_lock_key("write", self.schema, session_id),)
+            )
+
+    @contextmanager
+    def _pipelined_transaction(self, lock_sessions: Sequence[str]) -> Iterator[_PostgresTx]:
+        """:meth:`_transaction` in pipeline mode, for saves: ``BEGIN``, the locks and the first
+        read (the stored head) reach the server in one round trip, the writes and ``COMMIT`` in a
+        second, where a plain transaction waits for each statement in turn."""
+        conn = self._require_conn()
+        driver = _driver()
+        try:
+            try:
+                with conn.pipeline():
+                    conn.execute("BEGIN")
+                    self._lock_for_writing(conn, lock_sessions)
+                    yield _PostgresTx(conn)
+                    conn.execute("COMMIT")
+            except BaseException:
+                # An error inside the block, or one the server reported at a sync point: whatever
+                # was sent since BEGIN is undone (a failed COMMIT has already rolled back).
+                if conn.info.transaction_status != driver.pq.TransactionStatus.IDLE:
+                    with contextlib.suppress(driver.Error):
+                        conn.execute("ROLLBACK")
+                raise
+        except driver.Error as exc:
             raise self._error("query failed on", exc) from exc
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -347,6 +377,8 @@ class PostgresCheckpointer(DraftedSaves):
                 f"cannot connect to {self.masked_url}: {self._reason(exc)}; check that the server "
                 "is running and the URL is right",
             ) from exc
+        # Pipeline mode needs libpq 14 or newer (psycopg's binary build ships one).
+        self._pipelines = _driver().Pipeline.is_supported()
         try:
             self._migrate(conn)
         except BaseException as exc:
@@ -410,6 +442,8 @@ class PostgresCheckpointer(DraftedSaves):
     # -- writes ------------------------------------------------------------------------------------
 
     def _write_transaction(self, session_ids: Sequence[str]) -> AbstractContextManager[StepTx]:
+        if self._pipelines:
+            return self._pipelined_transaction(session_ids)
         return self._transaction(session_ids)
 
     async def save_many(self, cps: Sequence[Checkpoint]) -> None:
