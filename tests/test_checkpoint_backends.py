@@ -209,6 +209,32 @@ async def test_a_step_encoded_ahead_is_redone_after_another_writer(
         await theirs.aclose()
 
 
+@pytest.mark.parametrize("kind", SHARED)
+async def test_a_step_encoded_ahead_is_redone_after_another_writer_replaced_the_latest(
+    kind: str, make_backend: Callable[..., Any], nursery: trio.Nursery
+) -> None:
+    # Another store rewrites the latest step in place: same step, no messages (so the same message
+    # log end), new content. Only the head's token tells; a delta drafted against the old content
+    # must not be stored. (The padding makes deltas worth writing.)
+    ours, theirs = make_backend(kind), make_backend(kind)
+    await ours.open(nursery)
+    await theirs.open(nursery)
+    pad = {"pad": "p" * 400}
+    try:
+        await ours.save(checkpoint(0, state(0, extra=pad)))
+        await ours.save(checkpoint(1, state(0, extra={**pad, "who": "ours"})))
+        replaced = checkpoint(1, state(0, extra={**pad, "who": "theirs", "more": [1, 2]}))
+        await theirs.save(replaced)
+        after = checkpoint(2, state(0, extra={**pad, "who": "ours", "more": [1, 2]}))
+        await ours.save(after)
+        for reader in (ours, theirs):
+            assert exact(await reader.load("s", 1)) == exact(replaced)
+            assert exact(await reader.load("s", 2)) == exact(after)
+    finally:
+        await ours.aclose()
+        await theirs.aclose()
+
+
 async def test_missing_steps_and_sessions(store: Any) -> None:
     assert await store.load_latest("nobody") is None
     assert await store.list_steps("nobody") == []
