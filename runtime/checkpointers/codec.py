@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import json
 import secrets
-from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractContextManager
-from typing import Any, Final, Protocol, TypeVar
+from collections.abc import Mapping, Sequence
+from typing import Any, Final, Protocol
 
 import attrs
 
@@ -20,8 +18,6 @@ from ..checkpoint import Checkpoint, StepInfo
 from ..errors import CheckpointerError, ConcurrencyConflict
 from ..frozen import strict_equal, thaw
 from ..state import ErrorEvent, Message, VersionedState
-
-T = TypeVar("T")
 
 SNAPSHOT: Final = "snapshot"
 DELTA: Final = "delta"
@@ -589,54 +585,6 @@ def save_step(
         tx.append_messages(session_id, log_end, encoded.log_messages)
     tx.put_rows([encoded.row])
     return encoded.tip if becomes_latest else None
-
-
-class DraftedSaves(ABC):
-    """The writes every durable store shares: each step is drafted (:func:`draft_steps`) on the
-    calling thread, then stored with :func:`save_steps` in the store's connection thread."""
-
-    _codec: StepCodec
-
-    @abstractmethod
-    async def _run(self, fn: Callable[[], T]) -> T:
-        """Run ``fn`` in the store's connection thread."""
-
-    @abstractmethod
-    def _write_transaction(self, session_ids: Sequence[str]) -> AbstractContextManager[StepTx]:
-        """A write transaction over ``session_ids``, committed when the block ends normally."""
-
-    def _forget(self, session_ids: Sequence[str]) -> None:
-        """Drop what the store remembers of ``session_ids`` after a write that did not commit."""
-        for session_id in session_ids:
-            self._codec.forget(session_id)
-
-    def _save_sync(
-        self,
-        cps: Sequence[Checkpoint],
-        drafts: Sequence[Draft | None],
-        check: bool,
-        expected: int | None,
-    ) -> None:
-        session_ids = [cp.session_id for cp in cps]
-        try:
-            with self._write_transaction(session_ids) as tx:
-                save_steps(self._codec, tx, cps, drafts=drafts, check=check, expected=expected)
-        except BaseException:
-            self._forget(session_ids)
-            raise
-
-    async def _save(
-        self, cps: Sequence[Checkpoint], check: bool = False, expected: int | None = None
-    ) -> None:
-        # Encoded here, on the Trio thread, so that the connection thread only has to write.
-        drafts = draft_steps(self._codec, cps)
-        await self._run(lambda: self._save_sync(cps, drafts, check, expected))
-
-    async def save(self, cp: Checkpoint) -> None:
-        await self._save([cp])
-
-    async def save_with_concurrency_check(self, cp: Checkpoint, expected_step: int | None) -> None:
-        await self._save([cp], True, expected_step)
 
 
 def save_steps(

@@ -4,7 +4,6 @@ corrupt file is logged, listed and skipped, never fatal.
 
 from __future__ import annotations
 
-import datetime
 import json
 import logging
 import os
@@ -20,11 +19,11 @@ from urllib.parse import quote, unquote
 import attrs
 import trio
 
-from ..checkpoint import Checkpoint, StepInfo, prune_cutoff_ms
-from ..errors import CheckpointBackendError, CheckpointerError, CheckpointNotFound
+from ..checkpoint import Checkpoint, StepInfo
+from ..errors import CheckpointBackendError, CheckpointerError
+from .base import ThreadedStore
 from .codec import (
     BrokenHistory,
-    DraftedSaves,
     Head,
     StepCodec,
     StepMeta,
@@ -186,7 +185,7 @@ class _FilesTx:
         raise AssertionError("the JSON store keeps messages inline")
 
 
-class JSONCheckpointer(DraftedSaves):
+class JSONCheckpointer(ThreadedStore):
     """Checkpoints as JSON files you can read: ``<directory>/<session>/<step>.json``.
 
     Each file is one step: a full snapshot, or a delta naming the step it builds on (the same
@@ -328,13 +327,14 @@ class JSONCheckpointer(DraftedSaves):
 
     # -- plumbing ----------------------------------------------------------------------------------
 
+    def _not_open(self) -> CheckpointerError:
+        return CheckpointerError(
+            f"the JSON checkpointer for {self.directory} is not open: call open() first"
+        )
+
     async def _run(self, fn: Callable[[], T]) -> T:
-        if self._thread is None:
-            raise CheckpointerError(
-                f"the JSON checkpointer for {self.directory} is not open: call open() first"
-            )
         try:
-            return await self._thread.call(fn)
+            return await super()._run(fn)
         except OSError as exc:
             raise CheckpointBackendError(
                 "json", f"{self.directory}: {exc.strerror or exc} ({exc.filename or ''})"
@@ -403,29 +403,22 @@ class JSONCheckpointer(DraftedSaves):
 
     # -- reads -------------------------------------------------------------------------------------
 
-    def _load_sync(self, session_id: str, step: int) -> Checkpoint | None:
+    def _load_sync(self, session_id: str, step: int | None) -> Checkpoint | None:
+        if step is not None:
+            return self._load_step_sync(session_id, step)
+        # The newest step that can be rebuilt: a corrupt newer file is reported and skipped.
+        for newest in reversed(self._step_numbers(session_id)):
+            found = self._load_step_sync(session_id, newest)
+            if found is not None:
+                return found
+        return None
+
+    def _load_step_sync(self, session_id: str, step: int) -> Checkpoint | None:
         try:
             return load_step(self._codec, _FilesTx(self), session_id, step)
         except BrokenHistory as exc:
             self._report(self._step_path(session_id, step), str(exc))
             return None
-
-    def _load_latest_sync(self, session_id: str) -> Checkpoint | None:
-        # The newest step that can be rebuilt: a corrupt newer file is reported and skipped.
-        for step in reversed(self._step_numbers(session_id)):
-            found = self._load_sync(session_id, step)
-            if found is not None:
-                return found
-        return None
-
-    async def load_latest(self, session_id: str) -> Checkpoint | None:
-        return await self._run(lambda: self._load_latest_sync(session_id))
-
-    async def load(self, session_id: str, step: int) -> Checkpoint:
-        found = await self._run(lambda: self._load_sync(session_id, step))
-        if found is None:
-            raise CheckpointNotFound(session_id, step)
-        return found
 
     def _list_sessions_sync(self) -> list[str]:
         try:
@@ -440,15 +433,9 @@ class JSONCheckpointer(DraftedSaves):
             and self._step_numbers(unquote(entry.name))
         )
 
-    async def list_sessions(self) -> list[str]:
-        return await self._run(self._list_sessions_sync)
-
     def _list_steps_sync(self, session_id: str) -> list[StepInfo]:
         rows = _FilesTx(self).rows(session_id, 0, 2**63)
         return [rows[step].info() for step in sorted(rows)]
-
-    async def list_steps(self, session_id: str) -> list[StepInfo]:
-        return await self._run(lambda: self._list_steps_sync(session_id))
 
     # -- maintenance -------------------------------------------------------------------------------
 
@@ -471,9 +458,6 @@ class JSONCheckpointer(DraftedSaves):
             pass  # something that is not ours lives there: leave it
         return existed
 
-    async def delete_session(self, session_id: str) -> bool:
-        return await self._run(lambda: self._delete_sync(session_id))
-
     def _prune_sync(self, session_id: str | None, cutoff: int | None, keep_last: int | None) -> int:
         sessions = [session_id] if session_id is not None else self._list_sessions_sync()
         tx = _FilesTx(self)
@@ -481,23 +465,6 @@ class JSONCheckpointer(DraftedSaves):
             prune_session(self._codec, tx, sid, cutoff_ms=cutoff, keep_last=keep_last)
             for sid in sessions
         )
-
-    async def prune(
-        self,
-        *,
-        older_than: float | datetime.timedelta | None = None,
-        keep_last: int | None = None,
-        session_id: str | None = None,
-        now_ms: int | None = None,
-    ) -> int:
-        cutoff = prune_cutoff_ms(older_than, keep_last, now_ms)
-        return await self._run(lambda: self._prune_sync(session_id, cutoff, keep_last))
-
-    async def acquire_lease(self, session_id: str, owner: str) -> None:
-        await trio.lowlevel.checkpoint()  # one process per directory: see the class docs
-
-    async def release_lease(self, session_id: str, owner: str) -> None:
-        await trio.lowlevel.checkpoint()
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -5,11 +5,10 @@ session leases so that two processes never run one session.
 from __future__ import annotations
 
 import contextlib
-import datetime
 import hashlib
 import json
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from importlib import resources
 from types import ModuleType
@@ -18,15 +17,14 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import trio
 
-from ..checkpoint import Checkpoint, StepInfo, mask_url, prune_cutoff_ms
+from ..checkpoint import Checkpoint, StepInfo, mask_url
 from ..errors import (
     CheckpointBackendError,
     CheckpointerError,
-    CheckpointNotFound,
     SessionLeased,
 )
+from .base import ThreadedStore
 from .codec import (
-    DraftedSaves,
     Head,
     StepCodec,
     StepMeta,
@@ -227,7 +225,7 @@ class _PostgresTx:
         )
 
 
-class PostgresCheckpointer(DraftedSaves):
+class PostgresCheckpointer(ThreadedStore):
     """Checkpoints in PostgreSQL: the full step history, delta-encoded, shareable by processes.
 
     ``open()`` connects and applies the shipped migrations (``migrations/postgres/NNNN_*.sql``) in one
@@ -281,11 +279,6 @@ class PostgresCheckpointer(DraftedSaves):
         return mask_url(self.url)
 
     # -- plumbing ----------------------------------------------------------------------------------
-
-    async def _run(self, fn: Callable[[], T]) -> T:
-        if self._thread is None:
-            raise self._not_open()
-        return await self._thread.call(fn)
 
     def _not_open(self) -> CheckpointerError:
         return CheckpointerError(
@@ -457,22 +450,10 @@ class PostgresCheckpointer(DraftedSaves):
             tx.conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
             return load_step(self._codec, tx, session_id, step)
 
-    async def load_latest(self, session_id: str) -> Checkpoint | None:
-        return await self._run(lambda: self._load_sync(session_id, None))
-
-    async def load(self, session_id: str, step: int) -> Checkpoint:
-        found = await self._run(lambda: self._load_sync(session_id, step))
-        if found is None:
-            raise CheckpointNotFound(session_id, step)
-        return found
-
     def _list_sessions_sync(self) -> list[str]:
         with self._transaction() as tx:
             rows = tx.conn.execute("SELECT session_id FROM sessions ORDER BY session_id")
             return [row[0] for row in rows]
-
-    async def list_sessions(self) -> list[str]:
-        return await self._run(self._list_sessions_sync)
 
     def _list_steps_sync(self, session_id: str) -> list[StepInfo]:
         with self._transaction() as tx:
@@ -486,9 +467,6 @@ class PostgresCheckpointer(DraftedSaves):
                 for step, created, ran, skipped, updated in cursor
             ]
 
-    async def list_steps(self, session_id: str) -> list[StepInfo]:
-        return await self._run(lambda: self._list_steps_sync(session_id))
-
     # -- maintenance -------------------------------------------------------------------------------
 
     def _delete_sync(self, session_id: str) -> bool:
@@ -499,9 +477,6 @@ class PostgresCheckpointer(DraftedSaves):
             )
             return cursor.fetchone() is not None
 
-    async def delete_session(self, session_id: str) -> bool:
-        return await self._run(lambda: self._delete_sync(session_id))
-
     def _prune_sync(self, session_id: str | None, cutoff: int | None, keep_last: int | None) -> int:
         sessions = [session_id] if session_id is not None else self._list_sessions_sync()
         removed = 0
@@ -511,17 +486,6 @@ class PostgresCheckpointer(DraftedSaves):
                     self._codec, tx, sid, cutoff_ms=cutoff, keep_last=keep_last
                 )
         return removed
-
-    async def prune(
-        self,
-        *,
-        older_than: float | datetime.timedelta | None = None,
-        keep_last: int | None = None,
-        session_id: str | None = None,
-        now_ms: int | None = None,
-    ) -> int:
-        cutoff = prune_cutoff_ms(older_than, keep_last, now_ms)
-        return await self._run(lambda: self._prune_sync(session_id, cutoff, keep_last))
 
     # -- leases ------------------------------------------------------------------------------------
 

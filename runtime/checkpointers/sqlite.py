@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import datetime
 import functools
 import json
 import os
 import sqlite3
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -15,10 +14,10 @@ from typing import Any, Literal, TypeVar
 import sqlite_utils
 import trio
 
-from ..checkpoint import Checkpoint, StepInfo, prune_cutoff_ms
-from ..errors import CheckpointBackendError, CheckpointerError, CheckpointNotFound
+from ..checkpoint import Checkpoint, StepInfo
+from ..errors import CheckpointBackendError, CheckpointerError
+from .base import ThreadedStore
 from .codec import (
-    DraftedSaves,
     Head,
     StepCodec,
     StepMeta,
@@ -214,7 +213,7 @@ class _SQLiteTx:
         )
 
 
-class SQLiteCheckpointer(DraftedSaves):
+class SQLiteCheckpointer(ThreadedStore):
     """Checkpoints in one SQLite file: the full step history, delta-encoded.
 
     The file is in WAL mode; a committed step survives the process being killed at any instant
@@ -254,11 +253,6 @@ class SQLiteCheckpointer(DraftedSaves):
         return f"SQLiteCheckpointer({str(self.path)!r})"
 
     # -- plumbing ----------------------------------------------------------------------------------
-
-    async def _run(self, fn: Callable[[], T]) -> T:
-        if self._thread is None:
-            raise self._not_open()
-        return await self._thread.call(fn)
 
     def _not_open(self) -> CheckpointerError:
         return CheckpointerError(
@@ -378,22 +372,10 @@ class SQLiteCheckpointer(DraftedSaves):
         with self._transaction(write=False) as tx:
             return load_step(self._codec, tx, session_id, step)
 
-    async def load_latest(self, session_id: str) -> Checkpoint | None:
-        return await self._run(lambda: self._load_sync(session_id, None))
-
-    async def load(self, session_id: str, step: int) -> Checkpoint:
-        found = await self._run(lambda: self._load_sync(session_id, step))
-        if found is None:
-            raise CheckpointNotFound(session_id, step)
-        return found
-
     def _list_sessions_sync(self) -> list[str]:
         db = self._require_db()
         rows = db.execute("SELECT session_id FROM sessions ORDER BY session_id").fetchall()
         return [row[0] for row in rows]
-
-    async def list_sessions(self) -> list[str]:
-        return await self._run(self._list_sessions_sync)
 
     def _list_steps_sync(self, session_id: str) -> list[StepInfo]:
         db = self._require_db()
@@ -407,9 +389,6 @@ class SQLiteCheckpointer(DraftedSaves):
             for step, created, ran, skipped, updated in cursor
         ]
 
-    async def list_steps(self, session_id: str) -> list[StepInfo]:
-        return await self._run(lambda: self._list_steps_sync(session_id))
-
     # -- maintenance -------------------------------------------------------------------------------
 
     def _delete_sync(self, session_id: str) -> bool:
@@ -421,9 +400,6 @@ class SQLiteCheckpointer(DraftedSaves):
             cursor = db.execute("DELETE FROM sessions WHERE session_id = ?", (session_id,))
             return bool(cursor.rowcount)
 
-    async def delete_session(self, session_id: str) -> bool:
-        return await self._run(lambda: self._delete_sync(session_id))
-
     def _prune_sync(self, session_id: str | None, cutoff: int | None, keep_last: int | None) -> int:
         sessions = [session_id] if session_id is not None else self._list_sessions_sync()
         removed = 0
@@ -433,23 +409,6 @@ class SQLiteCheckpointer(DraftedSaves):
                     self._codec, tx, sid, cutoff_ms=cutoff, keep_last=keep_last
                 )
         return removed
-
-    async def prune(
-        self,
-        *,
-        older_than: float | datetime.timedelta | None = None,
-        keep_last: int | None = None,
-        session_id: str | None = None,
-        now_ms: int | None = None,
-    ) -> int:
-        cutoff = prune_cutoff_ms(older_than, keep_last, now_ms)
-        return await self._run(lambda: self._prune_sync(session_id, cutoff, keep_last))
-
-    async def acquire_lease(self, session_id: str, owner: str) -> None:
-        await trio.lowlevel.checkpoint()  # SQLite has no live-owner notion: see the class docs
-
-    async def release_lease(self, session_id: str, owner: str) -> None:
-        await trio.lowlevel.checkpoint()
 
     # -- inspection --------------------------------------------------------------------------------
 
