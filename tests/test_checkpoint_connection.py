@@ -177,3 +177,38 @@ async def test_a_thread_runs_only_once() -> None:
             with pytest.raises(RuntimeError, match="only once"):
                 await thread.run()
             await thread.aclose()
+
+
+async def test_a_start_cancelled_while_connecting_closes_the_connection_and_leaks_nothing() -> None:
+    # A slow server: the host gives up while connect() is still running in the thread. Nobody will
+    # ever call aclose(): the thread must close the connection itself, and its sockets must be
+    # closed, without a ResourceWarning, once nothing refers to it any more.
+    connecting = threading.Event()
+    release = threading.Event()
+    closed: list[Conn] = []
+
+    def connect() -> Conn:
+        connecting.set()
+        release.wait(10)
+        return Conn()
+
+    thread: ConnectionThread[Conn] = ConnectionThread("treadle-test", connect, closed.append)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            with trio.move_on_after(0.05) as scope:
+                await nursery.start(thread.run)
+        assert scope.cancelled_caught
+        assert connecting.is_set()
+        release.set()
+        while not closed:  # the abandoned thread finishes connecting, then closes
+            await trio.sleep(0.01)
+        for _ in range(100):
+            if thread._closed:
+                break
+            await trio.sleep(0.01)
+    with pytest.raises(CheckpointerError, match="takes no calls"):
+        await thread.call(lambda: None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ResourceWarning)
+        del thread
+        gc.collect()  # its sockets were closed, so collecting it warns about nothing

@@ -11,6 +11,7 @@ has to run in between. The connection never changes threads (sqlite3's rule).
 from __future__ import annotations
 
 import socket
+import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Final, Generic, TypeVar
@@ -54,7 +55,10 @@ class ConnectionThread(Generic[C]):
         A call already handed to the thread is waited for, like ``trio.to_thread.run_sync`` without
         ``abandon_on_cancel``: the driver cannot be interrupted half way through a transaction.
         Cancelling :meth:`run` leaves the thread to finish the job in hand, close the connection and
-        exit; :meth:`aclose` (which the checkpointer actor always calls) waits for that.
+        exit; :meth:`aclose` (which the checkpointer actor always calls) waits for that. If the
+        start itself is cancelled while ``connect()`` is still running, nobody will call
+        :meth:`aclose`: the thread closes the connection as soon as ``connect()`` returns, and the
+        thread's sockets are closed once the object is no longer referenced.
     """
 
     def __init__(
@@ -74,6 +78,13 @@ class ConnectionThread(Generic[C]):
         # turns (the lock), so at most one byte is ever unread.
         self._wake_reader, self._wake_writer = socket.socketpair()
         self._wake_reader.setblocking(False)
+        # Closed by aclose(), or, for a thread nobody will close (its start was cancelled while it
+        # was still connecting, and it finished on its own), once the object is unreachable.
+        self._sockets_closer = weakref.finalize(
+            self,
+            _close_all,
+            (self._job_bell, self._job_bell_thread_end, self._wake_reader, self._wake_writer),
+        )
         self._turn = trio.Lock()
         self._started = False
         self._connected = False
@@ -180,10 +191,9 @@ class ConnectionThread(Generic[C]):
 
     def _close_sockets(self) -> None:
         self._closed = True
-        for sock in (
-            self._job_bell,
-            self._job_bell_thread_end,
-            self._wake_reader,
-            self._wake_writer,
-        ):
-            sock.close()
+        self._sockets_closer()
+
+
+def _close_all(sockets: tuple[socket.socket, ...]) -> None:
+    for sock in sockets:
+        sock.close()
