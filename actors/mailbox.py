@@ -9,13 +9,13 @@ import abc
 import enum
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from types import TracebackType
 from typing import Generic, Literal, TypeAlias, TypeVar
 
 import attrs
 import outcome
 import trio
 
+from .closing import ClosesSynchronously
 from .perturb import MailboxOp, Perturbation
 
 T = TypeVar("T")
@@ -98,7 +98,7 @@ def _broken(core: _MailboxCore) -> trio.BrokenResourceError:
     )
 
 
-class MailboxSender(trio.abc.SendChannel[T]):
+class MailboxSender(ClosesSynchronously, trio.abc.SendChannel[T]):
     """The sending end of a mailbox; clone it to give each producer its own end.
 
     A ``trio.abc.SendChannel``, so it fits wherever a channel is expected. Closing is synchronous:
@@ -151,37 +151,8 @@ class MailboxSender(trio.abc.SendChannel[T]):
         """Another sending end of the same mailbox; receivers see the end once all are closed."""
 
     @abc.abstractmethod
-    def close(self) -> None:
-        """Close this end (idempotent, not a checkpoint)."""
-
-    @abc.abstractmethod
     def statistics(self) -> MailboxStatistics:
         """A snapshot of the mailbox."""
-
-    async def aclose(self) -> None:
-        """Close this end, then checkpoint (trio's convention for async methods)."""
-        self.close()
-        await trio.lowlevel.checkpoint()
-
-    def __enter__(self) -> MailboxSender[T]:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        # Deliberately no checkpoint: see the class docstring.
-        self.close()
 
     def _watch(self, message: object, callback: Callable[[UndeliveredReason], None]) -> None:
         """Call ``callback`` if ``message`` is later evicted or stranded instead of received."""
@@ -193,7 +164,7 @@ class MailboxSender(trio.abc.SendChannel[T]):
             del self._core.watched[id(message)]
 
 
-class MailboxReceiver(trio.abc.ReceiveChannel[T]):
+class MailboxReceiver(ClosesSynchronously, trio.abc.ReceiveChannel[T]):
     """The receiving end of a mailbox; ``async for msg in receiver`` ends at end-of-channel.
 
     Closing is synchronous, as for :class:`MailboxSender`. The ``perturb`` hook is awaited by
@@ -239,37 +210,8 @@ class MailboxReceiver(trio.abc.ReceiveChannel[T]):
         """Another receiving end; each message goes to exactly one of the clones."""
 
     @abc.abstractmethod
-    def close(self) -> None:
-        """Close this end (idempotent, not a checkpoint)."""
-
-    @abc.abstractmethod
     def statistics(self) -> MailboxStatistics:
         """A snapshot of the mailbox."""
-
-    async def aclose(self) -> None:
-        """Close this end, then checkpoint (trio's convention for async methods)."""
-        self.close()
-        await trio.lowlevel.checkpoint()
-
-    def __enter__(self) -> MailboxReceiver[T]:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        # Deliberately no checkpoint: see MailboxSender.
-        self.close()
 
 
 def _check_limit(limit: int | None) -> int:

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterator
-from types import TracebackType
-from typing import Generic, Self, TypeVar
+from typing import Generic, TypeVar
 
 import attrs
 import trio
 
+from ..actors.closing import ClosesSynchronously
 from .events import Event
 
 T = TypeVar("T")
@@ -133,7 +133,7 @@ class StreamStatistics:
     closed: bool
 
 
-class BufferedStream(trio.abc.ReceiveChannel[T]):
+class BufferedStream(ClosesSynchronously, trio.abc.ReceiveChannel[T]):
     """The reading end of one bus buffer; a ``trio.abc.ReceiveChannel``.
 
     ``async for item in stream`` ends at the end of the stream. Only one task may read at a time.
@@ -250,30 +250,6 @@ class BufferedStream(trio.abc.ReceiveChannel[T]):
         self._buffer.end()
         if self._on_close is not None:
             self._on_close()
-
-    async def aclose(self) -> None:
-        self.close()
-        await trio.lowlevel.checkpoint()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        # No checkpoint, so leaving the block never turns a real error into a pending Cancelled.
-        self.close()
 
 
 class EventStream(BufferedStream[Event]):
