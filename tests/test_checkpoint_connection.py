@@ -9,6 +9,7 @@ import gc
 import threading
 import time
 import warnings
+import weakref
 from typing import Any
 
 import pytest
@@ -185,30 +186,37 @@ async def test_a_start_cancelled_while_connecting_closes_the_connection_and_leak
     # closed, without a ResourceWarning, once nothing refers to it any more.
     connecting = threading.Event()
     release = threading.Event()
-    closed: list[Conn] = []
+    closed = threading.Event()
 
     def connect() -> Conn:
         connecting.set()
         release.wait(10)
         return Conn()
 
-    thread: ConnectionThread[Conn] = ConnectionThread("treadle-test", connect, closed.append)
+    thread: ConnectionThread[Conn] = ConnectionThread(
+        "treadle-test", connect, lambda conn: closed.set()
+    )
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            with trio.move_on_after(0.05) as scope:
+            with trio.CancelScope() as scope:
+
+                async def give_up_while_connecting() -> None:
+                    await trio.to_thread.run_sync(connecting.wait)
+                    scope.cancel()
+
+                nursery.start_soon(give_up_while_connecting)
                 await nursery.start(thread.run)
         assert scope.cancelled_caught
-        assert connecting.is_set()
         release.set()
-        while not closed:  # the abandoned thread finishes connecting, then closes
-            await trio.sleep(0.01)
-        for _ in range(100):
-            if thread._closed:
-                break
-            await trio.sleep(0.01)
-    with pytest.raises(CheckpointerError, match="takes no calls"):
-        await thread.call(lambda: None)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", ResourceWarning)
+        await trio.to_thread.run_sync(closed.wait)  # the abandoned thread closes the connection
+        await trio.lowlevel.wait_readable(thread._wake_reader)  # its last act: the stop byte
+        with pytest.raises(CheckpointerError, match="takes no calls"):
+            await thread.call(lambda: None)
+        alive = weakref.ref(thread)
         del thread
-        gc.collect()  # its sockets were closed, so collecting it warns about nothing
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", ResourceWarning)
+            while alive() is not None:  # until Trio's worker thread lets go of it
+                gc.collect()
+                await trio.sleep(0.001)
+            gc.collect()  # collected: its sockets were closed, so nothing warned
