@@ -6,9 +6,10 @@ treadle does not depend on either). By hand: ``PYTHON tests/benchmarks/langgraph
 [--durability sync async ...]``. It prints one JSON object: the package versions, and for each
 durability the seconds one whole run took.
 
-The graph is the benchmark's: ``START -> a -> b``, then ``b`` routes back to ``a`` or to ``END``
-once the counter reaches ``steps``; each node adds one to the counter, so every superstep runs one
-node. Checkpoints go to a new SQLite file through ``AsyncSqliteSaver`` on the asyncio loop.
+The graph is the harness's W3 loop (``LangGraphAdapter.loop`` in ``langgraph_bench.py``, the script
+that measured the LangGraph baseline): ``START -> a -> b``, then ``b`` routes back to ``a`` or to
+``END`` once the counter reaches ``steps``; each node adds one to the counter, so every superstep
+runs one node. Checkpoints go to a new SQLite file through ``AsyncSqliteSaver`` on the asyncio loop.
 """
 
 from __future__ import annotations
@@ -20,41 +21,15 @@ import json
 import os
 import tempfile
 import time
-import uuid
-from typing import Any, TypedDict
 
-from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
-from langgraph.graph import END, START, StateGraph
-
-
-class Counter(TypedDict):
-    counter: int
-
-
-def loop_graph(steps: int) -> Any:
-    async def add_one(state: Counter) -> dict[str, int]:
-        return {"counter": state["counter"] + 1}
-
-    def again(state: Counter) -> str:
-        return END if state["counter"] >= steps else "a"
-
-    builder = StateGraph(Counter)
-    builder.add_node("a", add_one)
-    builder.add_node("b", add_one)
-    builder.add_edge(START, "a")
-    builder.add_edge("a", "b")
-    builder.add_conditional_edges("b", again, ["a", END])
-    return builder
+from langgraph_bench import LangGraphAdapter
 
 
 async def one_run(steps: int, durability: str, path: str) -> float:
     """Seconds for one whole run of ``steps`` supersteps (opening the saver excluded)."""
-    async with AsyncSqliteSaver.from_conn_string(path) as saver:
-        await saver.setup()
-        graph = loop_graph(steps).compile(checkpointer=saver)
-        config = {"recursion_limit": steps + 10, "configurable": {"thread_id": uuid.uuid4().hex}}
+    async with LangGraphAdapter().loop(steps, "sqlite", path, durability) as run:
         started = time.perf_counter()
-        final = await graph.ainvoke({"counter": 0}, config, durability=durability)
+        final = await run()
         elapsed = time.perf_counter() - started
     assert final["counter"] == steps, final
     return elapsed
