@@ -25,16 +25,14 @@ from ..errors import (
 )
 from .base import ThreadedStore
 from .codec import (
-    Head,
     StepCodec,
-    StepMeta,
-    StepRow,
     StepTx,
     dumps,
     load_step,
     prune_session,
 )
 from .connection import ConnectionThread
+from .sql import ROW_COLUMNS, SqlStepTx
 
 if TYPE_CHECKING:
     import psycopg
@@ -66,13 +64,8 @@ def _sql(template: str, *names: str) -> Any:
 
 
 _MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
-_ROW_COLUMNS = (
-    "session_id, step, created_at, kind, base_step, root_step, messages_start, messages_len, "
-    "ran_nodes, skipped_nodes, updated_channels, body::text"
-)
-_INSERT_ROW = (
-    "INSERT INTO steps (session_id, step, created_at, kind, base_step, root_step, messages_start, "
-    "messages_len, ran_nodes, skipped_nodes, updated_channels, body) "
+_PUT_ROW = (
+    f"INSERT INTO steps ({ROW_COLUMNS}) "
     "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s::jsonb, %s::jsonb, %s::json) "
     "ON CONFLICT (session_id, step) DO UPDATE SET created_at = EXCLUDED.created_at, "
     "kind = EXCLUDED.kind, base_step = EXCLUDED.base_step, root_step = EXCLUDED.root_step, "
@@ -112,77 +105,17 @@ def _split_schema(url: str) -> tuple[str, str | None]:
     return urlunsplit(parts._replace(query=urlencode(rest))), schema
 
 
-def _row(values: Sequence[Any]) -> StepRow:
-    return StepRow(
-        session_id=values[0],
-        step=values[1],
-        created_at=values[2],
-        kind=values[3],
-        base_step=values[4],
-        root_step=values[5],
-        messages_start=values[6],
-        messages_len=values[7],
-        ran_nodes=tuple(values[8]),
-        skipped_nodes=tuple(values[9]),
-        updated_channels=tuple(values[10]),
-        body=values[11],
-    )
+class _PostgresTx(SqlStepTx["psycopg.Connection[tuple[Any, ...]]"]):
+    """:class:`~.codec.StepTx` over one psycopg connection, inside a transaction."""
 
+    placeholder = "%s"
+    # The body is stored as json and handed to the codec as text, as SQLite stores it.
+    select_columns = ROW_COLUMNS.removesuffix("body") + "body::text"
+    put_row = _PUT_ROW
 
-class _PostgresTx:
-    """:class:`~.codec.StepTx` over one connection, inside a transaction."""
-
-    def __init__(self, conn: psycopg.Connection[tuple[Any, ...]]) -> None:
-        self.conn = conn
-
-    def head(self, session_id: str) -> Head | None:
-        found = self.conn.execute(
-            "SELECT latest_step, token, log_end FROM sessions WHERE session_id = %s", (session_id,)
-        ).fetchone()
-        return None if found is None else Head(found[0], found[1], found[2])
-
-    def rows(self, session_id: str, lo: int, hi: int) -> dict[int, StepRow]:
-        cursor = self.conn.execute(
-            f"SELECT {_ROW_COLUMNS} FROM steps WHERE session_id = %s AND step BETWEEN %s AND %s",
-            (session_id, lo, hi),
-        )
-        return {values[1]: _row(values) for values in cursor}
-
-    def metas(self, session_id: str) -> list[StepMeta]:
-        cursor = self.conn.execute(
-            "SELECT step, created_at, base_step, messages_start FROM steps "
-            "WHERE session_id = %s ORDER BY step",
-            (session_id,),
-        )
-        return [StepMeta(*values) for values in cursor]
-
-    def dependents(self, session_id: str, step: int) -> list[StepRow]:
-        cursor = self.conn.execute(
-            f"SELECT {_ROW_COLUMNS} FROM steps WHERE session_id = %s AND step > %s "
-            "AND base_step = %s",
-            (session_id, step, step),
-        )
-        return [_row(values) for values in cursor]
-
-    def put_rows(self, rows: Sequence[StepRow]) -> None:
-        for r in rows:
-            self.conn.execute(
-                _INSERT_ROW,
-                (
-                    r.session_id,
-                    r.step,
-                    r.created_at,
-                    r.kind,
-                    r.base_step,
-                    r.root_step,
-                    r.messages_start,
-                    r.messages_len,
-                    dumps(list(r.ran_nodes)),
-                    dumps(list(r.skipped_nodes)),
-                    dumps(list(r.updated_channels)),
-                    r.body,
-                ),
-            )
+    @staticmethod
+    def names(stored: Any) -> tuple[str, ...]:
+        return tuple(stored)  # jsonb arrays arrive as lists
 
     def append_messages(
         self, session_id: str, start: int, messages: Sequence[Mapping[str, str]]
@@ -204,24 +137,10 @@ class _PostgresTx:
         )
         return [json.loads(text) for (text,) in cursor]
 
-    def set_head(self, session_id: str, head: Head, *, updated_at: int) -> None:
-        self.conn.execute(
-            "INSERT INTO sessions (session_id, latest_step, token, log_end, created_at, updated_at) "
-            "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (session_id) DO UPDATE SET "
-            "latest_step = EXCLUDED.latest_step, token = EXCLUDED.token, "
-            "log_end = EXCLUDED.log_end, updated_at = EXCLUDED.updated_at",
-            (session_id, head.latest_step, head.token, head.log_end, updated_at, updated_at),
-        )
-
     def delete_steps(self, session_id: str, steps: Sequence[int]) -> None:
         self.conn.execute(
             "DELETE FROM steps WHERE session_id = %s AND step = ANY(%s::bigint[])",
             (session_id, list(steps)),
-        )
-
-    def trim_messages(self, session_id: str, keep_from: int) -> None:
-        self.conn.execute(
-            "DELETE FROM messages WHERE session_id = %s AND seq < %s", (session_id, keep_from)
         )
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import sqlite3
@@ -18,28 +17,18 @@ from ..checkpoint import Checkpoint, StepInfo
 from ..errors import CheckpointBackendError, CheckpointerError
 from .base import ThreadedStore
 from .codec import (
-    Head,
     StepCodec,
-    StepMeta,
-    StepRow,
     StepTx,
-    dumps,
     load_step,
     prune_session,
 )
 from .connection import ConnectionThread
+from .sql import ROW_COLUMNS, SqlStepTx
 
 T = TypeVar("T")
 
 SCHEMA_VERSION = 1
 """Stored in ``PRAGMA user_version``; a file from a newer treadle is refused, not misread."""
-
-_ROW_COLUMNS = (
-    "session_id, step, created_at, kind, base_step, root_step, messages_start, messages_len, "
-    "ran_nodes, skipped_nodes, updated_channels, body"
-)
-
-_PUT_ROW = f"INSERT OR REPLACE INTO steps ({_ROW_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
 
 _TABLES: dict[str, dict[str, Any]] = {
     "sessions": {
@@ -92,89 +81,20 @@ _TABLES: dict[str, dict[str, Any]] = {
 }
 
 
-def _names(text: str) -> tuple[str, ...]:
-    return tuple(json.loads(text))
+def _names(stored: Any) -> tuple[str, ...]:
+    """A name list as stored: JSON text."""
+    return tuple(json.loads(stored))
 
 
-def _row(values: Sequence[Any]) -> StepRow:
-    return StepRow(
-        session_id=values[0],
-        step=values[1],
-        created_at=values[2],
-        kind=values[3],
-        base_step=values[4],
-        root_step=values[5],
-        messages_start=values[6],
-        messages_len=values[7],
-        ran_nodes=_names(values[8]),
-        skipped_nodes=_names(values[9]),
-        updated_channels=_names(values[10]),
-        body=values[11],
-    )
+class _SQLiteTx(SqlStepTx[sqlite3.Connection]):
+    """:class:`~.codec.StepTx` over one SQLite connection, inside a transaction.
 
+    Statements go straight to the ``sqlite3`` connection: sqlite-utils' ``execute()`` adds
+    bookkeeping for autocommit mode that a transaction never needs.
+    """
 
-@functools.lru_cache(maxsize=4096)
-def _dump_names(names: tuple[str, ...]) -> str:
-    # Steps keep naming the same few nodes and channels: encode each tuple once.
-    return dumps(list(names))
-
-
-class _SQLiteTx:
-    """:class:`~.codec.StepTx` over one SQLite connection, inside a transaction."""
-
-    def __init__(self, db: sqlite_utils.Database) -> None:
-        self.db = db
-        # The per-step statements go straight to the connection: sqlite-utils' execute() adds
-        # bookkeeping for autocommit mode that a transaction never needs.
-        self.conn = db.conn
-
-    def head(self, session_id: str) -> Head | None:
-        found = self.conn.execute(
-            "SELECT latest_step, token, log_end FROM sessions WHERE session_id = ?", (session_id,)
-        ).fetchone()
-        return None if found is None else Head(found[0], found[1], found[2])
-
-    def rows(self, session_id: str, lo: int, hi: int) -> dict[int, StepRow]:
-        cursor = self.db.execute(
-            f"SELECT {_ROW_COLUMNS} FROM steps WHERE session_id = ? AND step BETWEEN ? AND ?",
-            (session_id, lo, hi),
-        )
-        return {values[1]: _row(values) for values in cursor}
-
-    def metas(self, session_id: str) -> list[StepMeta]:
-        cursor = self.db.execute(
-            "SELECT step, created_at, base_step, messages_start FROM steps WHERE session_id = ? "
-            "ORDER BY step",
-            (session_id,),
-        )
-        return [StepMeta(*values) for values in cursor]
-
-    def dependents(self, session_id: str, step: int) -> list[StepRow]:
-        cursor = self.db.execute(
-            f"SELECT {_ROW_COLUMNS} FROM steps WHERE session_id = ? AND step > ? AND base_step = ?",
-            (session_id, step, step),
-        )
-        return [_row(values) for values in cursor]
-
-    def put_rows(self, rows: Sequence[StepRow]) -> None:
-        for values in (
-            (
-                r.session_id,
-                r.step,
-                r.created_at,
-                r.kind,
-                r.base_step,
-                r.root_step,
-                r.messages_start,
-                r.messages_len,
-                _dump_names(r.ran_nodes),
-                _dump_names(r.skipped_nodes),
-                _dump_names(r.updated_channels),
-                r.body,
-            )
-            for r in rows
-        ):
-            self.conn.execute(_PUT_ROW, values)
+    put_row = f"INSERT OR REPLACE INTO steps ({ROW_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+    names = staticmethod(_names)
 
     def append_messages(
         self, session_id: str, start: int, messages: Sequence[Mapping[str, str]]
@@ -185,31 +105,17 @@ class _SQLiteTx:
         )
 
     def messages(self, session_id: str, start: int, count: int) -> list[dict[str, Any]]:
-        cursor = self.db.execute(
+        cursor = self.conn.execute(
             "SELECT role, content FROM messages WHERE session_id = ? AND seq >= ? AND seq < ? "
             "ORDER BY seq",
             (session_id, start, start + count),
         )
         return [{"role": role, "content": content} for role, content in cursor]
 
-    def set_head(self, session_id: str, head: Head, *, updated_at: int) -> None:
-        self.conn.execute(
-            "INSERT INTO sessions (session_id, latest_step, token, log_end, created_at, updated_at) "
-            "VALUES (?,?,?,?,?,?) ON CONFLICT (session_id) DO UPDATE SET "
-            "latest_step = excluded.latest_step, token = excluded.token, "
-            "log_end = excluded.log_end, updated_at = excluded.updated_at",
-            (session_id, head.latest_step, head.token, head.log_end, updated_at, updated_at),
-        )
-
     def delete_steps(self, session_id: str, steps: Sequence[int]) -> None:
-        self.db.conn.executemany(
+        self.conn.executemany(
             "DELETE FROM steps WHERE session_id = ? AND step = ?",
             [(session_id, step) for step in steps],
-        )
-
-    def trim_messages(self, session_id: str, keep_from: int) -> None:
-        self.db.execute(
-            "DELETE FROM messages WHERE session_id = ? AND seq < ?", (session_id, keep_from)
         )
 
 
@@ -270,7 +176,7 @@ class SQLiteCheckpointer(ThreadedStore):
         try:
             db.conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             try:
-                yield _SQLiteTx(db)
+                yield _SQLiteTx(db.conn)
             except BaseException:
                 db.conn.execute("ROLLBACK")
                 raise
@@ -394,10 +300,10 @@ class SQLiteCheckpointer(ThreadedStore):
     def _delete_sync(self, session_id: str) -> bool:
         self._codec.forget(session_id)
         with self._transaction(write=True) as tx:
-            db = tx.db
-            db.execute("DELETE FROM messages WHERE session_id = ?", (session_id,))
-            db.execute("DELETE FROM steps WHERE session_id = ?", (session_id,))
-            cursor = db.execute("DELETE FROM sessions WHERE session_id = ?", (session_id,))
+            conn = tx.conn
+            conn.execute("DELETE FROM messages WHERE session_id = ?", (session_id,))
+            conn.execute("DELETE FROM steps WHERE session_id = ?", (session_id,))
+            cursor = conn.execute("DELETE FROM sessions WHERE session_id = ?", (session_id,))
             return bool(cursor.rowcount)
 
     def _prune_sync(self, session_id: str | None, cutoff: int | None, keep_last: int | None) -> int:
