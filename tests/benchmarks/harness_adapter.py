@@ -30,6 +30,7 @@ How the workloads map onto treadle:
 from __future__ import annotations
 
 import contextlib
+import random
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -49,9 +50,9 @@ from treadle import (
     Message,
     NodePartial,
     VersionedState,
+    is_sentinel,
 )
 from treadle.runtime.checkpointers import SQLiteCheckpointer
-from treadle.runtime.events import is_sentinel
 
 Run = Callable[[], Awaitable[dict[str, Any]]]
 
@@ -126,17 +127,17 @@ class TreadleAdapter:
 
             async def run() -> dict[str, Any]:
                 sid = uuid.uuid4().hex
-                stream = runner.event_stream(session_id=sid, capacity=expected + 16)
-                await runner.create_session(sid, VersionedState())
                 received = 0
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(runner.run_until_complete, sid)
-                    async for event in stream:
-                        if is_sentinel(event):
-                            break
-                        received += 1
-                if stream.dropped:
-                    raise AssertionError(f"the subscriber lost {stream.dropped} events")
+                with runner.event_stream(session_id=sid, capacity=expected + 16) as stream:
+                    await runner.create_session(sid, VersionedState())
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(runner.run_until_complete, sid)
+                        async for event in stream:
+                            if is_sentinel(event):
+                                break
+                            received += 1
+                    if stream.dropped:
+                        raise AssertionError(f"the subscriber lost {stream.dropped} events")
                 return {"events": received}
 
             yield run
@@ -239,8 +240,6 @@ def _appender(i: int) -> Callable[[Any, Any], Awaitable[NodePartial]]:
 def _fanout_app(
     width: int, *, jitter_s: float = 0.0, per_node: int = 0, updates: bool = False
 ) -> Any:
-    import random
-
     async def quiet(snapshot: Any, ctx: Any) -> None:
         if updates:
             await ctx.emit("update", ctx.node_id)
