@@ -167,11 +167,15 @@ class AppRunner:
         stack, nursery = self._stack, self._nursery
         assert stack is not None
         self._nursery = None
+        shutdown_error: BaseException | None = None
         try:
             if exc is None and nursery is not None:
                 with trio.move_on_after(_SHUTDOWN_GRACE) as grace:
                     grace.shield = True
                     await self._shutdown()
+        except BaseException as error:
+            # Raised once every actor is joined below: the nursery must be left whatever happens.
+            shutdown_error = error
         finally:
             if nursery is not None:
                 nursery.cancel_scope.cancel(reason="AppRunner closed")
@@ -179,23 +183,29 @@ class AppRunner:
             for inbox in sessions.values():
                 inbox.close()
         try:
-            return await stack.__aexit__(exc_type, exc, tb)
+            suppressed = await stack.__aexit__(exc_type, exc, tb)
         except BaseExceptionGroup as group:
             # The nursery wraps an error raised in the block; hand the caller their own error back.
             if exc is not None and len(group.exceptions) == 1 and group.exceptions[0] is exc:
                 return False
             raise
+        if shutdown_error is not None:
+            raise shutdown_error
+        return suppressed
 
     async def _shutdown(self) -> None:
-        if self.durability == "exit":
-            for session_id, inbox in list(self._sessions.items()):
-                await ask(inbox, FlushCheckpoint, actor=f"scheduler of {session_id!r}")
-        # The in-memory store keeps nothing past the process: no write to wait for, no lease.
-        if not self._checkpoints.volatile:
-            await self._checkpoints.flush()
-            for session_id in self._sessions:
-                await self._checkpoints.release_lease(session_id, self._owner)
-        await self.bus.aclose()
+        """Write what is owed, give up the leases, then close the bus (its sinks) in any case."""
+        try:
+            if self.durability == "exit":
+                for session_id, inbox in list(self._sessions.items()):
+                    await ask(inbox, FlushCheckpoint, actor=f"scheduler of {session_id!r}")
+            # The in-memory store keeps nothing past the process: no write to wait for, no lease.
+            if not self._checkpoints.volatile:
+                await self._checkpoints.flush()
+                for session_id in self._sessions:
+                    await self._checkpoints.release_lease(session_id, self._owner)
+        finally:
+            await self.bus.aclose()
 
     # -- sessions ----------------------------------------------------------------------------------
 

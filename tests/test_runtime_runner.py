@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -12,6 +14,8 @@ from treadle import (
     END,
     START,
     AppRunner,
+    CheckpointBackendError,
+    EventBus,
     Fresh,
     GraphBuilder,
     MockClock,
@@ -21,12 +25,17 @@ from treadle import (
     RunnerClosed,
     SessionNotFound,
     VersionedState,
+    is_sentinel,
 )
+from treadle.runtime.checkpointers import SQLiteCheckpointer
 
 
-def counter_app(limit: int = 3):  # type: ignore[no-untyped-def]
+def counter_app(limit: int = 3, pause: float = 0.1):  # type: ignore[no-untyped-def]
+    """Counts to ``limit``, one tick a step; each tick sleeps ``pause`` (0 for real-time tests)."""
+
     async def tick(snapshot, ctx):  # type: ignore[no-untyped-def]
-        await trio.sleep(0.1)
+        if pause:
+            await trio.sleep(pause)
         return NodePartial(extra={"n": snapshot.extra.get("n", 0) + 1})
 
     def again(snapshot):  # type: ignore[no-untyped-def]
@@ -154,6 +163,52 @@ async def test_leaving_the_runner_early_leaves_no_task_behind() -> None:
         await runner.create_session("s", VersionedState())
         await runner.run_step("s")
     assert _task_count() == tasks_before
+
+
+async def test_a_failing_shutdown_still_joins_every_actor_and_closes_the_sinks(
+    tmp_path: Path,
+) -> None:
+    # Real time: the store's thread does real I/O, which a virtual clock would jump over.
+    class RefusesRelease(SQLiteCheckpointer):
+        async def release_lease(self, session_id: str, owner: str) -> None:
+            raise CheckpointBackendError("sqlite", "the lease cannot be released")
+
+    class Recorder:
+        name = "recorder"
+
+        def __init__(self) -> None:
+            self.events: list[Any] = []
+            self.closed = False
+
+        def handle(self, event: Any) -> None:
+            self.events.append(event)
+
+        def close(self) -> None:
+            self.closed = True
+
+    recorder = Recorder()
+    store = RefusesRelease(tmp_path / "runs.db")
+    finished: list[VersionedState] = []
+
+    async def run_and_leave() -> None:
+        async with AppRunner(
+            counter_app(pause=0), checkpointer=store, event_bus=EventBus([recorder])
+        ) as runner:
+            await runner.create_session("s", VersionedState())
+            finished.append(await runner.run_until_complete("s"))
+
+    tasks_before = _task_count()
+    with trio.fail_after(20):
+        # The store's own error, not a group, raised on leaving the block once every actor ended.
+        with pytest.raises(CheckpointBackendError, match="the lease cannot be released"):
+            await run_and_leave()
+    assert [dict(state.extra) for state in finished] == [{"n": 3}]
+    assert _task_count() == tasks_before
+    assert recorder.closed
+    assert is_sentinel(recorder.events[-1])
+    resumed = SQLiteCheckpointer(store.path)
+    async with AppRunner(counter_app(pause=0), checkpointer=resumed) as runner:
+        assert await runner.create_session("s", VersionedState()) == Resumed(3)
 
 
 def _task_count() -> int:
