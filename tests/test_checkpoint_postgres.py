@@ -10,6 +10,7 @@ import psycopg
 import pytest
 import trio
 
+from treadle import END, START, AppRunner, GraphBuilder, NodePartial, Resumed
 from treadle.runtime.checkpoint import Checkpoint
 from treadle.runtime.checkpointers import PostgresCheckpointer
 from treadle.runtime.checkpointers.postgres import _PostgresTx, migrations
@@ -239,6 +240,45 @@ async def test_a_lease_dies_with_its_connection(postgres_url: str, pair: tuple[A
         "s",
     )
     assert rows == [("survivor",)]
+
+
+async def test_a_run_whose_connection_the_server_ends_fails_clearly_and_resumes_elsewhere(
+    postgres_url: str, pg_schema: str
+) -> None:
+    async def count(snapshot: Any, ctx: Any) -> NodePartial:
+        return NodePartial(extra={"n": snapshot.extra.get("n", 0) + 1})
+
+    def again(snapshot: Any) -> str:
+        return END if snapshot.extra["n"] >= 10 else "count"
+
+    app = (
+        GraphBuilder()
+        .add_node("count", count)
+        .add_edge(START, "count")
+        .add_conditional_edges("count", again, path_map=["count", END])
+        .compile()
+    )
+    store = PostgresCheckpointer(postgres_url, schema=pg_schema)
+    with trio.fail_after(30):
+        async with AppRunner(app, checkpointer=store) as runner:
+            await runner.create_session("s", VersionedState())
+            for _ in range(3):
+                await runner.run_step("s")
+            # The server ends the connection (a restart, a failover, an operator's kill).
+            pid = store._require_conn().info.backend_pid
+            assert query(postgres_url, "SELECT pg_terminate_backend(%s, 5000)", pid) == [(True,)]
+            for _ in range(2):
+                with pytest.raises(CheckpointBackendError, match=r"^postgres: query failed on"):
+                    await runner.run_step("s")
+        # Leaving the block raised nothing: the lease went with the connection, and the next
+        # runner takes the session up from its last stored step.
+        resumed = PostgresCheckpointer(postgres_url, schema=pg_schema)
+        async with AppRunner(app, checkpointer=resumed) as runner:
+            assert await runner.create_session("s", VersionedState()) == Resumed(3)
+            final = await runner.run_until_complete("s")
+            history = await runner.get_state_history("s")
+    assert final.extra["n"] == 10
+    assert [info.step for info in history] == list(range(11))
 
 
 async def test_heartbeats_extend_the_lease_row(postgres_url: str, pair: tuple[Any, Any]) -> None:

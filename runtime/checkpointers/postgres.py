@@ -448,6 +448,10 @@ class PostgresCheckpointer(ThreadedStore):
             return
         conn = self._require_conn()
         del self._leases[session_id]
+        if conn.closed:
+            # The connection is gone, and with it the session lock that was the lease: the server
+            # freed it when the connection ended. Its row stays until the next holder rewrites it.
+            return
         try:
             conn.execute(
                 "DELETE FROM session_leases WHERE session_id = %s AND owner = %s",
