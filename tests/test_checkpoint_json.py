@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 import trio
+from apps import counter_app
 
-from treadle import END, START, AppRunner, GraphBuilder, NodePartial, Resumed, VersionedState
+from treadle import AppRunner, Resumed, VersionedState
 from treadle.runtime.checkpoint import Checkpoint
 from treadle.runtime.checkpointers import JSONCheckpointer
 from treadle.runtime.errors import CheckpointBackendError, CheckpointNotFound
@@ -150,20 +151,7 @@ async def test_an_unusable_directory_fails_open_clearly(
 
 
 async def test_the_runner_resumes_past_corrupt_files(tmp_path: Path) -> None:
-    async def count(snapshot: object, ctx: object) -> NodePartial:
-        n = snapshot.extra.get("n", 0)  # type: ignore[attr-defined]
-        return NodePartial(extra={"n": n + 1})
-
-    def again(snapshot: object) -> str:
-        return END if snapshot.extra["n"] >= 6 else "count"  # type: ignore[attr-defined]
-
-    app = (
-        GraphBuilder()
-        .add_node("count", count)
-        .add_edge(START, "count")
-        .add_conditional_edges("count", again, path_map=["count", END])
-        .compile()
-    )
+    app = counter_app(limit=6, pause=0)
     with trio.fail_after(30):
         async with AppRunner(app, checkpointer=f"json:///{tmp_path / 'runs'}") as runner:
             await runner.create_session("s", VersionedState())

@@ -9,8 +9,9 @@ from typing import Any
 import psycopg
 import pytest
 import trio
+from apps import counter_app
 
-from treadle import END, START, AppRunner, GraphBuilder, NodePartial, Resumed
+from treadle import AppRunner, Resumed
 from treadle.runtime.checkpoint import Checkpoint
 from treadle.runtime.checkpointers import PostgresCheckpointer
 from treadle.runtime.checkpointers.postgres import _PostgresTx, migrations
@@ -245,19 +246,7 @@ async def test_a_lease_dies_with_its_connection(postgres_url: str, pair: tuple[A
 async def test_a_run_whose_connection_the_server_ends_fails_clearly_and_resumes_elsewhere(
     postgres_url: str, pg_schema: str
 ) -> None:
-    async def count(snapshot: Any, ctx: Any) -> NodePartial:
-        return NodePartial(extra={"n": snapshot.extra.get("n", 0) + 1})
-
-    def again(snapshot: Any) -> str:
-        return END if snapshot.extra["n"] >= 10 else "count"
-
-    app = (
-        GraphBuilder()
-        .add_node("count", count)
-        .add_edge(START, "count")
-        .add_conditional_edges("count", again, path_map=["count", END])
-        .compile()
-    )
+    app = counter_app(limit=10, pause=0)
     store = PostgresCheckpointer(postgres_url, schema=pg_schema)
     with trio.fail_after(30):
         async with AppRunner(app, checkpointer=store) as runner:

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import trio
+from apps import counter_app
 
 import treadle
 from treadle import (
@@ -28,26 +29,6 @@ from treadle import (
     is_sentinel,
 )
 from treadle.runtime.checkpointers import SQLiteCheckpointer
-
-
-def counter_app(limit: int = 3, pause: float = 0.1):  # type: ignore[no-untyped-def]
-    """Counts to ``limit``, one tick a step; each tick sleeps ``pause`` (0 for real-time tests)."""
-
-    async def tick(snapshot, ctx):  # type: ignore[no-untyped-def]
-        if pause:
-            await trio.sleep(pause)
-        return NodePartial(extra={"n": snapshot.extra.get("n", 0) + 1})
-
-    def again(snapshot):  # type: ignore[no-untyped-def]
-        return "tick" if snapshot.extra["n"] < limit else END
-
-    return (
-        GraphBuilder()
-        .add_node("tick", tick)
-        .add_edge(START, "tick")
-        .add_conditional_edges("tick", again, path_map=["tick", END])
-        .compile()
-    )
 
 
 async def test_sync_thread_and_class_nodes() -> None:
