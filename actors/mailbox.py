@@ -98,15 +98,8 @@ def _broken(core: _MailboxCore) -> trio.BrokenResourceError:
     )
 
 
-class MailboxSender(ClosesSynchronously, trio.abc.SendChannel[T]):
-    """The sending end of a mailbox; clone it to give each producer its own end.
-
-    A ``trio.abc.SendChannel``, so it fits wherever a channel is expected. Closing is synchronous:
-    ``with sender:`` and ``async with sender:`` both close without a checkpoint, so leaving the
-    block never replaces a real error with a pending ``Cancelled`` (the trio hazard of
-    ``async with send_channel:``). The ``perturb`` hook, when installed, is awaited by ``send()``
-    only, not by ``send_nowait()`` (which must stay synchronous).
-    """
+class _MailboxEnd(ClosesSynchronously):
+    """What both ends of a mailbox hold: its shared core and the perturbation hook."""
 
     __slots__ = ("_core", "_perturb")
 
@@ -118,6 +111,19 @@ class MailboxSender(ClosesSynchronously, trio.abc.SendChannel[T]):
     def name(self) -> str:
         """The mailbox name."""
         return self._core.name
+
+
+class MailboxSender(_MailboxEnd, trio.abc.SendChannel[T]):
+    """The sending end of a mailbox; clone it to give each producer its own end.
+
+    A ``trio.abc.SendChannel``, so it fits wherever a channel is expected. Closing is synchronous:
+    ``with sender:`` and ``async with sender:`` both close without a checkpoint, so leaving the
+    block never replaces a real error with a pending ``Cancelled`` (the trio hazard of
+    ``async with send_channel:``). The ``perturb`` hook, when installed, is awaited by ``send()``
+    only, not by ``send_nowait()`` (which must stay synchronous).
+    """
+
+    __slots__ = ()
 
     @abc.abstractmethod
     def send_nowait(self, msg: T) -> None:
@@ -164,23 +170,14 @@ class MailboxSender(ClosesSynchronously, trio.abc.SendChannel[T]):
             del self._core.watched[id(message)]
 
 
-class MailboxReceiver(ClosesSynchronously, trio.abc.ReceiveChannel[T]):
+class MailboxReceiver(_MailboxEnd, trio.abc.ReceiveChannel[T]):
     """The receiving end of a mailbox; ``async for msg in receiver`` ends at end-of-channel.
 
     Closing is synchronous, as for :class:`MailboxSender`. The ``perturb`` hook is awaited by
     ``receive()`` (and so by ``async for``) only, not by ``receive_nowait()``/``drain_nowait()``.
     """
 
-    __slots__ = ("_core", "_perturb")
-
-    def __init__(self, core: _MailboxCore, perturb: Perturbation | None) -> None:
-        self._core = core
-        self._perturb = perturb
-
-    @property
-    def name(self) -> str:
-        """The mailbox name."""
-        return self._core.name
+    __slots__ = ()
 
     @abc.abstractmethod
     def receive_nowait(self) -> T:
