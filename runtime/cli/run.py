@@ -1,0 +1,56 @@
+"""``treadle run MODULE:ATTR``: run a graph with live progress, resumable from its checkpoints."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from .common import checkpointer_arg, load_app, parse_input, print_state
+
+
+def add_parser(commands: Any) -> None:
+    run = commands.add_parser("run", help="run a graph given as MODULE:ATTR")
+    run.add_argument("target", help="MODULE:ATTR naming an App (or a GraphBuilder)")
+    run.add_argument(
+        "--input", default=None, help="initial state as JSON (or a plain user message)"
+    )
+    run.add_argument("--session", default="run", help="session id (default: run)")
+    run.add_argument("--checkpointer", default=None, help="checkpointer URL (default: SQLite)")
+    run.add_argument("--jsonl", default=None, help="also write every event to this JSON Lines file")
+    run.set_defaults(command_fn=run_command)
+
+
+async def run_command(args: argparse.Namespace) -> int:
+    from ...sinks.jsonl import JsonLinesSink
+    from ...sinks.stdout import StdOutSink
+    from ..bus import EventBus
+    from ..runner import AppRunner
+    from ..session import Completed, Resumed
+
+    app = load_app(args.target)
+    state = parse_input(args.input)
+    sinks: list[Any] = [StdOutSink()]
+    if args.jsonl:
+        sinks.append(JsonLinesSink(args.jsonl))
+    bus = EventBus(sinks)
+    async with AppRunner(
+        app, checkpointer=checkpointer_arg(args.checkpointer), event_bus=bus
+    ) as runner:
+        init = await runner.create_session(args.session, state)
+        if isinstance(init, Resumed):
+            print(f"resumed session {args.session!r} at step {init.step}")
+        while True:
+            result = await runner.run_step(args.session)
+            assert isinstance(result, Completed)
+            report = result.report
+            if report.ran_nodes or report.skipped_nodes:
+                print(
+                    f"step {report.step}: ran {', '.join(report.ran_nodes) or '-'}"
+                    f"; next {', '.join(report.next_frontier) or '-'}"
+                )
+            if report.completed:
+                break
+        final = await runner.run_until_complete(args.session)
+        view = await runner.get_session(args.session)
+    print_state(final, view.step)
+    return 0
