@@ -39,6 +39,7 @@ from .runtime.errors import DuplicateNode as DuplicateNode
 from .runtime.errors import EdgeFromEnd as EdgeFromEnd
 from .runtime.errors import EdgeToStart as EdgeToStart
 from .runtime.errors import GraphCompileError as GraphCompileError
+from .runtime.errors import GraphMismatch as GraphMismatch
 from .runtime.errors import InvalidIterativeEntry as InvalidIterativeEntry
 from .runtime.errors import MissingEntry as MissingEntry
 from .runtime.errors import NodeRunError as NodeRunError
@@ -47,6 +48,7 @@ from .runtime.errors import NoPathToEnd as NoPathToEnd
 from .runtime.errors import NoStartNodes as NoStartNodes
 from .runtime.errors import ReservedNodeName as ReservedNodeName
 from .runtime.errors import RunnerClosed as RunnerClosed
+from .runtime.errors import SessionExists as SessionExists
 from .runtime.errors import SessionLeased as SessionLeased
 from .runtime.errors import SessionNotFound as SessionNotFound
 from .runtime.errors import StateSlotError as StateSlotError

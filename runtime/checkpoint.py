@@ -60,6 +60,13 @@ def _expect(obj: Mapping[str, Any], name: str, kind: type) -> Any:
     return value
 
 
+def _optional_str(obj: Mapping[str, Any], name: str) -> str | None:
+    value = obj.get(name)
+    if value is not None and type(value) is not str:
+        raise ValueError(f"checkpoint[{name!r}] must be a JSON string or null, got {value!r}")
+    return value
+
+
 @attrs.frozen
 class Checkpoint:
     """Everything needed to resume a session after a step, plus what that step did.
@@ -77,6 +84,9 @@ class Checkpoint:
         ran_nodes: The nodes that executed in this step, in frontier order.
         skipped_nodes: The frontier nodes that did not execute (START/END or version-gated).
         updated_channels: The channels whose version this step raised.
+        graph_hash: The definition hash of the graph that wrote this step (``None`` when unknown,
+            as in checkpoints from before treadle recorded it); resuming with another graph is
+            refused unless asked for.
     """
 
     session_id: str
@@ -90,6 +100,7 @@ class Checkpoint:
     ran_nodes: tuple[str, ...] = attrs.field(default=(), converter=_names)
     skipped_nodes: tuple[str, ...] = attrs.field(default=(), converter=_names)
     updated_channels: tuple[str, ...] = attrs.field(default=(), converter=_names)
+    graph_hash: str | None = None
 
     def info(self) -> StepInfo:
         """This checkpoint's step-history entry."""
@@ -116,6 +127,7 @@ class Checkpoint:
             "ran_nodes": list(self.ran_nodes),
             "skipped_nodes": list(self.skipped_nodes),
             "updated_channels": list(self.updated_channels),
+            "graph_hash": self.graph_hash,
         }
 
     @classmethod
@@ -139,6 +151,7 @@ class Checkpoint:
             ran_nodes=value.get("ran_nodes", []),
             skipped_nodes=value.get("skipped_nodes", []),
             updated_channels=value.get("updated_channels", []),
+            graph_hash=_optional_str(value, "graph_hash"),
         )
 
 

@@ -120,9 +120,27 @@ class SessionNotFound(TreadleError):
 
 
 class SessionExists(TreadleError):
-    def __init__(self, session_id: str) -> None:
+    """A session id is already taken (stored, or open on this runner); nothing was overwritten."""
+
+    def __init__(self, session_id: str, *, where: str = "open on this runner") -> None:
         self.session_id = session_id
-        super().__init__(f"session {session_id!r} is already open on this runner")
+        super().__init__(
+            f"session {session_id!r} already exists ({where}): choose another session id"
+        )
+
+
+class GraphMismatch(TreadleError):
+    """A stored session was run by a graph with another definition than the runner's."""
+
+    def __init__(self, session_id: str, stored: str, current: str) -> None:
+        self.session_id = session_id
+        self.stored = stored
+        self.current = current
+        super().__init__(
+            f"session {session_id!r} was stored by another graph (definition hash "
+            f"{stored[:12]}…, this app's is {current[:12]}…): resume it with the graph that ran "
+            "it, or pass create_session(..., allow_graph_change=True)"
+        )
 
 
 class NoStartNodes(TreadleError):

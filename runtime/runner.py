@@ -21,7 +21,14 @@ from .bus import EventBus, EventStream
 from .checkpoint import Checkpoint, Checkpointer, CheckpointerType, StepInfo, resolve_checkpointer
 from .checkpointer_actor import CheckpointerActor
 from .clock import Clock
-from .errors import NoStartNodes, RunnerClosed, SessionNotFound
+from .errors import (
+    ConcurrencyConflict,
+    GraphMismatch,
+    NoStartNodes,
+    RunnerClosed,
+    SessionExists,
+    SessionNotFound,
+)
 from .events import DiagnosticEvent
 from .frontier import initial_frontier
 from .pool import NodePool
@@ -215,8 +222,13 @@ class AppRunner:
         state: VersionedState | None = None,
         *,
         concurrency_limit: int | None = None,
+        allow_graph_change: bool = False,
     ) -> SessionInit:
         """Open a session: resume it if the checkpointer holds it, else start it from ``state``.
+
+        Args:
+            allow_graph_change: resume a stored session even if a graph with another definition
+                wrote it (its next checkpoints record this app's graph).
 
         Returns:
             :class:`Resumed` with the stored step (``state`` is then ignored), or :class:`Fresh`.
@@ -224,6 +236,7 @@ class AppRunner:
         Raises:
             NoStartNodes: a fresh session's START routes lead nowhere.
             SessionLeased: another process is running this session (PostgreSQL).
+            GraphMismatch: the stored session was written by another graph.
         """
         config = self._require_open()
         if not _is_session_id(session_id):
@@ -236,6 +249,12 @@ class AppRunner:
             await self._checkpoints.acquire_lease(session_id, self._owner)
         stored = await self._checkpoints.load_latest(session_id)
         if stored is not None:
+            try:
+                _check_graph(stored, config, allow_graph_change)
+            except GraphMismatch:
+                if not self._checkpoints.volatile:
+                    await self._checkpoints.release_lease(session_id, self._owner)
+                raise
             await self._spawn(SessionCore.from_checkpoint(stored), config, fresh=False)
             return Resumed(stored.step)
         state = state if state is not None else VersionedState()
@@ -331,18 +350,34 @@ class AppRunner:
         self._require_open()
         return await self._checkpoints.load(session_id, step)
 
-    async def fork(self, session_id: str, step: int, new_session_id: str) -> Resumed:
+    async def fork(
+        self, session_id: str, step: int, new_session_id: str, *, allow_graph_change: bool = False
+    ) -> Resumed:
         """Start ``new_session_id`` from the stored ``step`` of ``session_id``.
 
-        The new session has its own history; the original is untouched.
+        The new session has its own history; the original is untouched, and so is any session
+        already called ``new_session_id``.
+
+        Raises:
+            SessionExists: ``new_session_id`` is stored or open on this runner.
+            GraphMismatch: another graph wrote ``session_id`` (see :meth:`create_session`).
         """
         config = self._require_open()
+        if not _is_session_id(new_session_id):
+            raise ValueError(f"a session id must be a non-empty string, not {new_session_id!r}")
         if new_session_id in self._sessions:
-            raise ValueError(f"session {new_session_id!r} is already open on this runner")
+            raise SessionExists(new_session_id)
         stored = await self._checkpoints.load(session_id, step)
+        _check_graph(stored, config, allow_graph_change)
         await self._checkpoints.acquire_lease(new_session_id, self._owner)
         record = attrs.evolve(stored, session_id=new_session_id)
-        await self._checkpoints.save(record)
+        try:
+            # Written only if nothing is stored under the new id: the check and the write are one
+            # transaction, so a session stored meanwhile by another process is not overwritten.
+            await self._checkpoints.save_with_concurrency_check(record, None)
+        except ConcurrencyConflict:
+            await self._checkpoints.release_lease(new_session_id, self._owner)
+            raise SessionExists(new_session_id, where="stored in the checkpointer") from None
         await self._spawn(SessionCore.from_checkpoint(record), config, fresh=False)
         return Resumed(step)
 
@@ -401,6 +436,13 @@ class AppRunner:
         if inbox is None:
             raise SessionNotFound(session_id)
         return inbox
+
+
+def _check_graph(stored: Checkpoint, config: SchedulerConfig, allow_graph_change: bool) -> None:
+    """Refuse to resume ``stored`` with a graph other than the one that wrote it."""
+    if allow_graph_change or stored.graph_hash is None or stored.graph_hash == config.graph_hash:
+        return
+    raise GraphMismatch(stored.session_id, stored.graph_hash, config.graph_hash)
 
 
 def _is_session_id(value: object) -> bool:

@@ -114,6 +114,10 @@ class SchedulerConfig:
     thread_limiter: trio.CapacityLimiter
     pool: NodePool
     perturb: Perturbation | None = None
+    # Recorded in every checkpoint, so that a resume with another graph can be refused.
+    graph_hash: str = attrs.field(
+        default=attrs.Factory(lambda self: self.graph.graph_metadata().graph_hash, takes_self=True)
+    )
 
     def now_ms(self) -> int:
         return self.clock.now_unix_ms() if self.clock is not None else trio_wall_ms()
@@ -392,6 +396,7 @@ class Scheduler:
             ran_nodes=report.ran_nodes,
             skipped_nodes=report.skipped_nodes,
             updated_channels=report.updated_channels,
+            graph_hash=self.config.graph_hash,
         )
 
     async def _checkpoint(self, report: StepReport) -> None:

@@ -34,6 +34,8 @@ SPEC_NAMES = [
     "map_merge",
     "add_errors",
     "AppRunner",
+    "SessionExists",
+    "GraphMismatch",
     "CheckpointerType",
     "Checkpointer",
     "Checkpoint",

@@ -284,10 +284,10 @@ class StepCodec:
     def encode(self, cp: Checkpoint, tip: Tip | None, *, log_end: int, token: str) -> Encoded:
         """Encode ``cp`` as a delta against ``tip`` when worthwhile, else as a snapshot.
 
-        The body holds ``frontier``, ``versions_seen``, ``join_state``, ``concurrency_limit`` and
-        ``versions``; a snapshot adds ``extra`` and ``errors`` (and ``messages`` inline); a delta adds
-        ``extra_set``, ``extra_deleted``, ``errors`` only when they changed (and
-        ``messages_appended`` inline).
+        The body holds ``frontier``, ``versions_seen``, ``join_state``, ``concurrency_limit``,
+        ``versions`` and ``graph_hash`` (when known); a snapshot adds ``extra`` and ``errors`` (and
+        ``messages`` inline); a delta adds ``extra_set``, ``extra_deleted``, ``errors`` only when
+        they changed (and ``messages_appended`` inline).
         """
         state = cp.state
         appended: tuple[Message, ...] | None = None
@@ -313,6 +313,8 @@ class StepCodec:
                 "errors": state.errors_version,
             },
         }
+        if cp.graph_hash is not None:
+            body["graph_hash"] = cp.graph_hash
         if is_delta:
             assert tip is not None
             assert appended is not None
@@ -447,6 +449,7 @@ class StepCodec:
                 ran_nodes=row.ran_nodes,
                 skipped_nodes=row.skipped_nodes,
                 updated_channels=row.updated_channels,
+                graph_hash=body.get("graph_hash"),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise BrokenHistory(
