@@ -251,14 +251,88 @@ StateSlotError.Deserialize = StateSlotDeserialize  # type: ignore[attr-defined]
 
 
 class TaskExecutionError(TreadleError):
-    def __init__(self, task: str, cause: BaseException) -> None:
+    """A workflow task failed after its retries (or timed out); the original error is ``cause``
+    (and ``__cause__``)."""
+
+    def __init__(self, task: str, cause: BaseException, *, attempts: int = 1) -> None:
         self.task = task
         self.cause = cause
-        super().__init__(f"task {task!r} failed: {type(cause).__name__}: {cause}")
+        self.attempts = attempts
+        detail = str(cause) or type(cause).__name__
+        super().__init__(
+            f"task {task!r} failed after {attempts} attempt{'s' if attempts != 1 else ''}: "
+            f"{type(cause).__name__}: {detail}"
+        )
+
+
+class TaskTimeoutError(TreadleError, TimeoutError):
+    """One attempt of a workflow task ran past its ``timeout``; a sync task's thread is abandoned."""
+
+    def __init__(self, task: str, timeout: float) -> None:
+        self.task = task
+        self.timeout = timeout
+        super().__init__(f"task {task!r} timed out after {timeout:g} s")
 
 
 class WorkflowExecutionError(TreadleError, RuntimeError):
-    def __init__(self, workflow: str, failed_task: str) -> None:
+    """A workflow run stopped because a task failed; ``__cause__`` is its :class:`TaskExecutionError`.
+
+    ``failed_task`` is the first failed task in plan order; ``failed_tasks`` lists every task that
+    failed in that layer.
+    """
+
+    def __init__(
+        self, workflow: str, failed_task: str, failed_tasks: Sequence[str] | None = None
+    ) -> None:
         self.workflow = workflow
         self.failed_task = failed_task
-        super().__init__(f"workflow {workflow!r} failed at task {failed_task!r}")
+        self.failed_tasks = tuple(failed_tasks) if failed_tasks is not None else (failed_task,)
+        super().__init__(
+            f"workflow {workflow!r} failed at task {failed_task!r}; fix the task and run again "
+            "(with a state store, completed tasks are not re-run)"
+        )
+
+
+class WorkflowDefinitionError(TreadleError, ValueError):
+    """A workflow definition is invalid; raised by ``Workflow.add_task``."""
+
+
+class DuplicateTask(WorkflowDefinitionError):
+    def __init__(self, workflow: str, task: str) -> None:
+        self.workflow = workflow
+        self.task = task
+        super().__init__(
+            f"Task {task!r} already exists in workflow {workflow!r}; give the new task another name"
+        )
+
+
+class UnknownDependency(WorkflowDefinitionError):
+    def __init__(self, workflow: str, task: str, dependency: str) -> None:
+        self.workflow = workflow
+        self.task = task
+        self.dependency = dependency
+        super().__init__(
+            f"Dependency {dependency!r} of task {task!r} does not exist in workflow "
+            f"{workflow!r}. Add it before adding {task!r}."
+        )
+
+
+class DependencyCycle(WorkflowDefinitionError):
+    def __init__(self, workflow: str, path: Sequence[str]) -> None:
+        self.workflow = workflow
+        self.path = tuple(path)
+        super().__init__(
+            f"workflow {workflow!r} would contain a circular dependency: "
+            f"{' -> '.join(self.path)}; remove one of these dependencies"
+        )
+
+
+class MissingArgument(WorkflowDefinitionError):
+    def __init__(self, workflow: str, task: str, parameter: str) -> None:
+        self.workflow = workflow
+        self.task = task
+        self.parameter = parameter
+        super().__init__(
+            f"parameter {parameter!r} of task {task!r} names no direct dependency and has no "
+            f"default; add depends_on=[{parameter!r}] or give it a default"
+        )
