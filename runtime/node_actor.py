@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
@@ -15,6 +16,14 @@ from .clock import Clock
 from .context import NodeContext
 from .errors import NodeTimeoutError
 from .graph import NodeSpec
+from .lifecycle import (
+    NODE_COMPLETED_SCOPE,
+    NODE_FAILED_SCOPE,
+    NODE_RETRYING_SCOPE,
+    NODE_STARTED_SCOPE,
+    describe_error,
+    node_event,
+)
 from .messages import Execute, NodeDone
 from .partial import NodePartial
 from .state import StateSnapshot
@@ -32,6 +41,7 @@ async def node_actor(
     clock: Clock | None,
     thread_limiter: trio.CapacityLimiter,
     first: Execute | None = None,
+    lifecycle: bool = False,
 ) -> None:
     """Run ``spec`` once per :class:`Execute` and answer each with exactly one :class:`NodeDone`.
 
@@ -47,7 +57,11 @@ async def node_actor(
 
     Errors: exceptions from the node are retried per its :class:`RetryPolicy` and then sent back as the
     reply's ``error``; they never crash the actor.
+
+    With ``lifecycle`` the actor also publishes ``node.started``, ``node.retrying`` and
+    ``node.completed``/``node.failed`` for each execution (see :mod:`.lifecycle`).
     """
+    execute = functools.partial(_observed, bus) if lifecycle else _execute
 
     async def handle(msg: Execute) -> None:
         ctx = NodeContext(
@@ -60,7 +74,7 @@ async def node_actor(
             clock=clock,
         )
         try:
-            done = await _execute(spec, msg, ctx, thread_limiter)
+            done = await execute(spec, msg, ctx, thread_limiter)
         except BaseException:
             # Cancelled from outside (the runner is closing): still answer, so a scheduler draining
             # its step never waits for a reply that cannot come.
@@ -79,8 +93,54 @@ async def node_actor(
             await handle(msg)
 
 
+async def _observed(
+    bus: EventBus,
+    spec: NodeSpec,
+    msg: Execute,
+    ctx: NodeContext,
+    thread_limiter: trio.CapacityLimiter,
+) -> NodeDone:
+    """:func:`_execute` framed by lifecycle events; a cancelled execution reports nothing more."""
+    bus.publish_fresh_nowait(
+        node_event(ctx, NODE_STARTED_SCOPE, f"{spec.name} started at step {msg.step}")
+    )
+    began = trio.current_time()
+
+    def retrying(attempt: int, error: Exception) -> None:
+        event = node_event(
+            ctx,
+            NODE_RETRYING_SCOPE,
+            f"{spec.name} retrying at step {msg.step} (attempt {attempt})",
+            attempt=attempt,
+            error=describe_error(error),
+        )
+        bus.publish_fresh_nowait(event)
+
+    done = await _execute(spec, msg, ctx, thread_limiter, retrying)
+    if done.error is not None:
+        error = describe_error(done.error)
+        event = node_event(
+            ctx, NODE_FAILED_SCOPE, f"{spec.name} failed at step {msg.step}: {error}", error=error
+        )
+        bus.publish_fresh_nowait(event)
+    elif not done.cancelled:
+        duration_ms = round((trio.current_time() - began) * 1000, 3)
+        event = node_event(
+            ctx,
+            NODE_COMPLETED_SCOPE,
+            f"{spec.name} completed at step {msg.step}",
+            duration_ms=duration_ms,
+        )
+        bus.publish_fresh_nowait(event)
+    return done
+
+
 async def _execute(
-    spec: NodeSpec, msg: Execute, ctx: NodeContext, thread_limiter: trio.CapacityLimiter
+    spec: NodeSpec,
+    msg: Execute,
+    ctx: NodeContext,
+    thread_limiter: trio.CapacityLimiter,
+    retrying: Callable[[int, Exception], None] | None = None,
 ) -> NodeDone:
     attempt = 1
     with trio.CancelScope() as scope:
@@ -97,6 +157,8 @@ async def _execute(
                         "node %r failed attempt %d at step %d (%r); retrying in %.3f s",
                         spec.name, attempt, msg.step, exc, delay,
                     )  # fmt: skip
+                    if retrying is not None:
+                        retrying(attempt + 1, exc)
                     await trio.sleep(delay)
                     attempt += 1
                 else:

@@ -34,6 +34,8 @@ class NodePool:
     clock: Clock | None
     thread_limiter: trio.CapacityLimiter
     perturb: Perturbation | None = None
+    # Node actors publish lifecycle events (AppRunner(lifecycle_events=True)).
+    lifecycle: bool = False
     _idle: dict[str, list[MailboxSender[Execute]]] = attrs.field(factory=dict, init=False)
     _started: int = attrs.field(default=0, init=False)
 
@@ -75,6 +77,7 @@ class NodePool:
             clock=self.clock,
             thread_limiter=self.thread_limiter,
             first=first,
+            lifecycle=self.lifecycle,
         )
         self.nursery.start_soon(actor, name=f"treadle node {node!r}")
         self._started += 1

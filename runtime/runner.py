@@ -91,6 +91,9 @@ class AppRunner:
             writes in order, ``"exit"`` writes only when a run ends, pauses or the runner closes.
         perturbation: a hook awaited at every mailbox operation, for interleaving tests.
         max_threads: how many ``thread=True`` nodes may run in worker threads at once.
+        lifecycle_events: the runtime publishes ``node.started``, ``node.completed``,
+            ``node.failed``, ``node.retrying``, ``node.skipped`` and ``step.completed`` events
+            (see :mod:`treadle.runtime.lifecycle`); off by default, and free when off.
     """
 
     def __init__(
@@ -105,6 +108,7 @@ class AppRunner:
         durability: Durability = "sync",
         perturbation: Perturbation | None = None,
         max_threads: int = 8,
+        lifecycle_events: bool = False,
     ) -> None:
         if durability not in _DURABILITY:
             raise ValueError(
@@ -122,6 +126,7 @@ class AppRunner:
         self._checkpoints = CheckpointerActor(self._checkpointer, perturb=perturbation)
         self._perturb = perturbation
         self._max_threads = max_threads
+        self.lifecycle_events = lifecycle_events
         self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._sessions: dict[str, MailboxSender[SchedulerMsg]] = {}
         self._stack: AsyncExitStack | None = None
@@ -160,8 +165,10 @@ class AppRunner:
                 clock=self.clock,
                 thread_limiter=thread_limiter,
                 perturb=self._perturb,
+                lifecycle=self.lifecycle_events,
             ),
             perturb=self._perturb,
+            lifecycle=self.lifecycle_events,
         )
         return self
 

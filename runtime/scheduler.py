@@ -23,6 +23,7 @@ from .errors import NodeRunError
 from .events import DiagnosticEvent, stream_end
 from .frontier import RouterFailed, route
 from .graph import END, START, CompiledGraph
+from .lifecycle import NODE_SKIPPED_SCOPE, STEP_COMPLETED_SCOPE, runtime_event
 from .messages import Execute, NodeDone, StepCancel
 from .partial import NodePartial
 from .pool import NodePool
@@ -118,6 +119,8 @@ class SchedulerConfig:
     graph_hash: str = attrs.field(
         default=attrs.Factory(lambda self: self.graph.graph_metadata().graph_hash, takes_self=True)
     )
+    # Publish node.skipped and step.completed (AppRunner(lifecycle_events=True)).
+    lifecycle: bool = False
 
     def now_ms(self) -> int:
         return self.clock.now_unix_ms() if self.clock is not None else trio_wall_ms()
@@ -244,6 +247,8 @@ class Scheduler:
             else:
                 run.append((index, node))
         ran = tuple(node for _, node in run)
+        if self.config.lifecycle:
+            await self._publish_skipped(step, skipped)
 
         partials, failure = await self._execute(step, snapshot, run)
         if failure is not None:
@@ -274,6 +279,8 @@ class Scheduler:
             completed=is_complete(routing.frontier),
         )
         await self._checkpoint(report)
+        if self.config.lifecycle:
+            await self._publish_step(report)
         for source, target in routing.unknown_targets:
             await self.config.bus.publish(
                 core.session_id,
@@ -420,6 +427,36 @@ class Scheduler:
     async def save_initial(self) -> None:
         """Write the step-0 checkpoint of a fresh session."""
         await self._checkpoint(StepReport(self.core.step, (), (), (), self.core.frontier, False))
+
+    async def _publish_skipped(self, step: int, skipped: list[str]) -> None:
+        core = self.core
+        for index, node in enumerate(core.frontier):
+            if node in skipped and node not in (START, END):
+                event = runtime_event(
+                    self.config.clock,
+                    core.session_id,
+                    self.invocation_id,
+                    step,
+                    NODE_SKIPPED_SCOPE,
+                    f"{node} skipped at step {step}: its inputs did not change",
+                    node_id=node,
+                    frontier_index=index,
+                )
+                await self.config.bus.publish_fresh(event)
+
+    async def _publish_step(self, report: StepReport) -> None:
+        event = runtime_event(
+            self.config.clock,
+            self.core.session_id,
+            self.invocation_id,
+            report.step,
+            STEP_COMPLETED_SCOPE,
+            f"step {report.step} completed: ran {', '.join(report.ran_nodes) or 'nothing'}",
+            ran=list(report.ran_nodes),
+            skipped=list(report.skipped_nodes),
+            next_frontier=list(report.next_frontier),
+        )
+        await self.config.bus.publish_fresh(event)
 
     async def _publish_end(self, *, error: str | None = None) -> None:
         core = self.core

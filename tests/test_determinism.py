@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
 import pytest
 import trio
 from hypothesis import given, settings
@@ -22,6 +23,7 @@ from strategies import graph_initial_states, graph_specs
 from treadle import testing
 from treadle.runtime.errors import NodeRunError
 from treadle.runtime.graph import END, START, GraphBuilder
+from treadle.runtime.lifecycle import LIFECYCLE_SCOPES
 from treadle.runtime.partial import NodePartial
 from treadle.runtime.state import ErrorEvent, ErrorScope, Message, VersionedState
 from treadle.testing import (
@@ -58,7 +60,13 @@ def test_every_interleaving_matches_the_reference(
     spec: GraphSpec, state: VersionedState, schedule: Schedule, seed: Any
 ) -> None:
     expected = reference_run(spec, state, max_steps=MAX_STEPS)
-    actual = comparable(run_with_schedule(build_app(spec), state, schedule, max_steps=MAX_STEPS))
+    # Lifecycle events on: they must not change the run (the reference does not emit them; their
+    # own schedule-independence is tested in test_lifecycle_events.py).
+    run = run_with_schedule(
+        build_app(spec), state, schedule, max_steps=MAX_STEPS, lifecycle_events=True
+    )
+    events = tuple(e for e in run.events if e.scope not in LIFECYCLE_SCOPES)
+    actual = comparable(attrs.evolve(run, events=events))
     assert actual == expected, describe_difference(expected, actual)
 
 

@@ -9,7 +9,8 @@ Workloads (async no-op nodes, in-memory checkpoints, default runner options unle
 - baseline: one task sends one message to each of N long-lived echo tasks over memory channels and
   awaits N replies (µs per echo).
 Each workload is timed as a fresh session on an open runner ("session") and as ``App.invoke``, which
-also starts and stops the runner and starts every node actor ("invoke"). Every run is paired with a
+also starts and stops the runner and starts every node actor ("invoke"); "+lc" rows run the
+session with ``lifecycle_events=True`` (the other rows have them off, their default). Every run is paired with a
 baseline round measured just before it (the machine's speed drifts within seconds); the reported
 ratio is the median of the per-pair ratios. Rounds alternate the order of the workloads.
 """
@@ -160,6 +161,11 @@ def main() -> None:
         "chain: invoke": lambda: invoke_ratios(chain, n, n, reps),
         "fanout: session": lambda: session_ratios(fan, n + 2, n, reps, concurrency_limit=n),
         "fanout: invoke": lambda: invoke_ratios(fan, n + 2, n, reps, concurrency_limit=n),
+        # Lifecycle events on (a bus with no sinks): what they cost when asked for.
+        "chain: session+lc": lambda: session_ratios(chain, n, n, reps, lifecycle_events=True),
+        "fanout: session+lc": lambda: session_ratios(
+            fan, n + 2, n, reps, concurrency_limit=n, lifecycle_events=True
+        ),
     }
     results: dict[str, tuple[list[float], list[float], list[float]]] = {
         name: ([], [], []) for name in workloads
