@@ -43,6 +43,7 @@ from .runtime.errors import EdgeToStart as EdgeToStart
 from .runtime.errors import GraphCompileError as GraphCompileError
 from .runtime.errors import GraphMismatch as GraphMismatch
 from .runtime.errors import InvalidIterativeEntry as InvalidIterativeEntry
+from .runtime.errors import InvalidNodeOutput as InvalidNodeOutput
 from .runtime.errors import MissingArgument as MissingArgument
 from .runtime.errors import MissingEntry as MissingEntry
 from .runtime.errors import NodeRunError as NodeRunError

@@ -104,6 +104,27 @@ class NodeRunError(TreadleError):
         super().__init__(f"node {node!r} failed at step {step}: {type(cause).__name__}: {cause}")
 
 
+class InvalidNodeOutput(TreadleError, TypeError):
+    """A node returned something that cannot be stored: a wrong type, or a value that is not JSON.
+
+    Raised inside the node actor, so it fails that node like any exception (its ``RetryPolicy``
+    applies) and reaches the caller as the ``cause`` of :class:`NodeRunError`.
+
+    Attributes:
+        node: The node that returned it.
+        key: Where: the ``extra`` key, ``"messages[i]"``, ``"errors[i]"``, ``"frontier"``, or
+            ``None`` when the return value itself has the wrong type.
+        reason: What is wrong with it.
+    """
+
+    def __init__(self, node: str, key: str | None, reason: str) -> None:
+        self.node = node
+        self.key = key
+        self.reason = reason
+        where = "" if key is None else f" (key {key!r})"
+        super().__init__(f"node {node!r} returned invalid output{where}: {reason}")
+
+
 class NodeTimeoutError(TreadleError, TimeoutError):
     """One attempt of a node exceeded its ``timeout``."""
 

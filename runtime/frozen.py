@@ -72,10 +72,13 @@ def _trusted(items: Mapping[str, Any]) -> FrozenDict:
 EMPTY: FrozenDict = _trusted({})
 """The empty frozen mapping (shared; it cannot change)."""
 
-_SCALARS = frozenset({type(None), bool, int, str, FrozenDict})
+_SCALARS = frozenset({type(None), bool, int, FrozenDict})
+
+MAX_DEPTH = 500
+"""How deeply arrays and objects may nest in a frozen value (deeper ones cannot be stored)."""
 
 
-def freeze(value: object, *, path: str = "value") -> JSON:
+def freeze(value: object, *, path: str = "value", depth: int = 0) -> JSON:
     """Return ``value`` as a frozen JSON value.
 
     Dicts become :class:`FrozenDict` (keys must be strings), lists and tuples become tuples, scalars
@@ -85,20 +88,48 @@ def freeze(value: object, *, path: str = "value") -> JSON:
     Args:
         value: The value to freeze.
         path: How to name ``value`` in error messages, e.g. ``"extra['a']"``.
+        depth: How many arrays or objects ``value`` sits in (1 for a value of ``extra``), so
+            that the limit counts from the root of what will be stored.
 
     Raises:
         TypeError: ``value`` contains something that is not a JSON value (a set, bytes, an arbitrary
-            object, NaN or infinity, a non-string key); the message names where.
+            object, NaN or infinity, a non-string key, a string with a lone surrogate, which UTF-8
+            cannot encode) or nests deeper than :data:`MAX_DEPTH`; the message names where.
     """
+    return _freeze(value, path, depth)
+
+
+def _freeze(value: object, path: str, depth: int) -> JSON:
+    # One Python frame per level of nesting (no helper calls, no comprehensions), so a value
+    # nested MAX_DEPTH deep freezes well inside the interpreter's recursion limit.
     kind = type(value)
     if kind in _SCALARS:
         return cast("JSON", value)
+    if kind is str:
+        text = cast(str, value)
+        return text if text.isascii() else _check_text(text, path)
     if kind is float:
         return _check_float(cast(float, value), path)
-    if kind is tuple or kind is list:
-        return _freeze_sequence(cast("list[object]", value), path)
+    if kind is tuple or kind is list or isinstance(value, list | tuple):
+        depth += 1
+        _check_depth(depth, path)
+        items = cast("list[object] | tuple[object, ...]", value)
+        frozen: list[JSON] = []
+        same = kind is tuple
+        for i, item in enumerate(items):
+            result = _freeze(item, f"{path}[{i}]", depth)
+            same = same and result is item
+            frozen.append(result)
+        # Hand back the original tuple when nothing changed, so identity checks stay cheap.
+        return cast("tuple[JSON, ...]", items) if same else tuple(frozen)
     if isinstance(value, Mapping):
-        return _trusted(_freeze_mapping(value, path))
+        depth += 1
+        _check_depth(depth, path)
+        mapping: dict[str, JSON] = {}
+        for key, item in value.items():
+            _check_key(key, path)
+            mapping[key] = _freeze(item, f"{path}[{key!r}]", depth)
+        return _trusted(mapping)
     # Subclasses of the scalar types (IntEnum, StrEnum…) are stored as their plain JSON value.
     if isinstance(value, bool):
         return bool(value)
@@ -107,9 +138,7 @@ def freeze(value: object, *, path: str = "value") -> JSON:
     if isinstance(value, float):
         return _check_float(float(value), path)
     if isinstance(value, str):
-        return str.__str__(value)
-    if isinstance(value, list | tuple):
-        return _freeze_sequence(value, path)
+        return _freeze(str.__str__(value), path, depth)
     _not_json(value, path)
 
 
@@ -121,23 +150,41 @@ def _check_float(value: float, path: str) -> float:
     return value
 
 
-def _freeze_sequence(value: list[object] | tuple[object, ...], path: str) -> tuple[JSON, ...]:
-    frozen = tuple([freeze(item, path=f"{path}[{i}]") for i, item in enumerate(value)])
-    # Hand back the original tuple when nothing changed, so identity checks stay cheap.
-    if isinstance(value, tuple) and all(a is b for a, b in zip(frozen, value, strict=True)):
-        return cast("tuple[JSON, ...]", value)
-    return frozen
+def _check_text(value: str, path: str) -> str:
+    """``value`` itself if UTF-8 can encode it (it cannot encode a lone surrogate)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise TypeError(
+            f"{path} holds a lone surrogate ({value[exc.start]!r} at index {exc.start}), which "
+            "UTF-8 cannot encode; decode text with errors='replace' before storing it"
+        ) from None
+    return value
+
+
+def _check_depth(depth: int, path: str) -> None:
+    if depth > MAX_DEPTH:
+        where = path if len(path) <= 60 else path[:60] + "..."
+        raise TypeError(
+            f"{where} nests arrays or objects deeper than {MAX_DEPTH} levels, which cannot be "
+            "stored; flatten it"
+        )
+
+
+def _check_key(key: object, path: str) -> None:
+    if type(key) is not str:
+        raise TypeError(
+            f"{path} has the key {key!r} ({type(key).__name__}); JSON object keys must be strings"
+        )
+    if not key.isascii():
+        _check_text(key, f"a key of {path}")
 
 
 def _freeze_mapping(value: Mapping[Any, object], path: str) -> dict[str, JSON]:
     result: dict[str, JSON] = {}
     for key, item in value.items():
-        if type(key) is not str:
-            raise TypeError(
-                f"{path} has the key {key!r} ({type(key).__name__}); JSON object keys must be "
-                "strings"
-            )
-        result[key] = freeze(item, path=f"{path}[{key!r}]")
+        _check_key(key, path)
+        result[key] = _freeze(item, f"{path}[{key!r}]", 1)
     return result
 
 
@@ -149,10 +196,17 @@ def _not_json(value: object, path: str) -> NoReturn:
 
 def thaw(value: JSON) -> Any:
     """Return a plain, mutable deep copy of a frozen value (``dict`` and ``list`` containers)."""
+    # Loops, not comprehensions: one Python frame per level, so MAX_DEPTH nesting thaws.
     if isinstance(value, dict):
-        return {key: thaw(item) for key, item in value.items()}
+        mapping = {}
+        for key, item in value.items():
+            mapping[key] = thaw(item)
+        return mapping
     if isinstance(value, tuple | list):
-        return [thaw(item) for item in value]
+        items = []
+        for item in value:
+            items.append(thaw(item))
+        return items
     return value
 
 
@@ -166,12 +220,21 @@ def strict_equal(a: object, b: object) -> bool:
         return True
     if type(a) is not type(b):
         return False
+    # Loops, not map()/generators: one Python frame per level, so MAX_DEPTH nesting compares.
     if isinstance(a, tuple) and isinstance(b, tuple):
-        return len(a) == len(b) and all(map(strict_equal, a, b))
+        if len(a) != len(b):
+            return False
+        for x, y in zip(a, b, strict=True):  # noqa: SIM110  # a loop keeps one frame per level
+            if not strict_equal(x, y):
+                return False
+        return True
     if isinstance(a, dict) and isinstance(b, dict):
-        return len(a) == len(b) and all(
-            key in b and strict_equal(item, b[key]) for key, item in a.items()
-        )
+        if len(a) != len(b):
+            return False
+        for key, item in a.items():  # noqa: SIM110  # a loop keeps one frame per level
+            if key not in b or not strict_equal(item, b[key]):
+                return False
+        return True
     if isinstance(a, float) and isinstance(b, float):
         # 0.0 == -0.0, but they serialise differently.
         return a == b and math.copysign(1.0, a) == math.copysign(1.0, b)

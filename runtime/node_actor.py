@@ -5,16 +5,18 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, cast
 
+import attrs
 import trio
 
 from ..actors.mailbox import MailboxReceiver
 from .bus import EventBus
 from .clock import Clock
 from .context import NodeContext
-from .errors import NodeTimeoutError
+from .errors import InvalidNodeOutput, NodeTimeoutError
+from .frozen import FrozenDict, _trusted, freeze
 from .graph import NodeSpec
 from .lifecycle import (
     NODE_COMPLETED_SCOPE,
@@ -185,13 +187,51 @@ async def _attempt(
         # fact when it overran its deadline.
         if result is _TIMED_OUT or trio.current_time() >= scope.deadline:
             raise NodeTimeoutError(spec.name, spec.timeout)
+    return check_output(spec.name, result)
+
+
+def check_output(node: str, result: object) -> NodePartial:
+    """``result`` as a partial whose ``extra`` is frozen, or :class:`InvalidNodeOutput`.
+
+    Runs in the node actor, before the barrier, so output that could not be merged or stored
+    fails the node that returned it (and its retries apply), never the step's merge or save.
+    Freezing here moves that cost from the barrier, which then takes the frozen map as is.
+    """
     if result is None:
         return _EMPTY
-    if isinstance(result, NodePartial):
-        return result
-    raise TypeError(
-        f"node {spec.name!r} returned {type(result).__name__}; return a NodePartial or None"
-    )
+    if not isinstance(result, NodePartial):
+        raise InvalidNodeOutput(
+            node, None, f"returned {type(result).__name__}; return a NodePartial or None"
+        )
+    extra = result.extra
+    if extra is not None and type(extra) is not FrozenDict:
+        frozen: dict[str, Any] = {}
+        for key, value in extra.items():
+            try:
+                if not key.isascii():
+                    freeze(key, path="the key")
+                frozen[key] = (
+                    None if value is None else freeze(value, path=f"extra[{key!r}]", depth=1)
+                )
+            except TypeError as exc:
+                raise InvalidNodeOutput(node, key, str(exc)) from None
+        result = attrs.evolve(result, extra=_trusted(frozen))
+    for i, message in enumerate(result.messages or ()):
+        _check_texts(node, f"messages[{i}]", (message.role, message.content))
+    for i, error in enumerate(result.errors or ()):
+        _check_texts(node, f"errors[{i}]", (error.error, error.scope.name, *error.tags))
+    if result.frontier is not None:
+        _check_texts(node, "frontier", result.frontier.targets)
+    return result
+
+
+def _check_texts(node: str, key: str, texts: Iterable[str]) -> None:
+    for text in texts:
+        if not text.isascii():
+            try:
+                freeze(text, path=key)
+            except TypeError as exc:
+                raise InvalidNodeOutput(node, key, str(exc)) from None
 
 
 async def _call(
