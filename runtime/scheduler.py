@@ -217,10 +217,15 @@ class Scheduler:
                 await self._superstep()
             self._release_nodes()
             await self.flush_exit_checkpoint()
-        except NodeRunError as exc:
-            await self._publish_end(error=str(exc))
+        except trio.Cancelled:
+            self._publish_end(error="cancelled")
             raise
-        await self._publish_end()
+        except BaseException as exc:
+            # Whatever ends the run (a node, its output, the checkpointer, an interrupt), the
+            # stream ends with it, so no consumer waits for an end that never comes.
+            self._publish_end(error=str(exc) or type(exc).__name__)
+            raise
+        self._publish_end()
         return core.state
 
     async def flush_exit_checkpoint(self) -> None:
@@ -458,12 +463,13 @@ class Scheduler:
         )
         await self.config.bus.publish_fresh(event)
 
-    async def _publish_end(self, *, error: str | None = None) -> None:
+    def _publish_end(self, *, error: str | None = None) -> None:
+        """Publish the run's ``STREAM_END``; never waits, so it is sent even when cancelled."""
         core = self.core
         clock = self.config.clock
         timestamp = clock.now_seconds() if clock is not None else None
         event = stream_end(core.session_id, core.step, error=error, timestamp=timestamp)
-        await self.config.bus.publish(core.session_id, event)
+        self.config.bus.publish_nowait(core.session_id, event)
 
 
 async def _answer(reply_to: ReplyTo[T], fn: Callable[..., Awaitable[T]], *args: object) -> None:
