@@ -58,6 +58,9 @@ class Execute:
     invocation_id: str
     cancel: StepCancel
     reply_to: MailboxSender[NodeDone]
+    # Which execution of the step this is: a step abandoned by its caller is run again under the
+    # same step number, and a node still busy with the old one must not answer for the new one.
+    round: int = 0
 
 
 @attrs.frozen
@@ -74,3 +77,4 @@ class NodeDone:
     error: BaseException | None = None
     cancelled: bool = False
     attempts: int = 1
+    round: int = 0

@@ -83,9 +83,16 @@ async def node_actor(
             with contextlib.suppress(
                 trio.BrokenResourceError, trio.ClosedResourceError, trio.WouldBlock
             ):
-                msg.reply_to.send_nowait(NodeDone(spec.name, msg.step, msg.index, cancelled=True))
+                msg.reply_to.send_nowait(
+                    NodeDone(spec.name, msg.step, msg.index, cancelled=True, round=msg.round)
+                )
             raise
-        await msg.reply_to.post(done)
+        try:
+            await msg.reply_to.post(done)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            # The session's scheduler is gone (its step was abandoned and it closed): nobody waits
+            # for this reply any more, and a late message never ends an actor.
+            log.info("node %r: reply for step %d dropped, its session closed", spec.name, msg.step)
 
     with inbox:
         if first is not None:
@@ -153,7 +160,14 @@ async def _execute(
                     partial = await _attempt(spec, msg.snapshot, ctx, thread_limiter)
                 except Exception as exc:
                     if not spec.retry.should_retry(exc, attempt):
-                        return NodeDone(spec.name, msg.step, msg.index, error=exc, attempts=attempt)
+                        return NodeDone(
+                            spec.name,
+                            msg.step,
+                            msg.index,
+                            error=exc,
+                            attempts=attempt,
+                            round=msg.round,
+                        )
                     delay = spec.retry.delay(attempt)
                     log.info(
                         "node %r failed attempt %d at step %d (%r); retrying in %.3f s",
@@ -165,13 +179,20 @@ async def _execute(
                     attempt += 1
                 else:
                     return NodeDone(
-                        spec.name, msg.step, msg.index, partial=partial, attempts=attempt
+                        spec.name,
+                        msg.step,
+                        msg.index,
+                        partial=partial,
+                        attempts=attempt,
+                        round=msg.round,
                     )
         finally:
             msg.cancel.unregister(msg.index)
     # Only reached when the step's cancel handle cancelled this execution.
     assert scope.cancelled_caught
-    return NodeDone(spec.name, msg.step, msg.index, cancelled=True, attempts=attempt)
+    return NodeDone(
+        spec.name, msg.step, msg.index, cancelled=True, attempts=attempt, round=msg.round
+    )
 
 
 async def _attempt(

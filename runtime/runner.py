@@ -56,11 +56,13 @@ _SHUTDOWN_GRACE = 10.0
 
 @attrs.frozen
 class RunnerStatistics:
-    """What a runner holds now: open sessions, node actors started so far, idle node actors."""
+    """What a runner holds now: open sessions, node actors started so far, idle node actors, and
+    how many node replies came after their step was abandoned by its caller (and were dropped)."""
 
     sessions: int
     node_actors_started: int
     idle_node_actors: int
+    stale_replies: int = 0
 
 
 @attrs.frozen
@@ -403,6 +405,7 @@ class AppRunner:
             sessions=len(self._sessions),
             node_actors_started=config.pool.started,
             idle_node_actors=config.pool.idle(),
+            stale_replies=config.stale_replies,
         )
 
     def run_metadata(self) -> RunMetadata:

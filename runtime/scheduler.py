@@ -121,6 +121,8 @@ class SchedulerConfig:
     )
     # Publish node.skipped and step.completed (AppRunner(lifecycle_events=True)).
     lifecycle: bool = False
+    stale_replies: int = 0
+    """Replies that arrived after their step was abandoned, dropped (see RunnerStatistics)."""
 
     def now_ms(self) -> int:
         return self.clock.now_unix_ms() if self.clock is not None else trio_wall_ms()
@@ -142,6 +144,9 @@ class Scheduler:
     _replies: MailboxReceiver[NodeDone] = attrs.field(init=False)
     _nursery: trio.Nursery | None = attrs.field(default=None, init=False)
     _dirty: bool = attrs.field(default=False, init=False)
+    # Counts the executions of steps; replies carry it, so one from an abandoned execution is
+    # told apart from the reply to the same step run again.
+    _round: int = attrs.field(default=0, init=False)
 
     def __attrs_post_init__(self) -> None:
         # One reply per node at most is ever outstanding, so this mailbox never makes a node wait.
@@ -305,6 +310,8 @@ class Scheduler:
         if not count:
             return results, None
         cancel = StepCancel()
+        self._round += 1
+        round_ = self._round
         limit = max(1, self.core.concurrency_limit)
         sent = 0
         in_flight = 0
@@ -321,6 +328,7 @@ class Scheduler:
                 self.invocation_id,
                 cancel,
                 self._replies_send,
+                round_,
             )
             mailbox = self._nodes.get(node)
             if mailbox is None:
@@ -336,21 +344,18 @@ class Scheduler:
             in_flight += 1
         while in_flight:
             try:
-                done = await self._replies.receive()
+                done = await self._reply(round_)
             except trio.Cancelled:
-                # Abandoned mid-step: stop every node and collect their replies, so no stale reply
-                # can reach a later step.
+                # Abandoned mid-step: stop every node and collect their replies. Node actors
+                # answer even when cancelled; the bound is for a node stuck in a worker thread,
+                # whose reply then comes late and is dropped by the next round.
                 cancel.cancel_all()
-                # Node actors answer even when cancelled; the bound is a backstop for a node stuck
-                # in a worker thread while the whole runner is closing.
                 with trio.move_on_after(_DRAIN_TIMEOUT) as drain:
                     drain.shield = True
                     for _ in range(in_flight):
-                        await self._replies.receive()
+                        await self._reply(round_)
                 raise
             in_flight -= 1
-            if done.step != step:
-                raise AssertionError(f"reply for step {done.step} arrived during step {step}")
             if done.cancelled:
                 pass
             elif done.error is not None:
@@ -369,6 +374,18 @@ class Scheduler:
         if failed is not None:
             return results, (failed[1], failed[2])
         return results, None
+
+    async def _reply(self, round_: int) -> NodeDone:
+        """The next reply of this round; a reply to an abandoned round is dropped and counted."""
+        while True:
+            done = await self._replies.receive()
+            if done.round == round_:
+                return done
+            self.config.stale_replies += 1
+            log.info(
+                "session %r: dropped a late reply of node %r to an abandoned run of step %d",
+                self.core.session_id, done.node, done.step,
+            )  # fmt: skip
 
     async def _fail(self, step: int, node: str, error: BaseException) -> None:
         """Record a failed step and raise: partials dropped, frontier kept, step stays advanced."""
