@@ -216,6 +216,22 @@ class NodeSpec:
     kind: NodeKind
 
     def __attrs_post_init__(self) -> None:
+        timeout: object = self.timeout
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, int | float)
+        ):
+            raise TypeError(
+                f"node {self.name!r}: timeout must be a number of seconds or None, got {timeout!r}"
+            )
+        retry: object = self.retry
+        if not isinstance(retry, RetryPolicy):
+            raise TypeError(
+                f"node {self.name!r}: retry must be a RetryPolicy (or None), got {retry!r}"
+            )
+        if not isinstance(self.thread, bool):
+            raise TypeError(
+                f"node {self.name!r}: thread must be True or False, got {self.thread!r}"
+            )
         if self.timeout is not None and not self.timeout > 0:
             raise ValueError(
                 f"node {self.name!r}: timeout must be > 0 seconds or None, got {self.timeout!r}"
@@ -408,7 +424,8 @@ class GraphBuilder:
         """Register node ``name`` running ``fn(snapshot, ctx)`` (async or plain) or ``fn.run``.
 
         Raises:
-            TypeError: ``fn`` is neither callable nor an object with an async ``run``.
+            TypeError: ``fn`` is neither callable nor an object with an async ``run``, or
+                ``retry``, ``timeout`` or ``thread`` has the wrong type.
             ValueError: ``timeout`` is not positive, or ``thread=True`` on a non-sync body.
         """
         kind = node_kind(name, fn)
@@ -434,6 +451,9 @@ class GraphBuilder:
         if isinstance(src, str):
             self._edges.append((src, dst))
             return self
+        given: object = src
+        if not isinstance(given, Sequence):
+            _check_endpoint(given, "add_edge source")
         sources = tuple(src)
         for s in sources:
             _check_endpoint(s, "add_edge source")

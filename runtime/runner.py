@@ -9,7 +9,6 @@ import socket
 import uuid
 from contextlib import AsyncExitStack
 from types import TracebackType
-from typing import TYPE_CHECKING
 
 import attrs
 import trio
@@ -17,6 +16,7 @@ import trio
 from ..actors.mailbox import MailboxSender, open_mailbox
 from ..actors.perturb import Perturbation
 from ..actors.request import ask
+from .app import App
 from .bus import EventBus, EventStream
 from .checkpoint import Checkpoint, Checkpointer, CheckpointerType, StepInfo, resolve_checkpointer
 from .checkpointer_actor import CheckpointerActor
@@ -45,9 +45,6 @@ from .scheduler import (
 )
 from .session import Fresh, Resumed, SessionInit, SessionView, StepOptions, StepResult
 from .state import VersionedState
-
-if TYPE_CHECKING:
-    from .app import App
 
 _DURABILITY = ("sync", "async", "exit")
 # How long a clean exit waits for queued checkpoint writes and sink deliveries before cancelling.
@@ -112,6 +109,17 @@ class AppRunner:
         max_threads: int = 8,
         lifecycle_events: bool = False,
     ) -> None:
+        if not isinstance(app, App):
+            raise TypeError(
+                f"AppRunner needs a compiled graph (an App from GraphBuilder().compile()) as app, "
+                f"not {app!r}"
+            )
+        if isinstance(max_threads, bool) or not isinstance(max_threads, int):
+            raise TypeError(f"max_threads must be an int, not {max_threads!r}")
+        if max_threads < 1:
+            raise ValueError(
+                f"max_threads must be at least 1 (thread=True nodes need a thread), not {max_threads}"
+            )
         if durability not in _DURABILITY:
             raise ValueError(
                 f"durability must be one of {', '.join(_DURABILITY)}, not {durability!r}"
