@@ -204,8 +204,8 @@ async def _attempt(
         result = _TIMED_OUT
         with trio.move_on_after(spec.timeout) as scope:
             result = await _call(spec, snapshot, ctx, thread_limiter)
-        # A plain ``def`` node (inline or in a thread) cannot be interrupted: it is failed after the
-        # fact when it overran its deadline.
+        # A plain ``def`` node run inline cannot be interrupted: it is failed after the fact when
+        # it overran its deadline. One in a thread is abandoned at the deadline (see _call).
         if result is _TIMED_OUT or trio.current_time() >= scope.deadline:
             raise NodeTimeoutError(spec.name, spec.timeout)
     return check_output(spec.name, result)
@@ -267,7 +267,12 @@ async def _call(
         return await run(snapshot, ctx)
     fn = cast(Callable[[StateSnapshot, NodeContext], object], spec.fn)
     if spec.thread:
-        return await trio.to_thread.run_sync(fn, snapshot, ctx, limiter=thread_limiter)
+        # A thread cannot be interrupted. With a timeout the node stops waiting for it when
+        # cancelled (at the deadline, or when its step or runner ends): the thread runs on to its
+        # end in the background, holding its limiter slot, and its result is discarded.
+        return await trio.to_thread.run_sync(
+            fn, snapshot, ctx, limiter=thread_limiter, abandon_on_cancel=spec.timeout is not None
+        )
     return fn(snapshot, ctx)
 
 

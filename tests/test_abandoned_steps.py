@@ -8,7 +8,16 @@ from typing import Any
 import pytest
 import trio
 
-from treadle import END, START, AppRunner, GraphBuilder, NodePartial, VersionedState
+from treadle import (
+    END,
+    START,
+    AppRunner,
+    GraphBuilder,
+    NodePartial,
+    NodeRunError,
+    NodeTimeoutError,
+    VersionedState,
+)
 from treadle.runtime import scheduler
 
 
@@ -53,3 +62,35 @@ async def test_a_reply_that_outlives_its_abandoned_step_is_dropped_and_counted(
     assert final.extra["n"] == 3
     assert calls == [1, 1, 2, 3]
     assert stale == 1
+
+
+async def test_a_thread_node_times_out_at_its_deadline_and_its_thread_is_abandoned() -> None:
+    gate = threading.Event()
+    finished = threading.Event()
+
+    def stuck(snapshot: Any, ctx: Any) -> NodePartial:
+        gate.wait(timeout=30)
+        finished.set()
+        return NodePartial(extra={"late": True})
+
+    app = (
+        GraphBuilder()
+        .add_node("stuck", stuck, thread=True, timeout=0.2)
+        .add_edge(START, "stuck")
+        .add_edge("stuck", END)
+        .compile()
+    )
+    with trio.fail_after(20):
+        async with AppRunner(app) as runner:
+            await runner.create_session("s", VersionedState())
+            start = trio.current_time()
+            with pytest.raises(NodeRunError) as info:
+                await runner.run_step("s")
+            elapsed = trio.current_time() - start
+            view = await runner.get_session("s")
+            assert not finished.is_set()  # the thread still runs: it was abandoned, not joined
+            gate.set()
+        await trio.to_thread.run_sync(finished.wait, 10)
+    assert isinstance(info.value.cause, NodeTimeoutError)
+    assert elapsed < 1.0  # at the deadline (0.2 s), not when the body returns
+    assert "late" not in view.state.extra
