@@ -152,6 +152,7 @@ async def _execute(
     retrying: Callable[[int, Exception], None] | None = None,
 ) -> NodeDone:
     attempt = 1
+    answer = functools.partial(NodeDone, spec.name, msg.step, msg.index, round=msg.round)
     with trio.CancelScope() as scope:
         msg.cancel.register(msg.index, scope)
         try:
@@ -160,14 +161,7 @@ async def _execute(
                     partial = await _attempt(spec, msg.snapshot, ctx, thread_limiter)
                 except Exception as exc:
                     if not spec.retry.should_retry(exc, attempt):
-                        return NodeDone(
-                            spec.name,
-                            msg.step,
-                            msg.index,
-                            error=exc,
-                            attempts=attempt,
-                            round=msg.round,
-                        )
+                        return answer(error=exc, attempts=attempt)
                     delay = spec.retry.delay(attempt)
                     log.info(
                         "node %r failed attempt %d at step %d (%r); retrying in %.3f s",
@@ -178,21 +172,12 @@ async def _execute(
                     await trio.sleep(delay)
                     attempt += 1
                 else:
-                    return NodeDone(
-                        spec.name,
-                        msg.step,
-                        msg.index,
-                        partial=partial,
-                        attempts=attempt,
-                        round=msg.round,
-                    )
+                    return answer(partial=partial, attempts=attempt)
         finally:
             msg.cancel.unregister(msg.index)
     # Only reached when the step's cancel handle cancelled this execution.
     assert scope.cancelled_caught
-    return NodeDone(
-        spec.name, msg.step, msg.index, cancelled=True, attempts=attempt, round=msg.round
-    )
+    return answer(cancelled=True, attempts=attempt)
 
 
 async def _attempt(
