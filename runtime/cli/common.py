@@ -15,11 +15,12 @@ def checkpointer_arg(url: str | None) -> Any:
     return url if url is not None else CheckpointerType.SQLITE
 
 
-def load_app(target: str) -> Any:
+def load_app(target: str, *, workflows: bool = False) -> Any:
     """The compiled ``App`` that ``MODULE:ATTR`` names (a ``GraphBuilder`` is compiled, a factory
-    called)."""
+    called); with ``workflows=True`` a ``Workflow`` is returned as it is."""
     from ..app import App
     from ..graph import GraphBuilder
+    from ..workflow import Workflow
 
     module_name, sep, attr = target.partition(":")
     if not sep or not module_name or not attr:
@@ -35,8 +36,10 @@ def load_app(target: str) -> Any:
         raise ValueError(f"module {module_name!r} has no attribute {attr!r}") from None
     if isinstance(obj, GraphBuilder):
         obj = obj.compile()
-    if callable(obj) and not isinstance(obj, App):
+    if callable(obj) and not isinstance(obj, App | Workflow):
         obj = obj()
+    if workflows and isinstance(obj, Workflow):
+        return obj
     if not isinstance(obj, App):
         raise ValueError(f"{target} is a {type(obj).__name__}, not a compiled App")
     return obj

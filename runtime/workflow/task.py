@@ -323,11 +323,11 @@ async def run_attempts(
                 task_.exception.__cause__ = exc
                 task_.error = str(exc) or type(exc).__name__
                 task_.completed_at = _now()
-                log.error("task %r failed after %d attempt(s): %r", task_.name, task_.attempts, exc)
+                log.info("task %r failed after %d attempt(s): %r", task_.name, task_.attempts, exc)
                 await changed(TaskStatus.FAILED)
                 _after(task_)
                 return Outcome(error=task_.exception)
-            log.warning(
+            log.info(
                 "task %r failed attempt %d of %d (%r); retrying",
                 task_.name, task_.attempts, task_.retries + 1, exc,
             )  # fmt: skip

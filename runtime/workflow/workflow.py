@@ -196,6 +196,7 @@ class Workflow:
         max_concurrent: int | None = None,
         state_store: StateStore | None = None,
         event_bus: EventBus | None = None,
+        lifecycle_events: bool = False,
     ) -> dict[str, Any]:
         """Run the workflow to the end from plain code (``trio.run`` inside); return
         ``{task: result}`` of every completed task.
@@ -211,6 +212,7 @@ class Workflow:
                 max_concurrent=max_concurrent,
                 state_store=state_store,
                 event_bus=event_bus,
+                lifecycle_events=lifecycle_events,
             )
 
         return trio.run(main)
@@ -224,18 +226,22 @@ class Workflow:
         state_store: StateStore | None = None,
         event_bus: EventBus | None = None,
         session_id: str | None = None,
+        lifecycle_events: bool = False,
     ) -> dict[str, Any]:
         """Like :meth:`run`, inside Trio.
 
         The workflow is compiled into a graph (each task a node, each task's dependencies a join
         edge into it) and run in one session of an :class:`AppRunner` with ``event_bus``; every
-        task status change is a ``task.<status>`` event on it.
+        task status change is a ``task.<status>`` event on it (metadata ``task``, ``workflow``,
+        ``status``, ``attempt``; ``error`` on ``task.failed``), emitted by the task's node, and
+        ``lifecycle_events=True`` adds the runtime's ``node.*``/``step.*`` events. Without a bus
+        the events go nowhere and cost little.
         """
         from .executors import resolve_executor
 
         chosen = resolve_executor(executor, max_workers=max_workers, max_concurrent=max_concurrent)
         store = state_store if state_store is not None else chosen.state_store
-        return await _WorkflowRun(self, chosen, store).run(event_bus, session_id)
+        return await _WorkflowRun(self, chosen, store).run(event_bus, session_id, lifecycle_events)
 
     def execute(self, executor: Executor | None = None) -> None:
         """Run with ``executor`` (sequential by default): FlowWeaver's documented spelling."""
@@ -266,7 +272,9 @@ class _WorkflowRun:
     store_limiter: trio.CapacityLimiter = attrs.field(factory=lambda: trio.CapacityLimiter(1))
     thread_limiter: trio.CapacityLimiter | None = None
 
-    async def run(self, bus: EventBus | None, session_id: str | None) -> dict[str, Any]:
+    async def run(
+        self, bus: EventBus | None, session_id: str | None, lifecycle_events: bool
+    ) -> dict[str, Any]:
         from ..runner import AppRunner
 
         wf = self.workflow
@@ -288,6 +296,7 @@ class _WorkflowRun:
                 event_bus=bus,
                 concurrency_limit=self.executor.concurrency_limit,
                 autosave=False,
+                lifecycle_events=lifecycle_events,
             ) as runner:
                 await runner.create_session(sid)
                 await runner.run_until_complete(sid)
@@ -358,6 +367,14 @@ class _WorkflowRun:
         kwargs = injected_arguments(task, _DepResults(self.results, deps))
 
         async def notify(t: Task, status: TaskStatus, attempt: int) -> None:
+            if status is TaskStatus.FAILED:
+                await ctx.emit(
+                    "task.failed",
+                    f"task {t.name!r} failed: {t.error}",
+                    task=t.name, workflow=self.workflow.name, status=status.value,
+                    attempt=attempt, error=t.error,
+                )  # fmt: skip
+                return
             await ctx.emit(
                 f"task.{status.value}",
                 f"task {t.name!r} {status.value}",
