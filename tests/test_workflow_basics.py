@@ -32,6 +32,8 @@ def test_task_decorator_bare_and_called_keeps_functions_callable() -> None:
         return text.strip().upper() if upper else text.strip()
 
     assert bare(2) == 3
+    assert called.__flowweaver__["name"] == "renamed"  # type: ignore[attr-defined]
+    assert called.__flowweaver__["retries"] == 2  # type: ignore[attr-defined]
     assert called("  hi ") == "hi"
     assert called(" hi ", upper=True) == "HI"
     wf = Workflow("w")

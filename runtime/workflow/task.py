@@ -202,6 +202,12 @@ def task(
         }
         Task(fn=fn, **options)  # validate the options now, at the decorator
         setattr(fn, _META, options)
+        try:
+            signature: inspect.Signature | None = inspect.signature(fn)
+        except (TypeError, ValueError):
+            signature = None
+        # FlowWeaver's attribute, for code that reads it (its own tests do).
+        setattr(fn, "__flowweaver__", {**options, "signature": signature})  # noqa: B010
         return fn
 
     if callable(name):
