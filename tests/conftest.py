@@ -2,7 +2,7 @@
 
 - pytest-trio runs every ``async def test_*`` (``trio_mode = true``); take the ``autojump_clock``
   fixture instead of sleeping and assert exact virtual times with ``==``.
-- Every async test runs under a real-time watchdog (``trio_watchdog.py``, 30 s unless marked
+- Every async test runs under a real-time watchdog (``trio_watchdog.py``, 60 s unless marked
   ``@pytest.mark.watchdog(seconds)``), so a deadlock fails fast instead of hanging CI. Under
   ``autojump_clock`` also wrap the body in ``with trio.fail_after(...)``: virtual time jumps to that
   deadline at once when everything is blocked.

@@ -55,3 +55,15 @@ def test_a_test_that_finishes_returns_its_value_and_leaves_no_timer() -> None:
 async def test_a_marker_sets_a_longer_watchdog(request: pytest.FixtureRequest) -> None:
     run = next(m for m in request.node.iter_markers("trio") if "run" in m.kwargs).kwargs["run"]
     assert run.watchdog_seconds == DEFAULT_SECONDS + 1
+
+
+def test_an_expired_watchdog_names_itself_whatever_the_test_raised_on_cancellation() -> None:
+    async def hangs_then_complains() -> None:
+        try:
+            await trio.sleep_forever()
+        except trio.Cancelled:
+            raise RuntimeError("a fixture saw the cancellation") from None
+
+    with pytest.raises(trio.TooSlowError, match="watchdog") as info:
+        run_with_watchdog(hangs_then_complains, seconds=0.2, clock=trio.testing.MockClock())
+    assert isinstance(info.value.__cause__, RuntimeError)

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import trio
 
-DEFAULT_SECONDS = 30.0
+DEFAULT_SECONDS = 60.0
 
 T = TypeVar("T")
 
@@ -32,19 +32,26 @@ def run_with_watchdog(
 
     async def guarded() -> T:
         token = trio.lowlevel.current_trio_token()
-        with trio.CancelScope() as scope:
-            timer = threading.Timer(seconds, _cancel_from_thread, (token, scope))
-            timer.daemon = True
-            timer.start()
-            try:
+        scope = trio.CancelScope()
+        timer = threading.Timer(seconds, _cancel_from_thread, (token, scope))
+        timer.daemon = True
+        timer.start()
+        try:
+            with scope:
                 return await async_fn()
-            finally:
-                timer.cancel()
-        raise trio.TooSlowError(
-            f"the test ran longer than its {seconds:g} s watchdog (real time): a deadlock, or mark "
-            f"it @pytest.mark.watchdog(seconds) if it truly needs longer"
-        )
+        except BaseException as exc:
+            # pytest-trio reports a cancelled test as its fixture's doing: say what happened.
+            if scope.cancel_called:
+                raise trio.TooSlowError(expired) from exc
+            raise
+        finally:
+            timer.cancel()
+        raise trio.TooSlowError(expired)
 
+    expired = (
+        f"the test ran longer than its {seconds:g} s watchdog (real time): a deadlock, or mark "
+        f"it @pytest.mark.watchdog(seconds) if it truly needs longer"
+    )
     return trio.run(guarded, clock=clock, instruments=tuple(instruments))
 
 
