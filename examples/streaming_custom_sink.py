@@ -55,7 +55,7 @@ class Broken:
 
     name = "broken"
 
-    def handle(self, event: Event) -> None:
+    async def handle(self, event: Event) -> None:
         raise ValueError(f"cannot encode {event.scope!r}")
 
 

@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING
 import attrs
 import trio
 
-from ..actors.supervisor import ChildCrash, ChildHandle, RestartPolicy, supervise
+from ..actors.supervisor import ChildCrash, RestartPolicy, supervise
 from .events import SINK_ERROR_SCOPE, STREAM_END_SCOPE, DiagnosticEvent, Event, is_sentinel
 from .frozen import FrozenDict
+from .sink_calls import SinkTimeout, ThreadedCalls, sink_name
 from .stream import Buffer, BufferedStream, EventStream, StreamStatistics
 
 if TYPE_CHECKING:
@@ -116,11 +117,19 @@ class DiagnosticStream(BufferedStream[SinkDiagnostic]):
 
 @attrs.define(eq=False)
 class _SinkSlot:
-    """The bus's bookkeeping for one sink; touched only on the Trio thread."""
+    """The bus's bookkeeping for one sink; touched only on the Trio thread.
+
+    ``threaded``: the sink's ``handle`` is a plain method that is not marked ``inline``, so it is
+    called in the sink's one worker thread (``limiter``), each call bounded by ``handle_timeout``.
+    """
 
     sink: Sink
     name: str
     buffer: Buffer[Event]
+    threaded: bool
+    handle_timeout: float | None
+    close_timeout: float
+    limiter: trio.CapacityLimiter = attrs.Factory(lambda: trio.CapacityLimiter(1))
     state: str = "pending"
     opened: bool = False
     incarnations: int = 0
@@ -129,7 +138,6 @@ class _SinkSlot:
     last_error: str | None = None
     last_error_at: float | None = None
     finished: bool = False
-    child: ChildHandle | None = None
     done: trio.Event = attrs.Factory(trio.Event)
 
     def health(self) -> SinkHealth:
@@ -149,13 +157,16 @@ async def _maybe_await(value: object) -> None:
         await value
 
 
-def _sink_name(sink: object) -> str:
-    name = getattr(sink, "name", None)
-    return name if isinstance(name, str) and name else type(sink).__name__
-
-
 def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
+
+
+def _check_timeout(what: str, value: object, *, optional: bool) -> None:
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        allowed = "a number of seconds > 0" + (" or None" if optional else "")
+        raise ValueError(f"{what} must be {allowed}, not {value!r}")
 
 
 class EventBus:
@@ -174,7 +185,15 @@ class EventBus:
         restart_policy: How failing sinks are restarted (default: at most 5 restarts in 10 s,
             with backoff from 0.1 s doubling up to 5 s), after which a sink is detached.
         clock: Where ``last_error_at`` and ``SinkDiagnostic.when`` are read (Unix seconds).
-        close_timeout: How long closing one sink may take at shutdown.
+        handle_timeout: How long one ``handle`` call may take (seconds, ``None``: no limit) before
+            it counts as a failure; a sink's own ``handle_timeout`` attribute overrides it.
+        close_timeout: How long closing one sink may take at shutdown; a sink's own
+            ``close_timeout`` attribute overrides it.
+
+    A plain (sync) ``handle`` is called in a worker thread of its own sink, never on the Trio
+    thread, so a slow or hung sink cannot slow the run; a hung call is abandoned at its timeout.
+    Sinks whose sync ``handle`` is quick and must run on the Trio thread (it calls Trio) say so
+    with ``inline = True``; an async ``handle`` runs on the Trio thread, its timeout a Trio one.
     """
 
     def __init__(
@@ -185,10 +204,14 @@ class EventBus:
         diagnostics: DiagnosticsConfig = DiagnosticsConfig(),  # frozen, so sharing it is safe
         restart_policy: RestartPolicy | None = None,
         clock: Callable[[], float] = time.time,
+        handle_timeout: float | None = 10.0,
         close_timeout: float = 5.0,
     ) -> None:
         if capacity < 1:
             raise ValueError(f"EventBus capacity must be at least 1, not {capacity}")
+        _check_timeout("handle_timeout", handle_timeout, optional=True)
+        _check_timeout("close_timeout", close_timeout, optional=False)
+        self._handle_timeout = handle_timeout
         self.capacity = capacity
         self.diagnostics_config = diagnostics
         self.restart_policy = restart_policy if restart_policy is not None else RestartPolicy()
@@ -222,7 +245,19 @@ class EventBus:
             raise TypeError(
                 f"{sink!r} is not a sink: give it a handle(event) method (and optionally a name)"
             )
-        slot = _SinkSlot(sink, _sink_name(sink), Buffer(self.capacity, keep=is_sentinel))
+        handle = sink.handle
+        handle_timeout = getattr(sink, "handle_timeout", self._handle_timeout)
+        close_timeout = getattr(sink, "close_timeout", self._close_timeout)
+        _check_timeout(f"{sink_name(sink)}.handle_timeout", handle_timeout, optional=True)
+        _check_timeout(f"{sink_name(sink)}.close_timeout", close_timeout, optional=False)
+        slot = _SinkSlot(
+            sink,
+            sink_name(sink),
+            Buffer(self.capacity, keep=is_sentinel),
+            threaded=not (getattr(sink, "inline", False) or inspect.iscoroutinefunction(handle)),
+            handle_timeout=handle_timeout,
+            close_timeout=close_timeout,
+        )
         self._slots.append(slot)
         self._targets = (*self._targets, slot.buffer)
         return slot
@@ -437,7 +472,7 @@ class EventBus:
         """Supervise one sink's actor, then detach it if it failed and close it."""
         try:
             async with trio.open_nursery() as nursery:
-                slot.child = await nursery.start(
+                await nursery.start(
                     functools.partial(
                         supervise,
                         f"sink {slot.name!r}",
@@ -458,6 +493,10 @@ class EventBus:
         finally:
             if slot.state not in ("failed", "stopped"):
                 slot.state = "stopped"
+            # Cut short (the bus was cancelled, or its flush ran out of time): what the sink never
+            # handled is lost, and counted.
+            self._detach_buffer(slot.buffer)
+            slot.buffer.discard()
             await self._close_sink(slot)
             slot.done.set()
 
@@ -471,26 +510,67 @@ class EventBus:
             if opener is not None:
                 await _maybe_await(opener())
             slot.opened = True
-        handle = sink.handle
         buffer = slot.buffer
         items = buffer.items
+        deliver = self._deliver_threaded if slot.threaded else self._deliver_inline
         while True:
             await buffer.wait_readable()
             if not items:
                 if buffer.ended:
                     break
                 continue
-            delivered = 0
-            try:
-                while items:
-                    # Popped before handling, so an event that makes the sink fail is skipped.
-                    result = handle(items.popleft())
-                    if result is not None:
-                        await result
-                    delivered += 1
-            finally:
-                slot.delivered += delivered
+            await deliver(slot)
         slot.finished = True
+
+    async def _deliver_inline(self, slot: _SinkSlot) -> None:
+        """Hand the buffered events to the sink on the Trio thread, awaiting what it returns."""
+        handle = slot.sink.handle
+        items = slot.buffer.items
+        timeout = slot.handle_timeout
+        delivered = 0
+        try:
+            while items:
+                # Popped before handling, so an event that makes the sink fail is skipped.
+                result = handle(items.popleft())
+                if result is not None:
+                    if timeout is None:
+                        await result
+                    else:
+                        with trio.move_on_after(timeout) as scope:
+                            await result
+                        if scope.cancelled_caught:
+                            raise SinkTimeout(slot.name, "handle", timeout)
+                delivered += 1
+        finally:
+            slot.delivered += delivered
+
+    async def _deliver_threaded(self, slot: _SinkSlot) -> None:
+        """Hand the buffered events to the sink in its worker thread, one batch per call.
+
+        An event whose ``handle`` raised or overran is skipped (it is the failure); the events
+        after it go back to the front of the buffer for the restarted sink.
+        """
+        buffer = slot.buffer
+        batch = list(buffer.items)
+        buffer.items.clear()
+        handle = slot.sink.handle
+        calls = ThreadedCalls(
+            [functools.partial(handle, event) for event in batch], slot.handle_timeout
+        )
+        try:
+            await calls.run(slot.limiter)
+        finally:
+            done = calls.done
+            slot.delivered += done
+            failed = calls.error is not None or calls.timed_out
+            rest = batch[done + 1 :] if failed else batch[done:]
+            if rest:
+                buffer.put_back(rest)
+        if calls.error is not None:
+            raise calls.error
+        if calls.timed_out:
+            assert slot.handle_timeout is not None
+            raise SinkTimeout(slot.name, "handle", slot.handle_timeout)
 
     def _on_crash(self, slot: _SinkSlot, crash: ChildCrash) -> None:
         slot.state = "backing_off"
@@ -531,10 +611,22 @@ class EventBus:
         if closer is None or not slot.opened:
             return
         slot.opened = False
+        timeout = slot.close_timeout
         with trio.CancelScope(shield=True) as scope:
-            scope.relative_deadline = self._close_timeout
             try:
-                await _maybe_await(closer())
+                if slot.threaded and not inspect.iscoroutinefunction(closer):
+                    # Like handle, a plain close runs in the sink's thread, timed in wall-clock time.
+                    calls = ThreadedCalls([closer], timeout, timed_from_now=True)
+                    await calls.run(slot.limiter)
+                    if calls.error is not None:
+                        raise calls.error
+                    if calls.timed_out:
+                        raise SinkTimeout(slot.name, "close", timeout)
+                else:
+                    scope.relative_deadline = timeout
+                    await _maybe_await(closer())
+                    if scope.cancelled_caught:
+                        raise SinkTimeout(slot.name, "close", timeout)
             except Exception as exc:
                 # Shutdown goes on; the failure is reported like any other.
                 slot.error_count += 1

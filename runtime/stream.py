@@ -83,6 +83,16 @@ class Buffer(Generic[T]):
                 return
         items.popleft()
 
+    def put_back(self, items: list[T]) -> None:
+        """Return ``items`` (taken but not handled) to the front, in order; never waits.
+
+        If the buffer is then over capacity its oldest items are dropped and counted, as in
+        :meth:`put`. Works after :meth:`end` too, so :meth:`discard` can count them.
+        """
+        self.items.extendleft(reversed(items))
+        while len(self.items) > self.capacity:
+            self._evict()
+
     def end(self) -> None:
         """Mark the end of input; a waiting reader wakes and sees it after the buffered items."""
         self.ended = True

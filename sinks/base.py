@@ -7,6 +7,7 @@ from typing import Protocol, runtime_checkable
 
 from ..actors.errors import TreadleError
 from ..runtime.events import Event
+from ..runtime.sink_calls import sink_name
 
 __all__ = ["Sink", "SinkError", "sink_name"]
 
@@ -15,11 +16,13 @@ __all__ = ["Sink", "SinkError", "sink_name"]
 class Sink(Protocol):
     """Where the event bus delivers events; each sink is run by its own supervised actor.
 
-    ``handle`` is called once per event, in publication order, by that actor only. It may be a
-    plain method (it then runs on the Trio thread, so keep it quick: a slow blocking sink should
-    be async and use ``trio.to_thread``) or return an awaitable. If it raises, the event is counted
-    as an error and skipped, and the sink is restarted after a backoff; events published meanwhile
-    wait in its buffer.
+    ``handle`` is called once per event, in publication order, by that actor only, never from two
+    threads at once. A plain method runs in the sink's own worker thread, so it may block; an async
+    one runs on the Trio thread. A plain ``handle`` that is quick and must run on the Trio thread
+    (it calls Trio) is marked with a class attribute ``inline = True``; it may then return an
+    awaitable. If ``handle`` raises, or takes longer than ``handle_timeout`` (an optional attribute;
+    default the bus's, 10 s), the event is counted as an error and skipped, and the sink is restarted
+    after a backoff; events published meanwhile wait in its buffer.
 
     A sink may also define ``open()`` and ``close()`` (plain or async): ``open`` is called once
     before the first event, ``close`` once when the bus closes or the sink is detached.
@@ -33,12 +36,6 @@ class Sink(Protocol):
     def handle(self, event: Event) -> Awaitable[None] | None:
         """Deliver one event."""
         ...
-
-
-def sink_name(sink: object) -> str:
-    """The sink's ``name``, or its class name when it has none."""
-    name = getattr(sink, "name", None)
-    return name if isinstance(name, str) and name else type(sink).__name__
 
 
 class SinkError(TreadleError):

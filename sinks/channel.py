@@ -25,6 +25,9 @@ class ChannelSink:
         close_channel: Close ``send_channel`` when the sink closes, so the receiver sees the end.
     """
 
+    inline = True
+    """``handle`` runs on the Trio thread: it never blocks (see :class:`~treadle.sinks.Sink`)."""
+
     def __init__(
         self,
         send_channel: trio.abc.SendChannel[Event],

@@ -15,13 +15,16 @@ class JsonLinesSink:
 
     Given a path, the sink opens it in :meth:`open` (truncating unless ``append``) and closes it in
     :meth:`close`; given an open text file, it writes there and leaves closing to the caller.
-    Writes are plain blocking calls on the Trio thread: fine for local files.
+    Writes are plain blocking calls, made in the sink's worker thread (see
+    :class:`~treadle.sinks.Sink`), so a slow disk never slows the run.
 
     Args:
         path_or_file: A path, or a text file object.
         pretty: Write indented JSON (each event then spans several lines).
         append: Append to an existing file instead of truncating it.
         name: The sink's name in health reports (default ``"jsonl"``).
+        inline: Write on the Trio thread instead: only for an in-memory file (``io.StringIO``),
+            for example under a mock clock, where a worker thread would let virtual time jump.
     """
 
     def __init__(
@@ -31,8 +34,10 @@ class JsonLinesSink:
         *,
         append: bool = False,
         name: str | None = None,
+        inline: bool = False,
     ) -> None:
         self.pretty = pretty
+        self.inline = inline
         self.name = name if name is not None else ("jsonl(pretty)" if pretty else "jsonl")
         self._append = append
         if isinstance(path_or_file, str | os.PathLike):

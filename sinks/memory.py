@@ -18,6 +18,9 @@ class MemorySink:
             bound on a long-lived bus).
     """
 
+    inline = True
+    """``handle`` runs on the Trio thread: it never blocks (see :class:`~treadle.sinks.Sink`)."""
+
     def __init__(self, *, name: str = "memory", max_events: int | None = None) -> None:
         if max_events is not None and max_events < 1:
             raise ValueError(f"max_events must be at least 1 or None, not {max_events}")

@@ -48,12 +48,23 @@ class StdOutSink:
         colour: ``True``/``False`` force ANSI colour on or off; ``None`` colours only when the
             stream is a terminal and the ``NO_COLOR`` environment variable is unset.
         name: The sink's name in health reports.
+        inline: Write on the Trio thread instead of the sink's worker thread: only for an
+            in-memory stream (``io.StringIO``), for example under a mock clock.
+
+    Lines are written in the sink's worker thread, so a terminal or pipe that blocks never slows
+    the run.
     """
 
     def __init__(
-        self, stream: TextIO | None = None, colour: bool | None = None, *, name: str = "stdout"
+        self,
+        stream: TextIO | None = None,
+        colour: bool | None = None,
+        *,
+        name: str = "stdout",
+        inline: bool = False,
     ) -> None:
         self.name = name
+        self.inline = inline
         self._stream = stream
         self._colour = colour
         # (stream, decision) so a terminal check is made once per stream, not per event.

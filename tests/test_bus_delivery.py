@@ -53,9 +53,14 @@ async def running(bus: EventBus) -> AsyncIterator[EventBus]:
 
 
 class FlakySink:
-    """Raises on every second event it is handed, and remembers every one of them."""
+    """Raises on every second event it is handed, and remembers every one of them.
+
+    ``inline``: handled on the Trio thread, as these tests run under the autojump clock, which a
+    worker thread would let jump (the threads themselves are tested in test_sink_threads.py).
+    """
 
     name = "flaky"
+    inline = True
 
     def __init__(self) -> None:
         self.seen: list[Event] = []
@@ -106,7 +111,7 @@ async def test_a_failing_sink_never_disturbs_the_others(autojump_clock: trio.abc
     """10,000 events: memory and JSON Lines get all in order; the flaky sink's counts are exact."""
     with trio.fail_after(60):
         memory, flaky, out = MemorySink(), FlakySink(), io.StringIO()
-        jsonl = JsonLinesSink(out)
+        jsonl = JsonLinesSink(out, inline=True)
         policy = RestartPolicy(max_restarts=10**6, within=1.0, initial_backoff=0, max_backoff=0)
         bus = EventBus([flaky, memory, jsonl], capacity=10_001, restart_policy=policy)
         async with running(bus):
@@ -163,6 +168,7 @@ async def test_backoff_happens_at_exact_virtual_times(autojump_clock: trio.abc.C
 
         class Broken:
             name = "broken"
+            inline = True  # calls trio.current_time()
 
             def handle(self, event: Event) -> None:
                 calls.append(trio.current_time())
@@ -362,6 +368,7 @@ async def test_open_and_close_are_called_once_and_a_failing_open_is_retried(
 
         class Picky:
             name = "picky"
+            inline = True  # under the autojump clock
             attempts = 0
 
             async def open(self) -> None:

@@ -71,6 +71,7 @@ class FlakySink:
     """Raises on every second event it is handed."""
 
     name = "flaky"
+    inline = True  # on the Trio thread: these runs use the autojump clock
 
     def __init__(self) -> None:
         self.seen: list[Event] = []
@@ -88,7 +89,7 @@ async def test_a_failing_sink_beside_memory_and_jsonl_during_a_10k_event_run(
         app = fanout_app(100, 100)
         baseline = await app.invoke(VersionedState(), session_id="s")
         memory, flaky, out = MemorySink(), FlakySink(), io.StringIO()
-        bus = EventBus([memory, flaky, JsonLinesSink(out)], clock=trio.current_time)
+        bus = EventBus([memory, flaky, JsonLinesSink(out, inline=True)], clock=trio.current_time)
         final = await app.invoke(VersionedState(), session_id="s", event_bus=bus)
         assert final == baseline  # the run's result is unchanged
 
