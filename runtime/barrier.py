@@ -152,32 +152,33 @@ def _collect_writes(writes: dict[str, JSON], node: str, extra: Mapping[str, obje
 # detect a change (and bump the version) with one identity check.
 
 
-def _merge_messages(
-    reducers: ReducerRegistry, current: tuple[Message, ...], update: tuple[Message, ...]
-) -> tuple[Message, ...]:
-    reducer = reducers.messages
-    if reducer is add_messages:
+def _merge_log(
+    reducer: Any,
+    default: Any,
+    current: tuple[Any, ...],
+    update: tuple[Any, ...],
+    item: type,
+    channel: str,
+) -> tuple[Any, ...]:
+    """Merge an append-only channel (messages, errors): concatenation unless a custom reducer."""
+    if reducer is default:
         return current + update
-    result: tuple[Message, ...] = _check_tuple(
-        reducer.apply(current, update), Message, "messages", reducer
-    )
+    result: tuple[Any, ...] = _check_tuple(reducer.apply(current, update), item, channel, reducer)
     if result is current or (len(result) == len(current) and result == current):
         return current
     return result
+
+
+def _merge_messages(
+    reducers: ReducerRegistry, current: tuple[Message, ...], update: tuple[Message, ...]
+) -> tuple[Message, ...]:
+    return _merge_log(reducers.messages, add_messages, current, update, Message, "messages")
 
 
 def _merge_errors(
     reducers: ReducerRegistry, current: tuple[ErrorEvent, ...], update: tuple[ErrorEvent, ...]
 ) -> tuple[ErrorEvent, ...]:
-    reducer = reducers.errors
-    if reducer is add_errors:
-        return current + update
-    result: tuple[ErrorEvent, ...] = _check_tuple(
-        reducer.apply(current, update), ErrorEvent, "errors", reducer
-    )
-    if result is current or (len(result) == len(current) and result == current):
-        return current
-    return result
+    return _merge_log(reducers.errors, add_errors, current, update, ErrorEvent, "errors")
 
 
 def _merge_extra(

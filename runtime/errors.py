@@ -177,13 +177,6 @@ class InvalidIterativeEntry(TreadleError):
         )
 
 
-class UnexpectedPause(TreadleError):
-    def __init__(self, session_id: str, reason: str) -> None:
-        self.session_id = session_id
-        self.reason = reason
-        super().__init__(f"session {session_id!r} paused unexpectedly ({reason})")
-
-
 class RunnerClosed(TreadleError):
     def __init__(self) -> None:
         super().__init__("the runner is closed: use it inside 'async with AppRunner(...)'")

@@ -167,7 +167,6 @@ class AppRunner:
             checkpoints=self._checkpoints,
             autosave=self.autosave,
             durability=self.durability,
-            thread_limiter=thread_limiter,
             pool=NodePool(
                 graph=self.app.graph,
                 nursery=nursery,

@@ -112,7 +112,6 @@ class SchedulerConfig:
     checkpoints: CheckpointerActor | None
     autosave: bool
     durability: Durability
-    thread_limiter: trio.CapacityLimiter
     pool: NodePool
     perturb: Perturbation | None = None
     # Recorded in every checkpoint, so that a resume with another graph can be refused.
