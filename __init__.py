@@ -112,6 +112,9 @@ from .runtime.state import StateSnapshot as StateSnapshot
 from .runtime.state import VersionedState as VersionedState
 from .runtime.stream import EventStream as EventStream
 from .runtime.stream import StreamStatistics as StreamStatistics
+from .runtime.viz import export_mermaid as export_mermaid
+from .runtime.viz import save_mermaid as save_mermaid
+from .runtime.viz import view_mermaid as view_mermaid
 from .runtime.workflow import AsyncExecutor as AsyncExecutor
 from .runtime.workflow import JSONStateStore as JSONStateStore
 from .runtime.workflow import PostgresStateStore as PostgresStateStore

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
+
+from .viz.mermaid import export_mermaid
 
 if TYPE_CHECKING:
     from ..sinks.base import Sink
@@ -31,6 +33,12 @@ class App:
     def graph_metadata(self) -> GraphMetadata:
         """A hash of the definition (nodes, edges, conditional targets, reducer labels)."""
         return self.graph.graph_metadata()
+
+    def to_mermaid(
+        self, orientation: str = "TD", statuses: Mapping[str, object] | None = None
+    ) -> str:
+        """Mermaid flowchart text of this graph: the same as ``export_mermaid(self, ...)``."""
+        return export_mermaid(self, orientation, statuses)
 
     async def invoke(
         self, state: VersionedState, *, session_id: str | None = None, **runner_options: Any

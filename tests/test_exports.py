@@ -75,6 +75,9 @@ SPEC_NAMES = [
     "WorkflowExecutionError",
     "TaskExecutionError",
     "run",
+    "export_mermaid",
+    "save_mermaid",
+    "view_mermaid",
 ]
 
 

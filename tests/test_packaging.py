@@ -29,6 +29,7 @@ def test_wheel_contains_the_package_and_nothing_else(tmp_path: Path) -> None:
     for package in ("actors", "runtime", "sinks"):
         assert f"treadle/{package}/__init__.py" in files
     assert any(n.startswith("treadle/runtime/checkpointers/migrations/postgres/") for n in files)
+    assert "treadle/runtime/viz/page.html" in files
     assert all(n.startswith("treadle/") for n in files), files
     for excluded in ("tests/", "examples/", "docs/", ".ci/"):
         assert not any(f"/{excluded}" in n or n.startswith(excluded) for n in files)

@@ -10,10 +10,10 @@ from collections.abc import Sequence
 import trio
 
 from ..errors import TreadleError
-from . import demo, graph, run, sessions
+from . import demo, graph, run, sessions, view
 
 # Each command module adds its own sub-parser; a new command is a module and one entry here.
-COMMANDS = (demo, run, sessions, graph)
+COMMANDS = (demo, run, sessions, graph, view)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
