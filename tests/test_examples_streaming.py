@@ -38,6 +38,15 @@ EXPECTED: dict[str, list[str]] = {
         r"stuck reader, read late: 16 events, ending with __treadle_stream_end__",
         r"same virtual time with slow readers: True",
     ],
+    "streaming_slow_sinks.py": [
+        r"run finished before the slow sink caught up: True",
+        r"slow sink handled 101 of 101 events by the time the runner closed",
+        r"run with a hung sink completed 100 steps",
+        r"hung sink: failed, errors=1, dropped=\d+",
+        r"  SinkTimeout: sink 'hung': handle did not return within 0.2 s; it was abandoned .*",
+        r"NodeRunError: node='parse' key='tags'",
+        r"stream ended once: status=error",
+    ],
     "streaming_json.py": [
         r"one event as JSON:",
         r'  "timestamp": 1700000000.0,',
