@@ -72,8 +72,8 @@ class Injected:
     fault: Fault
 
     def _before(self, ctx: Any) -> NodePartial | None:
-        if not self.fault.hit(self.name, ctx.step):
-            return None
+        if self.fault.kind == "save_failure" or not self.fault.hit(self.name, ctx.step):
+            return None  # a failed save is the store's to inject
         match self.fault.kind:
             case "exception":
                 raise RuntimeError(f"injected failure in {self.name} at step {ctx.step}")
