@@ -96,9 +96,11 @@ async def damaged_json_store(folder: Path) -> None:
 
     store = JSONCheckpointer(folder / "json-store")
     async with AppRunner(app, checkpointer=store) as runner:
+        # Opening reads no step file; resuming finds the damage, reports it and sets the file
+        # aside (renamed beside it, never deleted), then goes on from the newest intact step.
+        resumed = await runner.create_session("notes")
         for corrupt in store.corrupt_files():
             print(f"reported: {corrupt.path.relative_to(folder)} ({corrupt.reason.split(':')[0]})")
-        resumed = await runner.create_session("notes")
         print("resumed from:", resumed)
         final = await runner.run_until_complete("notes")
         print("rewritten, last:", final.messages[-1].content)

@@ -10,7 +10,7 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Final, Literal, Protocol, TypeAlias, runtime_checkable
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import attrs
@@ -168,6 +168,18 @@ class StepInfo:
 
 
 # -- the protocol ----------------------------------------------------------------------------------
+
+
+class _Unchecked(enum.Enum):
+    UNCHECKED = "unchecked"
+
+
+UNCHECKED: Final = _Unchecked.UNCHECKED
+"""An ``expected`` step meaning "do not check the stored latest step" (a plain :meth:`save`)."""
+
+Expected: TypeAlias = int | Literal[_Unchecked.UNCHECKED] | None
+"""The latest stored step a writer builds on: a step, ``None`` (no session yet) or
+:data:`UNCHECKED`."""
 
 
 @runtime_checkable

@@ -16,7 +16,7 @@ from ..actors.errors import ActorGone
 from ..actors.mailbox import MailboxReceiver, MailboxSender, open_mailbox
 from ..actors.perturb import Perturbation
 from ..actors.request import ReplyTo, ask, reply
-from .checkpoint import Checkpoint, Checkpointer, StepInfo
+from .checkpoint import UNCHECKED, Checkpoint, Checkpointer, Expected, StepInfo
 
 log = logging.getLogger("treadle.checkpointer")
 
@@ -32,8 +32,11 @@ _MAX_BATCH = 256
 class SavesBatches(Protocol):
     """A backend that can store several checkpoints in one transaction (group commit)."""
 
-    async def save_many(self, cps: Sequence[Checkpoint]) -> None:
-        """Store ``cps`` in order, atomically: all of them or none."""
+    async def save_many(
+        self, cps: Sequence[Checkpoint], expected_steps: Sequence[Expected] | None = None
+    ) -> None:
+        """Store ``cps`` in order, atomically: all of them or none; each is checked against its
+        entry of ``expected_steps`` (as :meth:`Checkpointer.save_with_concurrency_check` does)."""
 
 
 @runtime_checkable
@@ -57,6 +60,9 @@ class Call:
     name: str
     op: Callable[[], Awaitable[Any]]
     reply_to: ReplyTo[Any]
+    # The asker cancels this scope when it stops waiting, so the operation it asked for stops too
+    # (a write waiting for a lock on the server is cancelled there, not left to block the actor).
+    abandon: trio.CancelScope = attrs.field(factory=trio.CancelScope, eq=False)
 
 
 @attrs.frozen
@@ -67,6 +73,8 @@ class PipelinedSave:
     """
 
     checkpoint: Checkpoint
+    # The latest stored step the writer builds on (UNCHECKED: a plain save).
+    expected_step: Expected = UNCHECKED
     done: trio.Event = attrs.field(factory=trio.Event, eq=False)
 
 
@@ -219,10 +227,14 @@ class CheckpointerActor:
             cps = [msg.checkpoint for msg in batch]
             try:
                 if len(cps) == 1:
-                    await self.checkpointer.save(cps[0])
+                    await self._save_one(cps[0], batch[0].expected_step)
                 else:
                     assert isinstance(self.checkpointer, SavesBatches)
-                    await self.checkpointer.save_many(cps)
+                    expected = [msg.expected_step for msg in batch]
+                    if all(step is UNCHECKED for step in expected):
+                        await self.checkpointer.save_many(cps)  # as stores before checks take it
+                    else:
+                        await self.checkpointer.save_many(cps, expected)
             except Exception as exc:
                 log.warning(
                     "checkpoints of steps %d..%d (session %r…) failed: %s",
@@ -241,8 +253,8 @@ class CheckpointerActor:
 
     async def _handle(self, msg: CheckpointerMsg) -> None:
         match msg:
-            case Call(name=name, op=op, reply_to=reply_to):
-                with reply_to:
+            case Call(name=name, op=op, reply_to=reply_to, abandon=abandon):
+                with reply_to, abandon:
                     try:
                         value = await op()
                     except Exception as exc:
@@ -274,10 +286,15 @@ class CheckpointerActor:
     # -- requests ----------------------------------------------------------------------------------
 
     async def _call(self, name: str, op: Callable[[], Awaitable[T]]) -> T:
-        def make(reply_to: ReplyTo[T]) -> Call:
-            return Call(name, op, reply_to)
+        abandon = trio.CancelScope()
 
-        result: T = await ask(self._send, make, actor="checkpointer")
+        def make(reply_to: ReplyTo[T]) -> Call:
+            return Call(name, op, reply_to, abandon)
+
+        try:
+            result: T = await ask(self._send, make, actor="checkpointer")
+        finally:
+            abandon.cancel(reason="the asker stopped waiting")
         return result
 
     def _raise_pending(self) -> None:
@@ -292,32 +309,41 @@ class CheckpointerActor:
             CheckpointerError: This write failed, or an earlier pipelined one did.
         """
         self._raise_pending()
-        await self._call("save", lambda: self._save_after_pipeline(cp))
+        await self._call("save", lambda: self._save_after_pipeline(cp, UNCHECKED))
 
-    async def _save_after_pipeline(self, cp: Checkpoint) -> None:
+    async def _save_after_pipeline(self, cp: Checkpoint, expected_step: Expected) -> None:
         # Runs in the actor: a pipelined failure that arrived after the caller's check still wins.
         self._raise_pending()
-        await self.checkpointer.save(cp)
+        await self._save_one(cp, expected_step)
+
+    async def _save_one(self, cp: Checkpoint, expected_step: Expected) -> None:
+        if expected_step is UNCHECKED:
+            await self.checkpointer.save(cp)
+        else:
+            await self.checkpointer.save_with_concurrency_check(cp, expected_step)
 
     async def save_with_concurrency_check(self, cp: Checkpoint, expected_step: int | None) -> None:
-        """Write a checkpoint only if the session's latest stored step is ``expected_step``.
+        """Write a checkpoint only if the session's latest stored step is ``expected_step`` (or is
+        this very checkpoint already: a retried save that had committed), and wait until it is
+        stored.
 
         Raises:
             ConcurrencyConflict: Someone else wrote the session.
+            CheckpointerError: This write failed, or an earlier pipelined one did.
         """
         self._raise_pending()
         await self._call(
-            "save_with_concurrency_check",
-            lambda: self.checkpointer.save_with_concurrency_check(cp, expected_step),
+            "save_with_concurrency_check", lambda: self._save_after_pipeline(cp, expected_step)
         )
 
-    async def save_pipelined(self, cp: Checkpoint) -> None:
+    async def save_pipelined(self, cp: Checkpoint, *, expected_step: Expected = UNCHECKED) -> None:
         """Queue a checkpoint write without waiting for it (``durability="async"``).
 
         The write overlaps whatever the caller does next, but at most one write per session is in
         flight: this first waits for the session's previous pipelined write, so a crash loses at
         most the step being written. Writes stay in order; writes of several sessions queued
-        together are committed together.
+        together are committed together. With ``expected_step`` the write is checked as
+        :meth:`save_with_concurrency_check` checks it; a conflict is a failed write.
 
         Raises:
             CheckpointerError: An earlier pipelined write failed (raised once).
@@ -327,7 +353,7 @@ class CheckpointerActor:
         if previous is not None and not previous.is_set():
             await previous.wait()
         self._raise_pending()
-        msg = PipelinedSave(cp)
+        msg = PipelinedSave(cp, expected_step)
         self._inflight[cp.session_id] = msg.done
         try:
             # post: no schedule point when the mailbox has room (the caller yields soon anyway).

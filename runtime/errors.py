@@ -198,9 +198,35 @@ class CheckpointNotFound(CheckpointerError):
 
 
 class CheckpointBackendError(CheckpointerError):
-    def __init__(self, backend: str, message: str) -> None:
+    """The storage backend failed (unreachable, locked, full…); ``session_id`` and ``step`` name
+    the step that was not stored, when a step's save failed."""
+
+    def __init__(
+        self,
+        backend: str,
+        message: str,
+        *,
+        session_id: str | None = None,
+        step: int | None = None,
+    ) -> None:
         self.backend = backend
+        self.session_id = session_id
+        self.step = step
         super().__init__(f"{backend}: {message}")
+
+    @classmethod
+    def step_not_stored(
+        cls, backend: str, session_id: str, step: int, cause: BaseException
+    ) -> CheckpointBackendError:
+        """The error for a step whose checkpoint could not be written: the session stays at the
+        step before it, and a retry runs the step again."""
+        return cls(
+            backend,
+            f"step {step} of session {session_id!r} was not stored ({cause}); the session stays "
+            f"at step {step - 1}: retry to run step {step} again",
+            session_id=session_id,
+            step=step,
+        )
 
 
 class ConcurrencyConflict(CheckpointerError):

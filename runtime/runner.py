@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import socket
 import uuid
@@ -22,6 +23,7 @@ from .checkpoint import Checkpoint, Checkpointer, CheckpointerType, StepInfo, re
 from .checkpointer_actor import CheckpointerActor
 from .clock import Clock
 from .errors import (
+    CheckpointBackendError,
     ConcurrencyConflict,
     GraphMismatch,
     NoStartNodes,
@@ -45,6 +47,8 @@ from .scheduler import (
 )
 from .session import Fresh, Resumed, SessionInit, SessionView, StepOptions, StepResult
 from .state import VersionedState
+
+_log = logging.getLogger("treadle.runner")
 
 _DURABILITY = ("sync", "async", "exit")
 # How long a clean exit waits for queued checkpoint writes and sink deliveries before cancelling.
@@ -76,7 +80,10 @@ class AppRunner:
     """Runs sessions of an :class:`App`; every actor lives under this context's nursery.
 
     Leaving ``async with AppRunner(...)`` flushes queued checkpoint writes and sink deliveries (bounded
-    by a grace period), then cancels and joins every actor: no task or thread outlives the block.
+    by a grace period), also when the block raised or was cancelled, releases the session leases,
+    then cancels and joins every actor: no task or thread outlives the block. What could not be
+    stored is reported: by ``CheckpointBackendError``, or, when the block raised, in a note on the
+    block's own error (and a warning in the ``treadle.runner`` log).
 
     Args:
         app: the compiled graph.
@@ -192,10 +199,18 @@ class AppRunner:
         self._nursery = None
         shutdown_error: BaseException | None = None
         try:
-            if exc is None and nursery is not None:
-                with trio.move_on_after(_SHUTDOWN_GRACE) as grace:
-                    grace.shield = True
+            if nursery is not None:
+                # Also when the block raised (or was cancelled): what is owed is still written,
+                # within the grace period.
+                with trio.move_on_after(_SHUTDOWN_GRACE, shield=True) as grace:
                     await self._shutdown()
+                if grace.cancelled_caught:
+                    raise CheckpointBackendError(
+                        self._checkpointer.backend,
+                        f"leaving the runner, checkpoint writes and sink deliveries still queued "
+                        f"after {_SHUTDOWN_GRACE:g} s were dropped; their sessions resume from "
+                        "their last stored step",
+                    )
         except BaseException as error:
             # Raised once every actor is joined below: the nursery must be left whatever happens.
             shutdown_error = error
@@ -205,6 +220,11 @@ class AppRunner:
             sessions, self._sessions = self._sessions, {}
             for inbox in sessions.values():
                 inbox.close()
+        if shutdown_error is not None and exc is not None:
+            # The caller's own error comes first; what shutdown could not do goes with it.
+            _log.warning("while leaving the runner after %r: %s", exc, shutdown_error)
+            exc.add_note(f"leaving the runner also failed: {shutdown_error}")
+            shutdown_error = None
         try:
             suppressed = await stack.__aexit__(exc_type, exc, tb)
         except BaseExceptionGroup as group:
@@ -299,7 +319,12 @@ class AppRunner:
 
     async def _spawn(self, core: SessionCore, config: SchedulerConfig, *, fresh: bool) -> Scheduler:
         assert self._nursery is not None
-        scheduler = Scheduler(config, core, invocation_id=core.session_id)
+        scheduler = Scheduler(
+            config,
+            core,
+            invocation_id=core.session_id,
+            stored_step=None if fresh else core.step,
+        )
         send, receive = open_mailbox[SchedulerMsg](
             16, name=f"{core.session_id}/scheduler", perturb=self._perturb
         )

@@ -19,7 +19,13 @@ from .checkpoint import Checkpoint
 from .checkpointer_actor import CheckpointerActor
 from .clock import Clock
 from .context import trio_wall_ms
-from .errors import NodeRunError
+from .errors import (
+    CheckpointBackendError,
+    CheckpointerError,
+    ConcurrencyConflict,
+    NodeRunError,
+    SessionLeased,
+)
 from .events import DiagnosticEvent, stream_end
 from .frontier import RouterFailed, route
 from .graph import END, START, CompiledGraph
@@ -141,6 +147,9 @@ class Scheduler:
     _nodes: dict[str, MailboxSender[Execute]] = attrs.field(factory=dict, init=False)
     _replies_send: MailboxSender[NodeDone] = attrs.field(init=False)
     _replies: MailboxReceiver[NodeDone] = attrs.field(init=False)
+    # The latest step stored for this session (None: nothing yet); every save states it, so a
+    # second writer of the session is refused instead of interleaving its steps with ours.
+    stored_step: int | None = attrs.field(default=None, kw_only=True)
     _nursery: trio.Nursery | None = attrs.field(default=None, init=False)
     _dirty: bool = attrs.field(default=False, init=False)
     # Counts the executions of steps; replies carry it, so one from an abandoned execution is
@@ -184,7 +193,8 @@ class Scheduler:
                         case GetView():
                             reply(msg.reply_to, outcome.Value(self.core.view()))
                         case FlushCheckpoint():
-                            await _answer(msg.reply_to, self.flush_exit_checkpoint)
+                            with msg.reply_to:
+                                await _answer(msg.reply_to, self.flush_exit_checkpoint)
                         case _:
                             raise AssertionError(f"unknown scheduler message {msg!r}")
                 nursery.cancel_scope.cancel(reason="session closed")
@@ -234,8 +244,10 @@ class Scheduler:
 
     async def flush_exit_checkpoint(self) -> None:
         if self._dirty:
+            await self._save(
+                self._record(self.core, StepReport(self.core.step, (), (), (), (), False))
+            )
             self._dirty = False
-            await self._save(self._record(StepReport(self.core.step, (), (), (), (), False)))
 
     # -- the superstep -----------------------------------------------------------------------------
 
@@ -261,7 +273,6 @@ class Scheduler:
 
         partials, failure = await self._execute(step, snapshot, run)
         if failure is not None:
-            core.step = step
             await self._fail(step, *failure)
 
         state, outcome_ = apply_barrier(core.state, ran, partials, graph.reducers)
@@ -270,15 +281,19 @@ class Scheduler:
                 graph, ran, state.snapshot(), outcome_.frontier_commands, core.join_state
             )
         except RouterFailed as exc:
-            core.step = step
             await self._fail(step, exc.node, exc.cause)
 
-        core.step = step
-        core.state = state
+        versions_seen = dict(core.versions_seen)
         for node in ran:
-            core.versions_seen[node] = versions
-        core.frontier = routing.frontier
-        core.join_state = dict(routing.join_state)
+            versions_seen[node] = versions
+        after = attrs.evolve(
+            core,
+            step=step,
+            state=state,
+            frontier=routing.frontier,
+            versions_seen=versions_seen,
+            join_state=dict(routing.join_state),
+        )
         report = StepReport(
             step=step,
             ran_nodes=ran,
@@ -287,7 +302,7 @@ class Scheduler:
             next_frontier=routing.frontier,
             completed=is_complete(routing.frontier),
         )
-        await self._checkpoint(report)
+        await self._commit(after, report)
         if self.config.lifecycle:
             await self._publish_step(report)
         for source, target in routing.unknown_targets:
@@ -395,11 +410,11 @@ class Scheduler:
             error=f"{type(error).__name__}: {error}",
             tags=("node",),
         )
-        core.state, _ = apply_barrier(
+        state, _ = apply_barrier(
             core.state, (), [NodePartial(errors=(event,))], self.config.graph.reducers
         )
         report = StepReport(step, (), (), ("errors",), core.frontier, False)
-        await self._checkpoint(report)
+        await self._commit(attrs.evolve(core, step=step, state=state), report)
         raise NodeRunError(node, step, error) from error
 
     # -- helpers -----------------------------------------------------------------------------------
@@ -410,15 +425,15 @@ class Scheduler:
         for node, mailbox in nodes.items():
             self.config.pool.give(node, mailbox)
 
-    def _record(self, report: StepReport) -> Checkpoint:
-        core = self.core
+    def _record(self, core: SessionCore, report: StepReport) -> Checkpoint:
         return Checkpoint(
             session_id=core.session_id,
             step=core.step,
             state=core.state,
             frontier=core.frontier,
-            versions_seen=dict(core.versions_seen),
-            join_state=dict(core.join_state),
+            # The core never changes these dicts in place (each step makes new ones): shared.
+            versions_seen=core.versions_seen,
+            join_state=core.join_state,
             concurrency_limit=core.concurrency_limit,
             created_at=self.config.now_ms(),
             ran_nodes=report.ran_nodes,
@@ -427,27 +442,47 @@ class Scheduler:
             graph_hash=self.config.graph_hash,
         )
 
-    async def _checkpoint(self, report: StepReport) -> None:
+    async def _commit(self, after: SessionCore, report: StepReport) -> None:
+        """Checkpoint the session as ``after``, then make it the session's state.
+
+        A step that cannot be stored is not applied: if the save fails (or is cancelled), the
+        session stays as it was, so a retry runs the same step again and the stored history has no
+        gap.
+        """
         config = self.config
-        if config.checkpoints is None or not config.autosave:
-            return
-        if config.durability == "exit":
-            self._dirty = True
-            return
-        await self._save(self._record(report))
+        if config.checkpoints is not None and config.autosave:
+            if config.durability == "exit":
+                self._dirty = True
+            else:
+                await self._save(self._record(after, report))
+        core = self.core
+        core.step = after.step
+        core.state = after.state
+        core.frontier = after.frontier
+        core.versions_seen = after.versions_seen
+        core.join_state = after.join_state
 
     async def _save(self, record: Checkpoint) -> None:
         checkpoints = self.config.checkpoints
         if checkpoints is None:
             return
         if self.config.durability == "async" or checkpoints.volatile:
-            await checkpoints.save_pipelined(record)
+            await checkpoints.save_pipelined(record, expected_step=self.stored_step)
         else:
-            await checkpoints.save(record)
+            try:
+                await checkpoints.save_with_concurrency_check(record, self.stored_step)
+            except (ConcurrencyConflict, SessionLeased):
+                raise
+            except CheckpointerError as exc:
+                raise CheckpointBackendError.step_not_stored(
+                    checkpoints.backend, record.session_id, record.step, exc
+                ) from exc
+        self.stored_step = record.step
 
     async def save_initial(self) -> None:
         """Write the step-0 checkpoint of a fresh session."""
-        await self._checkpoint(StepReport(self.core.step, (), (), (), self.core.frontier, False))
+        core = self.core
+        await self._commit(core, StepReport(core.step, (), (), (), core.frontier, False))
 
     async def _publish_skipped(self, step: int, skipped: list[str]) -> None:
         core = self.core

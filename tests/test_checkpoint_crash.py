@@ -101,6 +101,8 @@ async def work(url: str, durability: str, sessions: list[str]) -> None:
         for session in sessions:
             await runner.create_session(session, VersionedState.with_user_message("go"))
         print("READY", flush=True)
+        if os.environ.get("CRASH_TEST_WAIT_GO"):  # the parent starts several workers at once
+            await trio.to_thread.run_sync(sys.stdin.readline)
         async with trio.open_nursery() as nursery:
             for session in sessions:
                 nursery.start_soon(runner.run_until_complete, session)
@@ -121,17 +123,21 @@ def _find(exc: BaseException, kind: type[BaseException]) -> BaseException | None
 def worker_main(argv: list[str]) -> int:
     import trio
 
-    from treadle import SessionLeased
+    from treadle import ConcurrencyConflict, SessionLeased
 
     _, url, durability, *sessions = argv
     try:
         trio.run(work, url, durability, sessions)
     except Exception as exc:
         leased = _find(exc, SessionLeased)
-        if leased is None:
-            raise
-        print(f"LEASED {leased}", flush=True)
-        return 3
+        if leased is not None:
+            print(f"LEASED {leased}", flush=True)
+            return 3
+        conflict = _find(exc, ConcurrencyConflict)
+        if isinstance(conflict, ConcurrencyConflict):
+            print(f"CONFLICT expected={conflict.expected_step} {conflict}", flush=True)
+            return 3
+        raise
     return 0
 
 

@@ -170,3 +170,38 @@ async def test_the_runner_resumes_past_corrupt_files(tmp_path: Path) -> None:
             # Step 3 was run again and its file rewritten whole.
             assert store.corrupt_files() == []
             assert json.loads(newest.read_text())["step"] == 3
+
+
+async def test_a_damaged_file_in_the_latest_steps_delta_chain_heals_for_every_later_run(
+    tmp_path: Path,
+) -> None:
+    url = f"json:///{tmp_path / 'runs'}"
+    app = counter_app(limit=8, pause=0)
+    with trio.fail_after(30):
+        async with AppRunner(app, checkpointer=url) as runner:
+            await runner.create_session("s", VersionedState(extra={"n": 0, "blob": "x" * 4000}))
+            for _ in range(5):
+                await runner.run_step("s")
+        folder = tmp_path / "runs"
+        kinds = {s: json.loads(step_file(folder, s).read_text())["kind"] for s in range(6)}
+        assert kinds == {0: "snapshot", 1: "delta", 2: "delta", 3: "delta", 4: "delta", 5: "delta"}
+        step_file(folder, 3).write_text("")  # step 5 builds on 4, which builds on 3
+        for attempt in range(2):  # a retry after the failure, then a new runner: both resume
+            async with AppRunner(app, checkpointer=url) as runner:
+                assert await runner.create_session("s") == Resumed(2 if attempt == 0 else 8)
+                final = await runner.run_until_complete("s")
+                assert final.extra["n"] == 8
+                store = runner.checkpointer
+                assert isinstance(store, JSONCheckpointer)
+                history = await runner.get_state_history("s")
+                assert [i.step for i in history] == list(range(9))
+                for step in range(9):
+                    assert (await runner.load_checkpoint("s", step)).state.extra["n"] == step
+        # The first step after the damage was written whole: no stored step builds on old files.
+        assert json.loads(step_file(folder, 3).read_text())["kind"] == "snapshot"
+        # The damaged file and the two built on it were set aside, never deleted.
+        aside = sorted(p.name.split(".set-aside")[0] for p in (folder / "s").glob(".*set-aside*"))
+        assert aside == [f".{s:012d}.json" for s in (3, 4, 5)]
+        async with AppRunner(app, checkpointer=url) as runner:
+            # A fresh open reads the index only; the set-aside files were all rewritten since.
+            assert runner.checkpointer.corrupt_files() == []  # type: ignore[attr-defined]

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import trio
 
-from ..checkpoint import Checkpoint, StepInfo, prune_cutoff_ms
+from ..checkpoint import Checkpoint, Expected, StepInfo, prune_cutoff_ms
 from ..errors import CheckpointerError, CheckpointNotFound
 from .codec import Draft, StepCodec, StepTx, draft_steps, save_steps
 from .connection import ConnectionThread
@@ -60,29 +60,28 @@ class ThreadedStore(ABC):
         self,
         cps: Sequence[Checkpoint],
         drafts: Sequence[Draft | None],
-        check: bool,
-        expected: int | None,
+        expected: Sequence[Expected] | None,
     ) -> None:
         session_ids = [cp.session_id for cp in cps]
         try:
             with self._write_transaction(session_ids) as tx:
-                save_steps(self._codec, tx, cps, drafts=drafts, check=check, expected=expected)
+                save_steps(self._codec, tx, cps, drafts=drafts, expected=expected)
         except BaseException:
             self._forget(session_ids)
             raise
 
     async def _save(
-        self, cps: Sequence[Checkpoint], check: bool = False, expected: int | None = None
+        self, cps: Sequence[Checkpoint], expected: Sequence[Expected] | None = None
     ) -> None:
         # Encoded here, on the Trio thread, so that the connection thread only has to write.
         drafts = draft_steps(self._codec, cps)
-        await self._run(lambda: self._save_sync(cps, drafts, check, expected))
+        await self._run(lambda: self._save_sync(cps, drafts, expected))
 
     async def save(self, cp: Checkpoint) -> None:
         await self._save([cp])
 
     async def save_with_concurrency_check(self, cp: Checkpoint, expected_step: int | None) -> None:
-        await self._save([cp], True, expected_step)
+        await self._save([cp], [expected_step])
 
     # -- reads -------------------------------------------------------------------------------------
 
@@ -145,3 +144,15 @@ class ThreadedStore(ABC):
 
     async def release_lease(self, session_id: str, owner: str) -> None:
         await trio.lowlevel.checkpoint()
+
+
+class BatchingStore(ThreadedStore):
+    """A :class:`ThreadedStore` whose write transaction is atomic over several steps, so that the
+    checkpointer actor may store queued writes together (the SQL stores)."""
+
+    async def save_many(
+        self, cps: Sequence[Checkpoint], expected_steps: Sequence[Expected] | None = None
+    ) -> None:
+        """Store ``cps`` in order in one transaction (the actor's group commit), each checked
+        against its entry of ``expected_steps`` when given (see :func:`~.codec.save_step`)."""
+        await self._save(cps, expected_steps)

@@ -14,7 +14,7 @@ from typing import Any, Final, Protocol
 
 import attrs
 
-from ..checkpoint import Checkpoint, StepInfo
+from ..checkpoint import UNCHECKED, Checkpoint, Expected, StepInfo
 from ..errors import CheckpointerError, ConcurrencyConflict
 from ..frozen import strict_equal, thaw
 from ..state import ErrorEvent, Message, VersionedState
@@ -249,6 +249,9 @@ class StepCodec:
     max_chain: int = 64
     cache_size: int = 256
     _tips: OrderedDict[str, Tip] = attrs.field(factory=OrderedDict, init=False)
+    # Per session, the (step, head token) this codec last wrote as the latest: a write whose
+    # commit went through although its caller saw it fail is recognised by it on retry.
+    _written: OrderedDict[str, tuple[int, str]] = attrs.field(factory=OrderedDict, init=False)
 
     # -- the tip cache -----------------------------------------------------------------------------
 
@@ -267,6 +270,17 @@ class StepCodec:
         self._tips.move_to_end(tip.session_id)
         while len(self._tips) > self.cache_size:
             self._tips.popitem(last=False)
+
+    def wrote(self, session_id: str, step: int, token: str) -> None:
+        """Note that this codec made ``step`` the latest with ``token`` (committed or not)."""
+        self._written[session_id] = (step, token)
+        self._written.move_to_end(session_id)
+        while len(self._written) > self.cache_size:
+            self._written.popitem(last=False)
+
+    def was_written_here(self, session_id: str, head: Head) -> bool:
+        """Whether the stored head is a write made by this codec."""
+        return self._written.get(session_id) == (head.latest_step, head.token)
 
     def peek_tip(self, session_id: str) -> Tip | None:
         """The remembered tip of a session, unchecked (for drafting; any thread may call it)."""
@@ -544,24 +558,32 @@ def save_step(
     cp: Checkpoint,
     *,
     draft: Draft | None = None,
-    check: bool = False,
-    expected: int | None = None,
+    expected: Expected = UNCHECKED,
 ) -> Tip | None:
     """Store ``cp`` inside ``tx``; the tip to remember once ``tx`` commits (``None``: keep the old).
 
     Args:
         draft: ``cp`` encoded ahead (:func:`draft_steps`), used if it still fits the stored head.
-        check: Compare the stored latest step with ``expected`` first.
-        expected: The latest step the caller expects; ``None`` means no session yet.
+        expected: The latest step the writer builds on (``None``: no session yet), compared with
+            the stored one first; :data:`UNCHECKED` skips the comparison.
 
     Raises:
-        ConcurrencyConflict: ``expected`` was given and is not the stored latest step.
+        ConcurrencyConflict: ``expected`` is not the stored latest step, unless the stored latest
+            step is ``cp`` itself, written by this codec: a retried save whose first attempt
+            committed although it was reported as failed is recognised and stores nothing.
     """
     session_id = cp.session_id
     head = tx.head(session_id)
-    if check:
+    if expected is not UNCHECKED:
         actual = head.latest_step if head is not None else None
         if actual != expected:
+            if (
+                head is not None
+                and actual == cp.step
+                and codec.was_written_here(session_id, head)
+                and _stored_as(codec, tx, cp)
+            ):
+                return None  # our own earlier attempt committed: nothing to do
             raise ConcurrencyConflict(session_id, expected, actual)
     if draft is not None and draft.fits(head):
         token, log_end, encoded = draft.token, draft.log_end, draft.encoded
@@ -575,6 +597,7 @@ def save_step(
     # The head goes first: rows and messages reference the session row.
     if becomes_latest:
         tx.set_head(session_id, Head(cp.step, token, new_log_end), updated_at=cp.created_at)
+        codec.wrote(session_id, cp.step, token)
     else:
         assert head is not None
         tx.set_head(
@@ -590,16 +613,24 @@ def save_step(
     return encoded.tip if becomes_latest else None
 
 
+def _stored_as(codec: StepCodec, tx: StepTx, cp: Checkpoint) -> bool:
+    """Whether the stored step ``cp.step`` is ``cp`` (but for when it was written)."""
+    try:
+        stored = load_step(codec, tx, cp.session_id, cp.step)
+    except CheckpointerError:
+        return False
+    return stored is not None and attrs.evolve(stored, created_at=cp.created_at) == cp
+
+
 def save_steps(
     codec: StepCodec,
     tx: StepTx,
     cps: Sequence[Checkpoint],
     *,
     drafts: Sequence[Draft | None] | None = None,
-    check: bool = False,
-    expected: int | None = None,
+    expected: Sequence[Expected] | None = None,
 ) -> None:
-    """Store ``cps`` in order inside ``tx`` (``check``/``expected`` apply to the first).
+    """Store ``cps`` in order inside ``tx``, each checked against its ``expected`` step if given.
 
     ``drafts``, from :func:`draft_steps` on the same ``cps``, saves encoding them here.
     Each new tip is remembered at once, so the next step of a session in the batch is a delta on it.
@@ -611,8 +642,7 @@ def save_steps(
             tx,
             cp,
             draft=drafts[index] if drafts is not None else None,
-            check=check and index == 0,
-            expected=expected,
+            expected=expected[index] if expected is not None else UNCHECKED,
         )
         if tip is not None:
             codec.remember(tip)

@@ -50,12 +50,20 @@ class ConnectionThread(Generic[C]):
         connect: Opens the connection; runs in the thread.
         disconnect: Closes it (after any last cleanup); runs in the thread. Its errors are swallowed:
             the thread is ending anyway.
+        interrupt: Asks the driver to abandon the job in hand (``conn.cancel()``,
+            ``conn.interrupt()``); called from the Trio thread when a call is cancelled.
+        cancel_grace: Seconds a cancelled call, or :meth:`aclose`, waits for the job in hand.
 
     Cancellation:
-        A call already handed to the thread is waited for, like ``trio.to_thread.run_sync`` without
-        ``abandon_on_cancel``: the driver cannot be interrupted half way through a transaction.
+        A cancelled call asks the driver to stop the job in hand (``interrupt``: the server is told
+        to cancel the statement), then waits for the job at most ``cancel_grace`` seconds: a job
+        that still ended normally delivers its result (the cancellation is seen at the next
+        checkpoint), one that failed raises the cancellation. A job that outlives the grace leaves
+        the thread *stuck*: the call raises the cancellation, and every later call fails at once
+        with :class:`CheckpointerError`, so nothing waits on the driver without a bound.
         Cancelling :meth:`run` leaves the thread to finish the job in hand, close the connection and
-        exit; :meth:`aclose` (which the checkpointer actor always calls) waits for that. If the
+        exit; :meth:`aclose` (which the checkpointer actor always calls) waits for that, at most
+        ``cancel_grace`` seconds. If the
         start itself is cancelled while ``connect()`` is still running, nobody will call
         :meth:`aclose`: the thread closes the connection as soon as ``connect()`` returns, and the
         thread's sockets are closed once the object is no longer referenced.
@@ -66,8 +74,13 @@ class ConnectionThread(Generic[C]):
         name: str,
         connect: Callable[[], C],
         disconnect: Callable[[C], None],
+        *,
+        interrupt: Callable[[], None] | None = None,
+        cancel_grace: float = 5.0,
     ) -> None:
         self.name = name
+        self.cancel_grace = cancel_grace
+        self._interrupt = interrupt
         self.limiter = trio.CapacityLimiter(1)
         self._connect = connect
         self._disconnect = disconnect
@@ -90,9 +103,18 @@ class ConnectionThread(Generic[C]):
         self._connected = False
         self._stopped = False  # set by the thread just before its last byte
         self._closed = False
+        self._stuck = False  # a job outlived a cancelled call's grace: the thread takes no calls
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else "stopped" if self._stopped else "running"
+        state = (
+            "closed"
+            if self._closed
+            else "stopped"
+            if self._stopped
+            else "stuck"
+            if self._stuck
+            else "running"
+        )
         return f"<ConnectionThread {self.name!r} {state}>"
 
     async def run(self, *, task_status: trio.TaskStatus[C] = trio.TASK_STATUS_IGNORED) -> None:
@@ -161,32 +183,57 @@ class ConnectionThread(Generic[C]):
         except trio.WouldBlock:
             await self._turn.acquire()
         try:
-            if not self._started or self._stopped or self._closed:
+            if not self._started or self._stopped or self._closed or self._stuck:
                 raise CheckpointerError(f"{self!r} takes no calls")
             job = _Job(fn)
             self._queue(job)
-            await self._wait_for_byte()
+            try:
+                await trio.lowlevel.wait_readable(self._wake_reader)
+            except trio.Cancelled:
+                if self._interrupt is not None:
+                    try:
+                        self._interrupt()
+                    except Exception:
+                        pass  # the bounded wait below still holds
+                if (
+                    not await self._wait_for_byte()
+                    or job.result is None
+                    or isinstance(job.result, outcome.Error)
+                ):
+                    raise
+            else:
+                self._wake_reader.recv(1)
         finally:
             self._turn.release()
         if job.result is None:
             raise CheckpointerError(f"{self!r} stopped before running the call")
         return job.result.unwrap()
 
-    async def _wait_for_byte(self) -> None:
-        # Shielded: the job runs to the end whatever happens here, and its byte must not be left
-        # for the next caller to mistake for its own.
-        with trio.CancelScope(shield=True):
+    async def _wait_for_byte(self) -> bool:
+        """Wait, shielded but at most ``cancel_grace`` seconds, for the job in hand to end; False
+        (and the thread is stuck) if it did not. Its byte must never be left for the next caller
+        to mistake for its own, hence the shield."""
+        with trio.move_on_after(self.cancel_grace, shield=True):
             await trio.lowlevel.wait_readable(self._wake_reader)
-        self._wake_reader.recv(1)
+            self._wake_reader.recv(1)
+            return True
+        self._stuck = True
+        return False
 
     async def aclose(self) -> None:
         """Stop the thread after the calls in progress; it closes the connection. Idempotent."""
         async with self._turn:
             if self._closed:
                 return
-            if self._started and not self._stopped:
+            if self._started and not self._stopped and not self._stuck:
                 self._queue(_STOP)
                 await self._wait_for_byte()
+            if self._stuck:
+                # The thread is still in a job: it stops after it (and closes the connection);
+                # its sockets are closed once nothing refers to this object.
+                self._queue(_STOP)
+                self._closed = True
+                return
             self._close_sockets()
 
     def _close_sockets(self) -> None:

@@ -4,6 +4,7 @@ corrupt file is logged, listed and skipped, never fatal.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -34,6 +35,11 @@ from .codec import (
 )
 from .connection import ConnectionThread
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not on Windows: one process per directory there
+    fcntl = None  # type: ignore[assignment]
+
 log = logging.getLogger("treadle.checkpointer.json")
 
 T = TypeVar("T")
@@ -62,6 +68,8 @@ class _Unreadable(Exception):
 
 
 _MAX_NAME = 240
+_SET_ASIDE_INDEX = ".treadle-set-aside.jsonl"
+"""The store's index of the step files set aside because they could not be rebuilt."""
 
 
 def _session_dir_name(session_id: str) -> str:
@@ -192,8 +200,13 @@ class JSONCheckpointer(ThreadedStore):
     encoding as the database backends, with messages inline), so the directory grows with what a
     run writes. Files are written to a temporary name, fsynced, then renamed over the final name, so
     a crash never leaves half a file. A file that is empty, truncated or not a checkpoint is logged,
-    listed by :meth:`corrupt_files` and skipped; :meth:`load_latest` then returns the newest step
-    that can still be rebuilt. One process should write a directory at a time.
+    listed by :meth:`corrupt_files` and skipped, never fatal: :meth:`load_latest` returns the newest
+    step that can still be rebuilt and sets aside the newer files (renamed to a hidden
+    ``.<step>.json.set-aside-…`` beside them, never deleted, and listed in the store's index file
+    ``.treadle-set-aside.jsonl``), so the session goes on from that step and its next save is a full
+    snapshot. Opening a store reads that index only, never the step files. Several processes may
+    share a directory: a session's directory is locked while a step is written, so
+    :meth:`save_with_concurrency_check` lets one writer win.
 
     Args:
         directory: Where the session directories live (created by :meth:`open`).
@@ -241,9 +254,9 @@ class JSONCheckpointer(ThreadedStore):
 
     def _report(self, path: Path, reason: str) -> None:
         with self._corrupt_lock:
-            known = path in self._corrupt
+            known = self._corrupt.get(path)
             self._corrupt[path] = CorruptFile(path, reason)
-        if not known:
+        if known is None or known.reason != reason:
             log.warning("skipping corrupt checkpoint file %s: %s", path, reason)
 
     def _read_row(self, session_id: str, step: int) -> StepRow | None:
@@ -343,7 +356,7 @@ class JSONCheckpointer(ThreadedStore):
     # -- lifecycle ---------------------------------------------------------------------------------
 
     async def open(self, nursery: trio.Nursery) -> None:
-        """Create the directory if needed and check every file, listing the corrupt ones.
+        """Create the directory if needed and read the index of the files set aside earlier.
 
         The file I/O runs in a worker thread of its own, in ``nursery``.
         """
@@ -365,9 +378,25 @@ class JSONCheckpointer(ThreadedStore):
                 f"cannot use {self.directory} as a checkpoint directory: "
                 f"{exc.strerror or exc}; choose a writable directory",
             ) from exc
-        for session_id in self._list_sessions_sync():
-            for step in self._step_numbers(session_id):
-                self._read_row(session_id, step)
+        # No step file is read here, whatever the store's size: damaged files are found by the
+        # reads that need them; the ones set aside by earlier runs are listed in the index.
+        self._read_set_aside_index()
+
+    def _read_set_aside_index(self) -> None:
+        try:
+            lines = (self.directory / _SET_ASIDE_INDEX).read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return
+        for line in lines:
+            try:
+                entry = json.loads(line)
+                path = self.directory / entry["session"] / entry["file"]
+                moved = path.parent / entry["moved_to"]
+                reason = str(entry["reason"])
+            except (ValueError, KeyError, TypeError):
+                continue  # a torn last line: the entry is lost, the file itself is not
+            if moved.exists() and not path.exists():
+                self._report(path, reason)
 
     async def aclose(self) -> None:
         thread, self._thread = self._thread, None
@@ -379,7 +408,8 @@ class JSONCheckpointer(ThreadedStore):
         self._heads.clear()
 
     def corrupt_files(self) -> list[CorruptFile]:
-        """The files found unreadable so far (by :meth:`open` and later reads), by path."""
+        """The files found unreadable so far (by reads, and set aside earlier as the index says),
+        by path; a file's entry goes once its step is written again."""
         with self._corrupt_lock:
             found = list(self._corrupt.values())
         return sorted(found, key=lambda c: str(c.path))
@@ -392,9 +422,14 @@ class JSONCheckpointer(ThreadedStore):
 
     @contextmanager
     def _write_transaction(self, session_ids: Sequence[str]) -> Iterator[StepTx]:
-        tx = _FilesTx(self)
-        yield tx
-        tx.commit()
+        # Each session's directory is locked (flock) while its head is checked and its file
+        # written, so that of two processes building on the same step exactly one succeeds.
+        with contextlib.ExitStack() as locks:
+            for session_id in sorted(set(session_ids)):
+                locks.enter_context(_locked_dir(self._session_path(session_id)))
+            tx = _FilesTx(self)
+            yield tx
+            tx.commit()
 
     def _forget(self, session_ids: Sequence[str]) -> None:
         super()._forget(session_ids)
@@ -407,11 +442,52 @@ class JSONCheckpointer(ThreadedStore):
         if step is not None:
             return self._load_step_sync(session_id, step)
         # The newest step that can be rebuilt: a corrupt newer file is reported and skipped.
-        for newest in reversed(self._step_numbers(session_id)):
+        steps = self._step_numbers(session_id)
+        for newest in reversed(steps):
             found = self._load_step_sync(session_id, newest)
             if found is not None:
+                if newest != steps[-1]:
+                    self._set_aside(session_id, [s for s in steps if s > newest])
                 return found
+        if steps:
+            self._set_aside(session_id, steps)
         return None
+
+    def _set_aside(self, session_id: str, steps: Sequence[int]) -> None:
+        """Move the files of ``steps`` (newer than the session's newest intact step, so none can
+        be rebuilt) out of the history, so the session goes on from its intact step: renamed to a
+        hidden name beside them, never deleted, and listed in the store's index."""
+        folder = self._session_path(session_id)
+        with _locked_dir(folder):
+            if self._step_numbers(session_id)[-1:] != [steps[-1]]:
+                return  # another process wrote the session meanwhile: its history, not ours
+            entries = []
+            for step in steps:
+                path = self._step_path(session_id, step)
+                moved = folder / f".{path.name}.set-aside-{uuid.uuid4().hex[:8]}"
+                try:
+                    os.replace(path, moved)
+                except FileNotFoundError:
+                    continue
+                with self._corrupt_lock:
+                    known = self._corrupt.get(path)
+                reason = known.reason if known is not None else "it builds on a damaged step"
+                reason = f"{reason}; set aside as {moved.name}"
+                self._report(path, reason)
+                entries.append(
+                    {
+                        "session": folder.name,
+                        "file": path.name,
+                        "moved_to": moved.name,
+                        "reason": reason,
+                    }
+                )
+            _fsync_dir(folder)
+        # Its next save is a full snapshot, so the history heals for every later reader.
+        self._codec.forget(session_id)
+        self._heads.pop(session_id, None)
+        with open(self.directory / _SET_ASIDE_INDEX, "a", encoding="utf-8") as index:
+            index.writelines(json.dumps(entry, ensure_ascii=False) + "\n" for entry in entries)
 
     def _load_step_sync(self, session_id: str, step: int) -> Checkpoint | None:
         try:
@@ -465,6 +541,19 @@ class JSONCheckpointer(ThreadedStore):
             prune_session(self._codec, tx, sid, cutoff_ms=cutoff, keep_last=keep_last)
             for sid in sessions
         )
+
+
+@contextmanager
+def _locked_dir(folder: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``folder`` (created if missing) for the block."""
+    folder.mkdir(exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -8,6 +8,7 @@ import contextlib
 import hashlib
 import json
 import re
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from importlib import resources
@@ -23,7 +24,7 @@ from ..errors import (
     CheckpointerError,
     SessionLeased,
 )
-from .base import ThreadedStore
+from .base import BatchingStore
 from .codec import (
     StepCodec,
     StepTx,
@@ -144,7 +145,7 @@ class _PostgresTx(SqlStepTx["psycopg.Connection[tuple[Any, ...]]"]):
         )
 
 
-class PostgresCheckpointer(ThreadedStore):
+class PostgresCheckpointer(BatchingStore):
     """Checkpoints in PostgreSQL: the full step history, delta-encoded, shareable by processes.
 
     ``open()`` connects and applies the shipped migrations (``migrations/postgres/NNNN_*.sql``) in one
@@ -165,6 +166,17 @@ class PostgresCheckpointer(ThreadedStore):
         max_chain: The most deltas stored between two snapshots of a session.
         connect_timeout: Seconds to wait for the server on ``open()``.
         lease_ttl: Seconds a lease row stays current without a heartbeat.
+        lock_timeout: Seconds a statement may wait for a lock (a session's write lock held by a
+            hung writer) before it fails; set on the connection (``lock_timeout``).
+        statement_timeout: Seconds any statement may run before the server cancels it.
+
+    A call that is cancelled (a caller's deadline, Ctrl-C, the runner closing) cancels the
+    statement on the server (``conn.cancel()``). When the server ends the connection (a restart),
+    the call in progress fails with ``CheckpointBackendError`` and the next call reconnects: at
+    once the first time, then no sooner than a backoff that doubles from 0.1 s up to 5 s while the
+    server stays away (calls in between fail at once, naming the retry time). Leases held before
+    are taken again on reconnect; one that another process took meanwhile is lost, and the next
+    save of that session raises ``SessionLeased``.
     """
 
     backend = "postgres"
@@ -177,12 +189,19 @@ class PostgresCheckpointer(ThreadedStore):
         max_chain: int = 64,
         connect_timeout: float = 10.0,
         lease_ttl: float = 30.0,
+        lock_timeout: float = 10.0,
+        statement_timeout: float = 60.0,
     ) -> None:
         self.url, url_schema = _split_schema(url)
         self.schema = schema or url_schema or "treadle"
         self.connect_timeout = connect_timeout
         self.lease_ttl = lease_ttl
         self.lease_renew_interval = lease_ttl / 3
+        self.lock_timeout = lock_timeout
+        self.statement_timeout = statement_timeout
+        self._reconnects = 0  # failed reconnection attempts in a row
+        self._next_reconnect = 0.0  # time.monotonic() before which no new attempt is made
+        self._lost_leases: dict[str, str] = {}
         self._codec = StepCodec(max_chain=max_chain)
         self._thread: ConnectionThread[psycopg.Connection[tuple[Any, ...]]] | None = None
         self._conn: psycopg.Connection[tuple[Any, ...]] | None = None
@@ -217,9 +236,42 @@ class PostgresCheckpointer(ThreadedStore):
         return CheckpointBackendError("postgres", f"{what} {self.masked_url}: {self._reason(exc)}")
 
     def _require_conn(self) -> psycopg.Connection[tuple[Any, ...]]:
-        if self._conn is None:
+        """The connection, reconnected first if the server ended it (in the connection thread)."""
+        conn = self._conn
+        if conn is None:
             raise self._not_open()
-        return self._conn
+        if conn.closed or conn.broken:
+            conn = self._reconnect_sync()
+        return conn
+
+    def _reconnect_sync(self) -> psycopg.Connection[tuple[Any, ...]]:
+        now = time.monotonic()
+        if now < self._next_reconnect:
+            raise CheckpointBackendError(
+                "postgres",
+                f"the connection to {self.masked_url} was lost; the next reconnection attempt is "
+                f"in {self._next_reconnect - now:.1f} s",
+            )
+        try:
+            conn = self._open_sync()
+        except CheckpointBackendError:
+            self._reconnects += 1
+            self._next_reconnect = time.monotonic() + min(0.1 * 2 ** (self._reconnects - 1), 5.0)
+            raise
+        old, self._conn = self._conn, conn
+        if old is not None:
+            with contextlib.suppress(Exception):
+                old.close()
+        self._reconnects = 0
+        self._codec.forget()  # what it remembered may predate writes made meanwhile
+        # The leases ended with the old connection: take them again, or learn who has them now.
+        leases, self._leases = self._leases, {}
+        for session_id, owner in leases.items():
+            try:
+                self._acquire_sync(session_id, owner)
+            except (SessionLeased, CheckpointBackendError):
+                self._lost_leases[session_id] = owner
+        return conn
 
     @contextmanager
     def _transaction(self, lock_sessions: Sequence[str] = ()) -> Iterator[_PostgresTx]:
@@ -236,6 +288,12 @@ class PostgresCheckpointer(ThreadedStore):
     def _lock_for_writing(
         self, conn: psycopg.Connection[tuple[Any, ...]], session_ids: Sequence[str]
     ) -> None:
+        for session_id in session_ids:
+            if session_id in self._lost_leases:
+                found = conn.execute(
+                    "SELECT owner FROM session_leases WHERE session_id = %s", (session_id,)
+                ).fetchone()
+                raise SessionLeased(session_id, found[0] if found else "another connection")
         for session_id in sorted(set(session_ids)):
             conn.execute(
                 "SELECT pg_advisory_xact_lock(%s)", (_lock_key("write", self.schema, session_id),)
@@ -271,17 +329,33 @@ class PostgresCheckpointer(ThreadedStore):
         """Connect and migrate in a new connection thread, which runs in ``nursery``."""
         if self._thread is not None:
             return
-        thread = ConnectionThread("treadle-pg", self._open_sync, self._close_sync)
+        thread = ConnectionThread(
+            "treadle-pg", self._open_sync, self._close_sync, interrupt=self._cancel_statement
+        )
         self._conn = await nursery.start(thread.run)
         self._thread = thread
 
+    def _cancel_statement(self) -> None:
+        # Called from the Trio thread while the connection thread waits on the server: libpq's
+        # cancel request is made for exactly that (it opens its own short connection).
+        conn = self._conn
+        if conn is not None and not conn.closed:
+            conn.cancel()
+
     def _open_sync(self) -> psycopg.Connection[tuple[Any, ...]]:
+        # Waits on the server are bounded there too: a lock held by a hung writer, or a statement
+        # that never ends, fails the call instead of blocking the connection thread for ever.
+        options = (
+            f"-c lock_timeout={max(1, round(self.lock_timeout * 1000))} "
+            f"-c statement_timeout={max(1, round(self.statement_timeout * 1000))}"
+        )
         try:
             conn: psycopg.Connection[tuple[Any, ...]] = _driver().connect(
                 self.url,
                 autocommit=True,
                 connect_timeout=max(1, round(self.connect_timeout)),
                 application_name="treadle",
+                options=options,
             )
         except _db_error() as exc:
             raise CheckpointBackendError(
@@ -330,9 +404,14 @@ class PostgresCheckpointer(ThreadedStore):
                     (version, name),
                 )
 
-    def _close_sync(self, conn: psycopg.Connection[tuple[Any, ...]]) -> None:
-        # The connection thread's last act, however it stops: give up our leases, then close.
+    def _close_sync(self, first: psycopg.Connection[tuple[Any, ...]]) -> None:
+        # The connection thread's last act, however it stops: give up our leases, then close the
+        # connection in use (a reconnection may have replaced the first one).
+        conn = self._conn if self._conn is not None else first
+        if conn is not first:
+            first.close()
         leases, self._leases = self._leases, {}
+        self._lost_leases.clear()
         try:
             if leases and not conn.closed:
                 conn.execute(
@@ -357,10 +436,6 @@ class PostgresCheckpointer(ThreadedStore):
         if self._pipelines:
             return self._pipelined_transaction(session_ids)
         return self._transaction(session_ids)
-
-    async def save_many(self, cps: Sequence[Checkpoint]) -> None:
-        """Store ``cps`` in order in one transaction (the actor's group commit)."""
-        await self._save(cps)
 
     # -- reads -------------------------------------------------------------------------------------
 
@@ -444,9 +519,13 @@ class PostgresCheckpointer(ThreadedStore):
         await self._run(lambda: self._acquire_sync(session_id, owner))
 
     def _release_sync(self, session_id: str, owner: str) -> None:
+        if self._lost_leases.get(session_id) == owner:
+            del self._lost_leases[session_id]
         if self._leases.get(session_id) != owner:
             return
-        conn = self._require_conn()
+        conn = self._conn  # not _require_conn(): no reconnecting just to give a lease up
+        if conn is None:
+            raise self._not_open()
         del self._leases[session_id]
         if conn.closed:
             # The connection is gone, and with it the session lock that was the lease: the server

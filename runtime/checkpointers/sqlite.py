@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
@@ -15,7 +17,7 @@ import trio
 
 from ..checkpoint import Checkpoint, StepInfo
 from ..errors import CheckpointBackendError, CheckpointerError
-from .base import ThreadedStore
+from .base import BatchingStore
 from .codec import (
     StepCodec,
     StepTx,
@@ -26,6 +28,9 @@ from .connection import ConnectionThread
 from .sql import ROW_COLUMNS, SqlStepTx
 
 T = TypeVar("T")
+
+_BUSY_PAUSE = 0.02
+"""Seconds between two tries to take a lock another process holds (also SQLite's own wait)."""
 
 SCHEMA_VERSION = 1
 """Stored in ``PRAGMA user_version``; a file from a newer treadle is refused, not misread."""
@@ -119,7 +124,7 @@ class _SQLiteTx(SqlStepTx[sqlite3.Connection]):
         )
 
 
-class SQLiteCheckpointer(ThreadedStore):
+class SQLiteCheckpointer(BatchingStore):
     """Checkpoints in one SQLite file: the full step history, delta-encoded.
 
     The file is in WAL mode; a committed step survives the process being killed at any instant
@@ -154,6 +159,7 @@ class SQLiteCheckpointer(ThreadedStore):
         self._codec = StepCodec(max_chain=max_chain)
         self._thread: ConnectionThread[sqlite_utils.Database] | None = None
         self._db: sqlite_utils.Database | None = None
+        self._interrupted = threading.Event()
 
     def __repr__(self) -> str:
         return f"SQLiteCheckpointer({str(self.path)!r})"
@@ -174,7 +180,7 @@ class SQLiteCheckpointer(ThreadedStore):
     def _transaction(self, *, write: bool) -> Iterator[_SQLiteTx]:
         db = self._require_db()
         try:
-            db.conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            self._begin(db.conn, "BEGIN IMMEDIATE" if write else "BEGIN")
             try:
                 yield _SQLiteTx(db.conn)
             except BaseException:
@@ -190,9 +196,43 @@ class SQLiteCheckpointer(ThreadedStore):
         """Open (or create) the file in a new connection thread, which runs in ``nursery``."""
         if self._thread is not None:
             return
-        thread = ConnectionThread("treadle-sqlite", self._open_sync, sqlite_utils.Database.close)
+        thread = ConnectionThread(
+            "treadle-sqlite",
+            self._open_sync,
+            sqlite_utils.Database.close,
+            interrupt=self._interrupt,
+        )
         self._db = await nursery.start(thread.run)
         self._thread = thread
+
+    def _begin(self, conn: sqlite3.Connection, statement: str) -> None:
+        """Start a transaction, waiting at most ``busy_timeout`` for another process's lock.
+
+        The wait is a loop of short tries rather than SQLite's own busy handler, so that a
+        cancelled call (:meth:`_interrupt`) ends it at once.
+        """
+        deadline = time.monotonic() + self.busy_timeout
+        try:
+            while True:
+                try:
+                    conn.execute(statement)
+                    return
+                except sqlite3.OperationalError as exc:
+                    locked = "locked" in str(exc) or "busy" in str(exc)
+                    if not locked or self._interrupted.is_set() or time.monotonic() >= deadline:
+                        raise
+                self._interrupted.wait(_BUSY_PAUSE)
+        finally:
+            self._interrupted.clear()
+
+    def _interrupt(self) -> None:
+        # Called from the Trio thread when a call is cancelled: a wait for another process's
+        # lock stops at its next try, and a statement in progress fails at once (sqlite3's
+        # interrupt() is the one call made for another thread).
+        self._interrupted.set()
+        db = self._db
+        if db is not None:
+            db.conn.interrupt()
 
     def _open_sync(self) -> sqlite_utils.Database:
         where = str(self.path)
@@ -224,6 +264,8 @@ class SQLiteCheckpointer(ThreadedStore):
                 for name, spec in _TABLES.items():
                     self._create_table(db, name, spec)
                 db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            # Lock waits from now on are _begin()'s short tries (opening used SQLite's own wait).
+            db.execute(f"PRAGMA busy_timeout={round(_BUSY_PAUSE * 1000)}")
         except CheckpointBackendError:
             conn.close()
             raise
@@ -267,10 +309,6 @@ class SQLiteCheckpointer(ThreadedStore):
 
     def _write_transaction(self, session_ids: Sequence[str]) -> AbstractContextManager[StepTx]:
         return self._transaction(write=True)
-
-    async def save_many(self, cps: Sequence[Checkpoint]) -> None:
-        """Store ``cps`` in order in one transaction (the actor's group commit)."""
-        await self._save(cps)
 
     # -- reads -------------------------------------------------------------------------------------
 
