@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -14,6 +15,7 @@ from types import TracebackType
 import attrs
 import trio
 
+from ..actors.errors import ActorGone
 from ..actors.mailbox import MailboxSender, open_mailbox
 from ..actors.perturb import Perturbation
 from ..actors.request import ask
@@ -239,9 +241,14 @@ class AppRunner:
     async def _shutdown(self) -> None:
         """Write what is owed, give up the leases, then close the bus (its sinks) in any case."""
         try:
-            if self.durability == "exit":
-                for session_id, inbox in list(self._sessions.items()):
+            for session_id, inbox in list(self._sessions.items()):
+                if self.durability == "exit":
                     await ask(inbox, FlushCheckpoint, actor=f"scheduler of {session_id!r}")
+                else:
+                    # Queued behind the request in hand (a run the block abandoned), so that what
+                    # that run still writes and publishes (its STREAM_END) goes first.
+                    with contextlib.suppress(ActorGone):
+                        await self._view(session_id, inbox)
             # The in-memory store keeps nothing past the process: no write to wait for, no lease.
             if not self._checkpoints.volatile:
                 await self._checkpoints.flush()

@@ -131,8 +131,9 @@ class SQLiteCheckpointer(BatchingStore):
     (``synchronous="normal"``); use ``synchronous="full"`` to also survive power loss, at some cost
     per step. The connection lives in its own worker thread (:class:`.ConnectionThread`: one
     ``trio.to_thread`` call behind a ``CapacityLimiter(1)``), which serves calls one at a time.
-    Several processes may share a file (writes are serialised by SQLite's lock), but nothing stops
-    two of them running one session: use PostgreSQL for that.
+    Several processes may share a file (writes are serialised by SQLite's lock); of two running one
+    session, the second fails at its first step with ``ConcurrencyConflict``, since every save
+    states the step it builds on (PostgreSQL refuses it even earlier, by a lease).
 
     Args:
         path: The database file (``":memory:"`` for a private in-memory database).
