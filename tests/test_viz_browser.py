@@ -7,8 +7,6 @@ Skipped without Chromium or ``TREADLE_MERMAID_JS`` (failed instead with
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -108,53 +106,3 @@ async def test_a_five_thousand_task_workflow_page_draws_every_task(
         )
     # 5,000 tasks plus START and END; 4,950 dependency arrows, 50 from START, 50 to END.
     assert counts == [5000, 5002, 5050]
-
-
-SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "images" / "visualisation.png"
-SCREENSHOT_SIZE = (1100, 620)
-
-
-def png_size(data: bytes) -> tuple[int, int]:
-    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
-    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-
-
-def test_the_docs_screenshot_is_committed() -> None:
-    assert png_size(SCREENSHOT.read_bytes()) == SCREENSHOT_SIZE
-
-
-def research_graph() -> GraphBuilder:
-    return (
-        GraphBuilder()
-        .add_node("plan", body)
-        .add_node("search", body)
-        .add_node("read", body)
-        .add_node("write", body)
-        .add_edge(START, "plan")
-        .add_edge("plan", "search")
-        .add_edge("plan", "read")
-        .add_edge(["search", "read"], "write")
-        .add_conditional_edges("write", lambda s: END, path_map={"again": "plan", "done": END})
-    )
-
-
-@pytest.mark.watchdog(120)
-async def test_screenshot_for_the_docs(tmp_path: Path, parts: tuple[str, Path]) -> None:
-    """Takes the picture docs/visualisation.md shows; TREADLE_UPDATE_SCREENSHOTS=1 commits it."""
-    chromium, mermaid = parts
-    statuses = {"plan": "completed", "search": "completed", "read": "failed", "write": "pending"}
-    page_path = view_mermaid(
-        research_graph(), tmp_path / "page.html", open_browser=False, mermaid_js=mermaid,
-        statuses=statuses, title="research graph", orientation="LR",
-    )  # fmt: skip
-    shot = tmp_path / "visualisation.png"
-    async with open_page(chromium, tmp_path / "profile") as page:
-        await page.set_viewport(*SCREENSHOT_SIZE)
-        await page.goto(page_path.as_uri())
-        await page.wait_for("window.treadleView.rendered || window.treadleView.error", 60)
-        assert await page.evaluate("window.treadleView.error") is None, page.console
-        await page.screenshot(shot)
-    assert png_size(shot.read_bytes()) == SCREENSHOT_SIZE
-    if os.environ.get("TREADLE_UPDATE_SCREENSHOTS") == "1":
-        SCREENSHOT.parent.mkdir(exist_ok=True)
-        shutil.copyfile(shot, SCREENSHOT)
