@@ -83,3 +83,17 @@ def test_the_snippet_at_the_top_of_the_workflows_page_runs(tmp_path: Path) -> No
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "{'extract': {'count': 3}, 'validate': 3}"
     assert (tmp_path / "state.db").exists()
+
+
+def test_workflow_benchmark_script_runs() -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "benchmarks" / "bench_workflow.py"), "--n", "5",
+         "--reps", "1"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    rows = done.stdout.splitlines()
+    assert rows[0].split()[:2] == ["system", "executor"]
+    assert [r.split()[1] for r in rows[1:]] == [
+        "SequentialExecutor()", "ThreadedExecutor(4)", "AsyncExecutor(50)",
+    ]  # fmt: skip
