@@ -311,7 +311,7 @@ class TaskTimeoutError(TreadleError, TimeoutError):
     def __init__(self, task: str, timeout: float) -> None:
         self.task = task
         self.timeout = timeout
-        super().__init__(f"task {task!r} timed out after {timeout:g} s")
+        super().__init__(f"task {task!r} exceeded its timeout of {timeout:g} s")
 
 
 class WorkflowExecutionError(TreadleError, RuntimeError):

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 import pytest
 import trio
+import trio.lowlevel
 
 import treadle
 from treadle import (
@@ -106,7 +108,7 @@ def test_a_sync_task_past_its_timeout_fails_at_the_deadline(make: object) -> Non
     assert isinstance(cause.__cause__, treadle.TaskTimeoutError)
     assert isinstance(cause.__cause__, TimeoutError)
     assert wf.get_task_status("sleepy") is TaskStatus.FAILED
-    assert "timed out after 0.2 s" in (wf.get_task("sleepy").error or "")  # type: ignore[union-attr]
+    assert "exceeded its timeout of 0.2 s" in (wf.get_task("sleepy").error or "")  # type: ignore[union-attr]
     assert wf.get_task_status("after") is TaskStatus.PENDING
 
 
@@ -202,3 +204,56 @@ def test_executor_arguments_are_checked() -> None:
         SequentialExecutor(bogus=1)
     with pytest.raises(ValueError, match="executor must be"):
         customer_pipeline().run("fast")  # type: ignore[arg-type]
+
+
+ASYNCIO_MODULE = """
+import asyncio
+
+async def fetch(delay=0.01):
+    await asyncio.sleep(delay)
+    return asyncio.get_running_loop().__class__.__name__
+
+async def slow():
+    await asyncio.sleep(5)
+"""
+
+
+def asyncio_functions() -> dict[str, Any]:
+    namespace: dict[str, Any] = {}
+    exec(ASYNCIO_MODULE, namespace)  # a module that imports asyncio and not trio, as FlowWeaver's
+    return namespace
+
+
+@pytest.mark.parametrize("make", EXECUTORS)
+def test_async_tasks_written_for_asyncio_run_on_an_asyncio_loop(make: object) -> None:
+    ns = asyncio_functions()
+    fetch = Task("fetch", ns["fetch"])
+    assert fetch.runs_on_asyncio()
+    assert not Task(
+        "native", test_async_tasks_run_concurrently_under_async_executor
+    ).runs_on_asyncio()
+    wf = Workflow("asyncio")
+    wf.add_task(fetch)
+    wf.add_task(Task("slow", ns["slow"], timeout=0.2), depends_on=["fetch"])
+    started = time.monotonic()
+    with pytest.raises(WorkflowExecutionError, match="'slow'"):
+        make().execute(wf)  # type: ignore[operator]
+    assert time.monotonic() - started < 1.0
+    assert wf.get_task_result("fetch").endswith("EventLoop")
+    assert "exceeded its timeout of 0.2 s" in (wf.get_task("slow").error or "")  # type: ignore[union-attr]
+
+
+def test_async_backend_can_be_chosen_and_execute_async_awaited_from_asyncio() -> None:
+    import asyncio
+
+    async def on_trio() -> str:
+        await trio.lowlevel.checkpoint()
+        return "trio"
+
+    t = Task("t", on_trio, async_backend="trio")
+    assert not t.runs_on_asyncio()
+    # FlowWeaver awaits task.execute_async() on an asyncio loop: it runs in the loop's executor.
+    assert asyncio.run(t.execute_async()) == "trio"
+    assert t.status is TaskStatus.COMPLETED
+    with pytest.raises(ValueError, match="async_backend"):
+        Task("bad", on_trio, async_backend="curio")  # type: ignore[arg-type]

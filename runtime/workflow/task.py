@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import functools
 import inspect
@@ -9,6 +10,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
+from types import ModuleType
 from typing import Any, Literal, TypeAlias, TypeVar, overload
 
 import trio
@@ -23,6 +25,8 @@ RetryCallback: TypeAlias = Callable[[str, int], object]
 TaskCallback: TypeAlias = "Callable[[Task], object]"
 # How a sync task body is called: on the Trio thread, or in a worker thread.
 SyncMode: TypeAlias = Literal["inline", "thread"]
+# Where an async task body runs: natively on Trio, or on its own asyncio loop in a worker thread.
+AsyncBackend: TypeAlias = Literal["trio", "asyncio"]
 
 
 class TaskStatus(enum.Enum):
@@ -76,6 +80,7 @@ class Task:
         *,
         callbacks: Sequence[TaskCallback] | None = None,
         func: Callable[..., Any] | None = None,
+        async_backend: AsyncBackend | None = None,
     ) -> None:
         body = fn if fn is not None else func
         name_: object = name  # checked at run time: callers may not be type-checked
@@ -94,7 +99,13 @@ class Task:
         self.timeout = timeout
         self.on_status_change = on_status_change
         self.on_retry = on_retry
+        if async_backend not in (None, "trio", "asyncio"):
+            raise ValueError(
+                f"task {name!r}: async_backend must be 'trio', 'asyncio' or None, "
+                f"got {async_backend!r}"
+            )
         self.callbacks: list[TaskCallback] = list(callbacks or ())
+        self.async_backend: AsyncBackend | None = async_backend
         self.reset()
 
     def __repr__(self) -> str:
@@ -125,6 +136,20 @@ class Task:
     def is_async(self) -> bool:
         return inspect.iscoroutinefunction(self.fn)
 
+    def runs_on_asyncio(self) -> bool:
+        """Whether this ``async`` task runs on an asyncio loop rather than natively on Trio.
+
+        ``async_backend`` decides when given; otherwise a function whose module imported
+        ``asyncio`` and not ``trio`` (FlowWeaver code awaiting ``asyncio.sleep``) runs on asyncio.
+        """
+        if self.async_backend is not None:
+            return self.async_backend == "asyncio"
+        fn = inspect.unwrap(self.fn)
+        names = {
+            v.__name__ for v in getattr(fn, "__globals__", {}).values() if isinstance(v, ModuleType)
+        }
+        return "asyncio" in names and "trio" not in names
+
     def execute(self, context: Mapping[str, Any] | None = None) -> Any:
         """Run this task alone, from plain code, with ``context`` as its upstream results.
 
@@ -138,7 +163,11 @@ class Task:
         return trio.run(main)
 
     async def execute_async(self, context: Mapping[str, Any] | None = None) -> Any:
-        """Like :meth:`execute`, inside Trio: sync bodies run in a worker thread."""
+        """Like :meth:`execute`, inside Trio (sync bodies run in a worker thread), or awaited on an
+        asyncio loop (FlowWeaver's spelling), where it runs in the loop's default executor."""
+        if _on_asyncio():
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(None, functools.partial(self.execute, context))
         kwargs = injected_arguments(self, context or {})
         outcome = await run_attempts(self, kwargs, sync_mode="thread", limiter=None, notify=None)
         return outcome.value if outcome.error is None else None
@@ -149,6 +178,14 @@ class Task:
         self.status = status
         if self.on_status_change is not None:
             _safely(self.on_status_change, self.name, status, what="on_status_change")
+
+
+def _on_asyncio() -> bool:
+    try:
+        trio.lowlevel.current_task()
+    except RuntimeError:
+        return True  # not inside Trio: the caller awaited us from asyncio
+    return False
 
 
 def _safely(fn: Callable[..., object], *args: Any, what: str) -> None:
@@ -173,6 +210,7 @@ def task(
     on_status_change: StatusCallback | None = None,
     on_retry: RetryCallback | None = None,
     callbacks: Sequence[TaskCallback] | None = None,
+    async_backend: AsyncBackend | None = None,
 ) -> Callable[[F], F]: ...
 
 
@@ -184,6 +222,7 @@ def task(
     on_status_change: StatusCallback | None = None,
     on_retry: RetryCallback | None = None,
     callbacks: Sequence[TaskCallback] | None = None,
+    async_backend: AsyncBackend | None = None,
 ) -> Any:
     """Mark a function as a workflow task; bare (``@task``) or called (``@task(retries=2)``).
 
@@ -199,6 +238,7 @@ def task(
             "on_status_change": on_status_change,
             "on_retry": on_retry,
             "callbacks": list(callbacks or ()),
+            "async_backend": async_backend,
         }
         Task(fn=fn, **options)  # validate the options now, at the decorator
         setattr(fn, _META, options)
@@ -391,7 +431,18 @@ async def _call_body(
 ) -> Any:
     fn = task_.fn
     if task_.is_async():
-        return await fn(**kwargs)
+        if not task_.runs_on_asyncio():
+            return await fn(**kwargs)
+
+        def on_asyncio() -> list[Any]:
+            return [asyncio.run(_with_timeout(fn(**kwargs), task_.timeout))]
+
+        # Its own event loop in a worker thread; at a deadline asyncio cancels the coroutine
+        # itself, and the thread is abandoned if it does not end at once.
+        boxed = await trio.to_thread.run_sync(
+            on_asyncio, abandon_on_cancel=True, limiter=limiter or _unbounded()
+        )
+        return boxed[0]
     if sync_mode == "inline" and not abandonable:
         return fn(**kwargs)
 
@@ -409,6 +460,12 @@ async def _call_body(
     async with limiter:
         boxed = await trio.to_thread.run_sync(call, abandon_on_cancel=True, limiter=_unbounded())
     return boxed[0]
+
+
+async def _with_timeout(coro: Any, seconds: float | None) -> Any:
+    if seconds is None:
+        return await coro
+    return await asyncio.wait_for(coro, seconds)
 
 
 def _unbounded() -> trio.CapacityLimiter:
