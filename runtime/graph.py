@@ -289,9 +289,13 @@ def _hashable(value: object) -> bool:
     return True
 
 
-@attrs.frozen
+@attrs.frozen(cache_hash=True)
 class JoinEdge:
-    """``target`` is scheduled once each of ``sources`` has run since it last ran (SPEC 4.6)."""
+    """``target`` is scheduled once each of ``sources`` has run since it last ran (SPEC 4.6).
+
+    Its hash is cached: routing looks a wide join up once per source, and hashing its whole
+    ``sources`` tuple each time would make a W-wide join cost O(W²).
+    """
 
     sources: tuple[str, ...]
     target: str

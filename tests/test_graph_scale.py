@@ -119,3 +119,34 @@ def test_one_back_edge_is_always_a_cycle(
     assert path[0] == path[-1]
     assert len(set(path[:-1])) == len(path) - 1  # a simple cycle
     assert all(step in all_edges for step in itertools.pairwise(path))
+
+
+class CountingName(str):
+    """A node name that counts how often it is hashed (routing work per name)."""
+
+    hashes = 0
+
+    def __hash__(self) -> int:
+        CountingName.hashes += 1
+        return str.__hash__(self)
+
+
+def test_routing_through_a_wide_join_hashes_each_source_a_bounded_number_of_times() -> None:
+    from treadle.runtime.frontier import route
+    from treadle.runtime.state import VersionedState
+
+    width = 400
+    names = [CountingName(f"w{i}") for i in range(width)]
+    builder = GraphBuilder().add_node("join", node).add_edge("join", END)
+    for name in names:
+        builder.add_node(name, node).add_edge(START, name)
+    builder.add_edge(names, "join")
+    graph = builder.compile().graph
+    snapshot = VersionedState().snapshot()
+
+    CountingName.hashes = 0
+    routing = route(graph, names, snapshot, (), {})
+    assert routing.frontier == ("join",)
+    # Linear: a few hashes per source. Hashing the join's whole sources tuple at every source
+    # would cost width * width (160,000) here.
+    assert CountingName.hashes <= 10 * width
