@@ -6,11 +6,14 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import socket
 import uuid
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from types import TracebackType
+from typing import Any, TypeVar
 
 import attrs
 import trio
@@ -52,6 +55,8 @@ from .state import VersionedState
 
 _log = logging.getLogger("treadle.runner")
 
+T = TypeVar("T")
+
 _DURABILITY = ("sync", "async", "exit")
 # How long a clean exit waits for queued checkpoint writes and sink deliveries before cancelling.
 _SHUTDOWN_GRACE = 10.0
@@ -66,6 +71,19 @@ class RunnerStatistics:
     node_actors_started: int
     idle_node_actors: int
     stale_replies: int = 0
+
+
+@attrs.define(eq=False)
+class _OpenSession:
+    """A session open on the runner: its scheduler's inbox and how many calls are using it."""
+
+    inbox: MailboxSender[SchedulerMsg]
+    busy: int = 0
+    # Set while no call is using the session (close_session waits for it).
+    quiet: trio.Event = attrs.field(factory=trio.Event)
+
+    def __attrs_post_init__(self) -> None:
+        self.quiet.set()
 
 
 @attrs.frozen
@@ -102,6 +120,11 @@ class AppRunner:
         lifecycle_events: the runtime publishes ``node.started``, ``node.completed``,
             ``node.failed``, ``node.retrying``, ``node.skipped`` and ``step.completed`` events
             (see :mod:`treadle.runtime.lifecycle`); off by default, and free when off.
+        idle_session_ttl: seconds after which a session that no call is using is retired: its
+            actors end and its memory is released, and it is reloaded from the checkpointer on
+            next use. ``None`` keeps sessions open until the runner closes. Only sessions that
+            can be reloaded are retired on their own (``autosave=True``);
+            :meth:`close_session` retires one at once in any case.
     """
 
     def __init__(
@@ -117,6 +140,7 @@ class AppRunner:
         perturbation: Perturbation | None = None,
         max_threads: int = 8,
         lifecycle_events: bool = False,
+        idle_session_ttl: float | None = 60.0,
     ) -> None:
         if not isinstance(app, App):
             raise TypeError(
@@ -135,6 +159,13 @@ class AppRunner:
             )
         if concurrency_limit is not None and concurrency_limit < 1:
             raise ValueError(f"concurrency_limit must be at least 1, not {concurrency_limit}")
+        ttl: object = idle_session_ttl
+        if ttl is not None and (
+            isinstance(ttl, bool) or not isinstance(ttl, int | float) or not 0 <= ttl < math.inf
+        ):
+            raise ValueError(
+                f"idle_session_ttl must be a finite number of seconds >= 0, or None, not {ttl!r}"
+            )
         self.app = app
         self.bus = event_bus if event_bus is not None else EventBus()
         self.clock = clock
@@ -147,7 +178,14 @@ class AppRunner:
         self._max_threads = max_threads
         self.lifecycle_events = lifecycle_events
         self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._sessions: dict[str, MailboxSender[SchedulerMsg]] = {}
+        self.idle_session_ttl = idle_session_ttl
+        self._sessions: dict[str, _OpenSession] = {}
+        # Sessions no call is using, with the time each is due to be retired, soonest first
+        # (a session that goes idle again moves to the end, and the TTL is the same for all).
+        self._idle: dict[str, float] = {}
+        self._reaper_wake = trio.Event()
+        # Sessions being opened (reloaded) or retired: a call for one waits until it is done.
+        self._changing: dict[str, trio.Event] = {}
         self._stack: AsyncExitStack | None = None
         self._nursery: trio.Nursery | None = None
         self._config: SchedulerConfig | None = None
@@ -168,6 +206,8 @@ class AppRunner:
             await stack.aclose()
             raise
         self._nursery = nursery
+        if self.idle_session_ttl is not None and self.autosave:
+            nursery.start_soon(self._reap_idle_sessions, name="treadle session reaper")
         thread_limiter = trio.CapacityLimiter(self._max_threads)
         self._config = SchedulerConfig(
             graph=self.app.graph,
@@ -220,8 +260,9 @@ class AppRunner:
             if nursery is not None:
                 nursery.cancel_scope.cancel(reason="AppRunner closed")
             sessions, self._sessions = self._sessions, {}
-            for inbox in sessions.values():
-                inbox.close()
+            self._idle = {}
+            for entry in sessions.values():
+                entry.inbox.close()
         if shutdown_error is not None and exc is not None:
             # The caller's own error comes first; what shutdown could not do goes with it.
             _log.warning("while leaving the runner after %r: %s", exc, shutdown_error)
@@ -241,14 +282,14 @@ class AppRunner:
     async def _shutdown(self) -> None:
         """Write what is owed, give up the leases, then close the bus (its sinks) in any case."""
         try:
-            for session_id, inbox in list(self._sessions.items()):
+            for session_id, entry in list(self._sessions.items()):
                 if self.durability == "exit":
-                    await ask(inbox, FlushCheckpoint, actor=f"scheduler of {session_id!r}")
+                    await ask(entry.inbox, FlushCheckpoint, actor=f"scheduler of {session_id!r}")
                 else:
                     # Queued behind the request in hand (a run the block abandoned), so that what
                     # that run still writes and publishes (its STREAM_END) goes first.
                     with contextlib.suppress(ActorGone):
-                        await self._view(session_id, inbox)
+                        await _view(entry.inbox, session_id)
             # The in-memory store keeps nothing past the process: no write to wait for, no lease.
             if not self._checkpoints.volatile:
                 await self._checkpoints.flush()
@@ -281,13 +322,35 @@ class AppRunner:
             SessionLeased: another process is running this session (PostgreSQL).
             GraphMismatch: the stored session was written by another graph.
         """
-        config = self._require_open()
+        self._require_open()
         if not _is_session_id(session_id):
             raise ValueError(f"a session id must be a non-empty string, not {session_id!r}")
-        inbox = self._sessions.get(session_id)
-        if inbox is not None:
-            view = await self._view(session_id, inbox)
+        await self._settled(session_id)
+        entry = self._sessions.get(session_id)
+        if entry is not None:
+            view = await self._use(session_id, _view)
             return Resumed(view.step)
+        changing = self._changing[session_id] = trio.Event()
+        try:
+            return await self._open(
+                session_id, state, concurrency_limit, allow_graph_change=allow_graph_change
+            )
+        finally:
+            del self._changing[session_id]
+            changing.set()
+
+    async def _open(
+        self,
+        session_id: str,
+        state: VersionedState | None,
+        concurrency_limit: int | None,
+        *,
+        allow_graph_change: bool = False,
+        reload: bool = False,
+    ) -> SessionInit:
+        """Spawn the scheduler of a stored session, or of a fresh one from ``state``; with
+        ``reload`` (a retired session used again) a session that is not stored is not found."""
+        config = self._require_open()
         if not self._checkpoints.volatile:
             await self._checkpoints.acquire_lease(session_id, self._owner)
         stored = await self._checkpoints.load_latest(session_id)
@@ -300,6 +363,10 @@ class AppRunner:
                 raise
             await self._spawn(SessionCore.from_checkpoint(stored), config, fresh=False)
             return Resumed(stored.step)
+        if reload:
+            if not self._checkpoints.volatile:
+                await self._checkpoints.release_lease(session_id, self._owner)
+            raise SessionNotFound(session_id)
         state = state if state is not None else VersionedState()
         routing = initial_frontier(self.app.graph, state.snapshot())
         for _, target in routing.unknown_targets:
@@ -336,7 +403,8 @@ class AppRunner:
             16, name=f"{core.session_id}/scheduler", perturb=self._perturb
         )
         await self._nursery.start(scheduler.run, receive)
-        self._sessions[core.session_id] = send
+        self._sessions[core.session_id] = _OpenSession(send)
+        self._went_idle(core.session_id)
         if fresh:
             await scheduler.save_initial()
         return scheduler
@@ -348,16 +416,8 @@ class AppRunner:
             NodeRunError: a node failed; the step was discarded and the session can be retried.
             SessionNotFound: no such session is open on this runner.
         """
-        inbox = self._inbox(session_id)
         opts = options if options is not None else StepOptions()
-        abandon = trio.CancelScope()
-        try:
-            result: StepResult = await ask(
-                inbox, lambda r: RunStep(opts, r, abandon), actor=f"scheduler of {session_id!r}"
-            )
-        finally:
-            abandon.cancel(reason="the caller of run_step stopped waiting")
-        return result
+        return await self._use(session_id, _run_step, opts)
 
     async def run_until_complete(self, session_id: str) -> VersionedState:
         """Run supersteps until the frontier is empty or only END; return the final state.
@@ -365,26 +425,117 @@ class AppRunner:
         The session's event stream ends with one ``STREAM_END`` event (``status=completed`` or
         ``status=error``).
         """
-        inbox = self._inbox(session_id)
-        abandon = trio.CancelScope()
-        try:
-            final: VersionedState = await ask(
-                inbox, lambda r: RunToEnd(r, abandon), actor=f"scheduler of {session_id!r}"
-            )
-        finally:
-            abandon.cancel(reason="the caller of run_until_complete stopped waiting")
-        return final
+        return await self._use(session_id, _run_to_end)
 
     async def get_session(self, session_id: str) -> SessionView:
         """The session's current state, step and frontier."""
-        return await self._view(session_id, self._inbox(session_id))
-
-    async def _view(self, session_id: str, inbox: MailboxSender[SchedulerMsg]) -> SessionView:
-        return await ask(inbox, GetView, actor=f"scheduler of {session_id!r}")
+        return await self._use(session_id, _view)
 
     def sessions(self) -> list[str]:
-        """The ids of the sessions open on this runner, in creation order."""
+        """The ids of the sessions open on this runner (retired ones are not), oldest first."""
         return list(self._sessions)
+
+    async def close_session(self, session_id: str) -> None:
+        """Retire a session now: once no call is using it, its checkpoint is written (under
+        ``durability="exit"``), its lease released, and its actors end. It is reloaded from the
+        checkpointer if it is used again. A session that is not open is left as it is.
+        """
+        self._require_open()
+        await self._settled(session_id)
+        entry = self._sessions.get(session_id)
+        while entry is not None and entry.busy:
+            await entry.quiet.wait()
+            await self._settled(session_id)
+            entry = self._sessions.get(session_id)
+        if entry is not None:
+            await self._retire(session_id)
+
+    async def _retire(self, session_id: str) -> None:
+        entry = self._sessions[session_id]
+        changing = self._changing[session_id] = trio.Event()
+        try:
+            self._idle.pop(session_id, None)
+            if self.durability == "exit":
+                await ask(entry.inbox, FlushCheckpoint, actor=f"scheduler of {session_id!r}")
+            del self._sessions[session_id]
+            entry.inbox.close()  # the scheduler ends, and the node actors it still holds
+            if not self._checkpoints.volatile:
+                await self._checkpoints.flush()
+                await self._checkpoints.release_lease(session_id, self._owner)
+        finally:
+            del self._changing[session_id]
+            changing.set()
+
+    async def _reap_idle_sessions(self) -> None:
+        """Retire sessions that stayed idle for ``idle_session_ttl`` seconds.
+
+        Cancellation: ends with the runner's nursery. Errors: a session that cannot be retired
+        (its checkpoint cannot be written) is logged and stays open; the reaper goes on.
+        """
+        while True:
+            if not self._idle:
+                self._reaper_wake = trio.Event()
+                await self._reaper_wake.wait()
+                continue
+            session_id, due = next(iter(self._idle.items()))
+            if trio.current_time() < due:
+                await trio.sleep_until(due)
+                continue
+            del self._idle[session_id]
+            entry = self._sessions.get(session_id)
+            if entry is None or entry.busy or session_id in self._changing:
+                continue
+            try:
+                await self._retire(session_id)
+            except Exception:
+                _log.exception("could not retire idle session %r; it stays open", session_id)
+
+    async def _use(
+        self,
+        session_id: str,
+        request: Callable[..., Awaitable[T]],
+        *args: Any,
+    ) -> T:
+        """Send ``request`` to the session's scheduler, reloading a retired session first; the
+        session counts as busy (never retired) until the request is answered."""
+        self._require_open()
+        await self._settled(session_id)
+        entry = self._sessions.get(session_id)
+        if entry is None:
+            if not self.autosave:
+                raise SessionNotFound(session_id)
+            changing = self._changing[session_id] = trio.Event()
+            try:
+                await self._open(session_id, None, None, reload=True)
+            finally:
+                del self._changing[session_id]
+                changing.set()
+            entry = self._sessions[session_id]
+        if entry.busy == 0:
+            entry.quiet = trio.Event()
+            self._idle.pop(session_id, None)
+        entry.busy += 1
+        try:
+            return await request(entry.inbox, session_id, *args)
+        finally:
+            entry.busy -= 1
+            if entry.busy == 0:
+                entry.quiet.set()
+                if self._sessions.get(session_id) is entry:
+                    self._went_idle(session_id)
+
+    def _went_idle(self, session_id: str) -> None:
+        ttl = self.idle_session_ttl
+        if ttl is None or not self.autosave:
+            return
+        self._idle.pop(session_id, None)
+        self._idle[session_id] = trio.current_time() + ttl
+        self._reaper_wake.set()
+
+    async def _settled(self, session_id: str) -> None:
+        """Wait while ``session_id`` is being opened or retired."""
+        while (changing := self._changing.get(session_id)) is not None:
+            await changing.wait()
 
     # -- time travel -------------------------------------------------------------------------------
 
@@ -479,12 +630,31 @@ class AppRunner:
             raise RunnerClosed()
         return self._config
 
-    def _inbox(self, session_id: str) -> MailboxSender[SchedulerMsg]:
-        self._require_open()
-        inbox = self._sessions.get(session_id)
-        if inbox is None:
-            raise SessionNotFound(session_id)
-        return inbox
+
+async def _run_step(
+    inbox: MailboxSender[SchedulerMsg], session_id: str, options: StepOptions
+) -> StepResult:
+    abandon = trio.CancelScope()
+    try:
+        return await ask(
+            inbox, lambda r: RunStep(options, r, abandon), actor=f"scheduler of {session_id!r}"
+        )
+    finally:
+        abandon.cancel(reason="the caller of run_step stopped waiting")
+
+
+async def _run_to_end(inbox: MailboxSender[SchedulerMsg], session_id: str) -> VersionedState:
+    abandon = trio.CancelScope()
+    try:
+        return await ask(
+            inbox, lambda r: RunToEnd(r, abandon), actor=f"scheduler of {session_id!r}"
+        )
+    finally:
+        abandon.cancel(reason="the caller of run_until_complete stopped waiting")
+
+
+async def _view(inbox: MailboxSender[SchedulerMsg], session_id: str) -> SessionView:
+    return await ask(inbox, GetView, actor=f"scheduler of {session_id!r}")
 
 
 def _check_graph(stored: Checkpoint, config: SchedulerConfig, allow_graph_change: bool) -> None:

@@ -198,6 +198,11 @@ class Scheduler:
                         case _:
                             raise AssertionError(f"unknown scheduler message {msg!r}")
                 nursery.cancel_scope.cancel(reason="session closed")
+        # The session is retired: node actors it still holds (it had not completed) end with it;
+        # a completed session gave its actors back to the pool already.
+        for mailbox in self._nodes.values():
+            mailbox.close()
+        self._nodes = {}
 
     # -- requests ----------------------------------------------------------------------------------
 
