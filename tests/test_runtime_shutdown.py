@@ -78,7 +78,7 @@ async def test_an_asker_of_flush_checkpoint_learns_at_once_that_the_scheduler_is
         async with AppRunner(app, checkpointer=BlockingStore(), durability="exit") as runner:
             await runner.create_session("s", VersionedState(extra={"n": 0}))
             await runner.run_step("s")  # "exit": the session is owed a write
-            inbox = runner._sessions["s"]
+            inbox = runner._sessions["s"].inbox
 
             async def ask_flush() -> None:
                 try:
