@@ -9,7 +9,7 @@ import abc
 import enum
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from typing import Generic, Literal, TypeAlias, TypeVar
+from typing import ClassVar, Generic, Literal, Self, TypeAlias, TypeVar
 
 import attrs
 import outcome
@@ -382,13 +382,32 @@ class _DropOldestCore(_MailboxCore, Generic[T]):
         )
 
 
-class _DropOldestSender(MailboxSender[T]):
+class _DropOldestEnd(_MailboxEnd, Generic[T]):
+    """What both ends of a drop-oldest mailbox share: the core, their own closed flag, cloning."""
+
     __slots__ = ("_closed", "_state")
+    _END: ClassVar[str]
 
     def __init__(self, state: _DropOldestCore[T], perturb: Perturbation | None) -> None:
         super().__init__(state, perturb)
         self._state = state
         self._closed = False
+
+    def clone(self) -> Self:
+        if self._closed:
+            raise _closed(self._state, self._END)
+        return type(self)(self._state, self._perturb)
+
+    def statistics(self) -> MailboxStatistics:
+        return self._state.statistics()
+
+
+class _DropOldestSender(_DropOldestEnd[T], MailboxSender[T]):
+    __slots__ = ()
+    _END = "sender"
+
+    def __init__(self, state: _DropOldestCore[T], perturb: Perturbation | None) -> None:
+        super().__init__(state, perturb)
         state.open_senders += 1
 
     async def send(self, msg: T) -> None:
@@ -424,11 +443,6 @@ class _DropOldestSender(MailboxSender[T]):
         if len(data) > state.peak_buffered:
             state.peak_buffered = len(data)
 
-    def clone(self) -> MailboxSender[T]:
-        if self._closed:
-            raise _closed(self._state, "sender")
-        return _DropOldestSender(self._state, self._perturb)
-
     def close(self) -> None:
         if self._closed:
             return
@@ -441,17 +455,13 @@ class _DropOldestSender(MailboxSender[T]):
                 trio.lowlevel.reschedule(task, outcome.Error(trio.EndOfChannel()))
             state.waiting.clear()
 
-    def statistics(self) -> MailboxStatistics:
-        return self._state.statistics()
 
-
-class _DropOldestReceiver(MailboxReceiver[T]):
-    __slots__ = ("_closed", "_state", "_tasks")
+class _DropOldestReceiver(_DropOldestEnd[T], MailboxReceiver[T]):
+    __slots__ = ("_tasks",)
+    _END = "receiver"
 
     def __init__(self, state: _DropOldestCore[T], perturb: Perturbation | None) -> None:
         super().__init__(state, perturb)
-        self._state = state
-        self._closed = False
         # Tasks parked on this clone, so that closing it wakes exactly them.
         self._tasks: set[trio.lowlevel.Task] = set()
         state.open_receivers += 1
@@ -509,11 +519,6 @@ class _DropOldestReceiver(MailboxReceiver[T]):
                 state.watched.pop(id(msg), None)
         return batch
 
-    def clone(self) -> MailboxReceiver[T]:
-        if self._closed:
-            raise _closed(self._state, "receiver")
-        return _DropOldestReceiver(self._state, self._perturb)
-
     def close(self) -> None:
         if self._closed:
             return
@@ -526,9 +531,6 @@ class _DropOldestReceiver(MailboxReceiver[T]):
         state.open_receivers -= 1
         if state.open_receivers == 0 and state.watched:
             state.strand_all()
-
-    def statistics(self) -> MailboxStatistics:
-        return self._state.statistics()
 
 
 # Written as a class, like trio.open_memory_channel, so that ``open_mailbox[Msg](8, name="x")``
