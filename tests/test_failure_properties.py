@@ -2,9 +2,10 @@
 
 A drawn graph runs on a real SQLite file and fails once at a drawn step and node: the node raises,
 returns output that cannot be stored, the save of that step fails, or the caller's deadline passes
-there. The run's event stream must end with exactly one ``STREAM_END`` (no hang), the stored
-history must be one gap-free run of steps, and a new runner resuming the session must reach the
-final state of a run without the failure (SPEC 4.3).
+there. The run's event stream must end with exactly one ``STREAM_END`` (no hang); a step whose save
+failed is not applied, and a retry in the same runner runs it again; the stored history must be one
+gap-free run of steps, and a new runner resuming the session must reach the final state of a run
+without the failure (SPEC 4.3).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import pytest
 import trio
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
@@ -167,6 +169,11 @@ async def disturbed(spec: GraphSpec, fault: Fault, path: Path) -> VersionedState
             except (NodeRunError, CheckpointBackendError) as exc:
                 error = exc
         events = [event async for event in stream]  # ends at STREAM_END: a missing one hangs
+        if isinstance(error, CheckpointBackendError):
+            # A step that is not stored is not applied: the session stays at the step before,
+            # and a retry in the same runner runs that step again (SPEC 4.3).
+            assert (await runner.get_session("s")).step == fault.step - 1
+            await runner.run_until_complete("s")
     ends = [event for event in events if event.scope == STREAM_END_SCOPE]
     assert len(ends) == 1, ends
     assert ends[0] is events[-1]
@@ -186,14 +193,14 @@ async def disturbed(spec: GraphSpec, fault: Fault, path: Path) -> VersionedState
     return final
 
 
+@pytest.mark.parametrize("kind", KINDS)
 @settings(
-    max_examples=50,
+    max_examples=15,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 @given(
     spec=graph_specs(max_nodes=4, failures=False).map(step_free),
-    kind=st.sampled_from(KINDS),
     data=st.data(),
     seed=st.random_module(),
 )
