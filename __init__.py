@@ -135,5 +135,8 @@ from .sinks import MemorySink as MemorySink
 from .sinks import Sink as Sink
 from .sinks import SinkError as SinkError
 from .sinks import StdOutSink as StdOutSink
+from .sinks import WebSocketError as WebSocketError
+from .sinks import WebSocketSink as WebSocketSink
+from .sinks import WebSocketStatistics as WebSocketStatistics
 
 __version__ = "0.1.0"

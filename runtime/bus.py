@@ -139,6 +139,8 @@ class _SinkSlot:
     last_error_at: float | None = None
     finished: bool = False
     done: trio.Event = attrs.Factory(trio.Event)
+    # Set once a serving sink's server first started, or failed to.
+    ready: trio.Event = attrs.Factory(trio.Event)
 
     def health(self) -> SinkHealth:
         return SinkHealth(
@@ -482,6 +484,9 @@ class EventBus:
                         on_crash=functools.partial(self._on_crash, slot),
                     )
                 )
+                if callable(getattr(slot.sink, "serve", None)):
+                    # A server's address is known once the bus runs (or its first start failed).
+                    await slot.ready.wait()
                 task_status.started()
             if not slot.finished:
                 # The supervisor gave up: the sink is detached and its backlog dropped.
@@ -510,6 +515,23 @@ class EventBus:
             if opener is not None:
                 await _maybe_await(opener())
             slot.opened = True
+        serve = getattr(sink, "serve", None)
+        if serve is None:
+            await self._deliver_all(slot)
+            return
+        # A serving sink (a network server) runs its server beside the delivery loop, both in
+        # this supervised actor, so a crash of either restarts both. It is closed while its
+        # server still runs, so closing can finish its clients gracefully.
+        async with trio.open_nursery() as nursery:
+            try:
+                await nursery.start(serve)
+            finally:
+                slot.ready.set()
+            await self._deliver_all(slot)
+            await self._close_sink(slot)
+            nursery.cancel_scope.cancel()
+
+    async def _deliver_all(self, slot: _SinkSlot) -> None:
         buffer = slot.buffer
         items = buffer.items
         deliver = self._deliver_threaded if slot.threaded else self._deliver_inline
@@ -573,6 +595,7 @@ class EventBus:
             raise SinkTimeout(slot.name, "handle", slot.handle_timeout)
 
     def _on_crash(self, slot: _SinkSlot, crash: ChildCrash) -> None:
+        slot.ready.set()
         slot.state = "backing_off"
         slot.error_count += 1
         error = _describe(crash.error)

@@ -5,6 +5,7 @@ from .channel import ChannelSink
 from .jsonl import JsonLinesSink
 from .memory import MemorySink
 from .stdout import StdOutSink, format_event
+from .websocket import WebSocketError, WebSocketSink, WebSocketStatistics
 
 __all__ = [
     "ChannelSink",
@@ -13,6 +14,9 @@ __all__ = [
     "Sink",
     "SinkError",
     "StdOutSink",
+    "WebSocketError",
+    "WebSocketSink",
+    "WebSocketStatistics",
     "format_event",
     "sink_name",
 ]

@@ -25,7 +25,12 @@ class Sink(Protocol):
     after a backoff; events published meanwhile wait in its buffer.
 
     A sink may also define ``open()`` and ``close()`` (plain or async): ``open`` is called once
-    before the first event, ``close`` once when the bus closes or the sink is detached.
+    before the first event, ``close`` once when the bus closes or the sink is detached. A sink that
+    serves clients (:class:`~treadle.sinks.websocket.WebSocketSink`) defines ``async def
+    serve(*, task_status)``: the sink's actor starts it after ``open`` and runs it beside the
+    deliveries (a crash of either restarts both); the bus is running once every server has
+    started (or failed to), and such a sink is closed while its server still runs, then the
+    server is cancelled.
     """
 
     @property
