@@ -142,7 +142,8 @@ class CheckpointerActor:
         Cancellation:
             Stops serving at once; queued requests are dropped and their askers get ``ActorGone``
             (callers that care flush first). The backend is then closed, shielded, within 5 s. A
-            backend call already in a worker thread finishes before the actor stops.
+            backend call already in a worker thread is cancelled on the server and waited for at
+            most 5 s. A :class:`Call` whose asker stops waiting is cancelled the same way.
 
         Backpressure:
             The mailbox holds ``capacity`` requests; further senders wait, so ``async`` durability
