@@ -1,4 +1,5 @@
-"""Back-pressure and drops: slow and stuck readers lose their oldest events, never slow the run.
+"""Back-pressure and drops: slow and stuck readers lose their oldest events, never slow the run;
+a lossless reader (``overflow="block"``) loses nothing, and the run waits for it instead.
 
 Each sink and subscriber has its own bounded buffer (``capacity``). When it is full the oldest
 event is dropped and counted; ``STREAM_END`` is never dropped. The run below is timed on trio's
@@ -77,11 +78,28 @@ async def timed_run(*, with_readers: bool) -> float:
     return elapsed
 
 
+async def lossless_run() -> None:
+    """The same slow reader, subscribed with overflow="block": it gets every event, and the
+    run is held back to its pace once 16 events wait unread."""
+    async with AppRunner(app) as runner:
+        await runner.create_session("s", VersionedState())
+        lossless = runner.event_stream(session_id="s", capacity=16, overflow="block")
+        received: list[str] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(slow_reader, lossless, received)
+            start = trio.current_time()
+            await runner.run_until_complete("s")
+            elapsed = trio.current_time() - start
+    print(f"lossless reader: received {len(received)}, dropped {lossless.dropped}")
+    print(f"the run waited for it: {elapsed:.2f} s of virtual time")
+
+
 async def main() -> None:
     alone = await timed_run(with_readers=False)
     crowded = await timed_run(with_readers=True)
     # Both runs sum the same 200 sleeps from different start times: compare to the microsecond.
     print(f"same virtual time with slow readers: {round(alone, 6) == round(crowded, 6)}")
+    await lossless_run()
 
 
 if __name__ == "__main__":

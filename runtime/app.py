@@ -84,7 +84,8 @@ class App:
     ) -> AsyncIterator[StreamingRun]:
         """Run in the background while the block reads ``run.events``.
 
-        ``run.events`` yields every event of the session and ends after its ``STREAM_END``;
+        ``run.events`` yields every event of the session, losing none (the run waits while the
+        block has not read them), and ends after its ``STREAM_END``;
         ``await run.result()`` waits for the final state (or raises the run's error). Leaving the block
         before the run ends cancels it.
         """
@@ -92,7 +93,8 @@ class App:
 
         sid = session_id or _new_session_id()
         async with AppRunner(self, **runner_options) as runner, trio.open_nursery() as nursery:
-            stream = runner.event_stream(session_id=sid)
+            # The caller is the consumer: the run waits for it rather than drop its events.
+            stream = runner.event_stream(session_id=sid, overflow="block")
             await runner.create_session(sid, state)
             run = StreamingRun(session_id=sid, events=stream)
             nursery.start_soon(run._drive, runner)

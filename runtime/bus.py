@@ -18,7 +18,7 @@ from ..actors.supervisor import ChildCrash, RestartPolicy, supervise
 from .events import SINK_ERROR_SCOPE, STREAM_END_SCOPE, DiagnosticEvent, Event, is_sentinel
 from .frozen import FrozenDict
 from .sink_calls import SinkTimeout, ThreadedCalls, sink_name
-from .stream import Buffer, BufferedStream, EventStream, StreamStatistics
+from .stream import Buffer, BufferedStream, EventStream, Overflow, StreamStatistics, check_overflow
 
 if TYPE_CHECKING:
     # Types only: sinks sit above the runtime and import its event types.
@@ -224,6 +224,8 @@ class EventBus:
         # Replaced, never mutated, so a fan-out loop never sees a change mid-way.
         self._targets: tuple[Buffer[Event], ...] = ()
         self._by_session: dict[str, tuple[Buffer[Event], ...]] = {}
+        # Subscribers' buffers with overflow="block" (lossless): async publishers wait for them.
+        self._blocking: tuple[Buffer[Event], ...] = ()
         self._diagnostic_buffers: tuple[Buffer[SinkDiagnostic], ...] = ()
         self._seqs: dict[str | None, int] = {}
         self._published = 0
@@ -282,7 +284,11 @@ class EventBus:
             await trio.lowlevel.checkpoint()
 
     def subscribe(
-        self, *, session_id: str | None = None, capacity: int | None = None
+        self,
+        *,
+        session_id: str | None = None,
+        capacity: int | None = None,
+        overflow: Overflow = "drop_oldest",
     ) -> EventStream:
         """A stream of the events published from now on.
 
@@ -291,18 +297,33 @@ class EventBus:
                 session's ``STREAM_END``. Without it the stream sees every session and ends when
                 the bus closes.
             capacity: This stream's buffer size (default: the bus capacity).
+            overflow: ``"drop_oldest"`` (the default) drops and counts the oldest events when the
+                reader falls behind, and never slows a run. ``"block"`` loses nothing: the runs
+                it sees wait for the reader once ``capacity`` events are unread (their nodes'
+                ``ctx.emit`` and their next step wait). Read it from another task than the one
+                driving those runs, or close it.
         """
-        buffer: Buffer[Event] = Buffer(capacity or self.capacity, keep=is_sentinel, patient=True)
+        blocking = check_overflow(overflow) == "block"
+        buffer: Buffer[Event] = Buffer(
+            capacity or self.capacity,
+            keep=is_sentinel,
+            patient=True,
+            blocking=blocking,
+            session_id=session_id,
+        )
         if self._closing:
             buffer.end()
             return EventStream(buffer)
         self._subscribers += 1
+        if blocking:
+            self._blocking = (*self._blocking, buffer)
         if session_id is None:
             self._targets = (*self._targets, buffer)
 
             def unsubscribe() -> None:
                 self._subscribers -= 1
                 self._detach_buffer(buffer)
+                self._unblock(buffer)
 
         else:
             self._by_session[session_id] = (*self._by_session.get(session_id, ()), buffer)
@@ -316,8 +337,24 @@ class EventBus:
                     self._by_session[session_id] = remaining
                 else:
                     self._by_session.pop(session_id, None)
+                self._unblock(buffer)
 
         return EventStream(buffer, unsubscribe)
+
+    def _unblock(self, buffer: Buffer[Event]) -> None:
+        if buffer.blocking:
+            self._blocking = tuple(b for b in self._blocking if b is not buffer)
+
+    async def wait_room(self, session_id: str | None) -> None:
+        """Wait while a lossless (``overflow="block"``) subscriber that gets ``session_id``'s
+        events has ``capacity`` of them unread; returns at once when there is none.
+
+        The runtime calls it between steps, so that events published synchronously (lifecycle
+        events, ``emit_nowait``) are held back too.
+        """
+        for buffer in self._blocking:
+            if buffer.session_id is None or buffer.session_id == session_id:
+                await buffer.wait_room()
 
     def diagnostics(self) -> DiagnosticStream:
         """A stream of the sink failures from now on; it ends when the bus closes."""
@@ -392,6 +429,8 @@ class EventBus:
         self.publish_fresh_nowait(event)
         if self._pressure:
             await trio.lowlevel.cancel_shielded_checkpoint()
+        if self._blocking:
+            await self.wait_room(event.session_id)
 
     def _deliver(self, sid: str | None, stamped: Event) -> None:
         self._published += 1
@@ -425,9 +464,11 @@ class EventBus:
             self._pressured = 0
 
     async def publish(self, session_id: str | None, event: Event) -> Event:
-        """Like :meth:`publish_nowait`; a cancellation point that never waits on a consumer.
+        """Like :meth:`publish_nowait`; a cancellation point that waits on no consumer but a
+        lossless one.
 
-        Backpressure: none; a full consumer buffer drops its oldest event instead of waiting.
+        Backpressure: a full consumer buffer drops its oldest event instead of waiting, except a
+        subscriber's with ``overflow="block"``, which this waits on while it is full.
         When a sink's buffer is more than half full, ``publish`` yields to the scheduler so a busy
         emitter lets the sink actors catch up (this costs no virtual time); for a subscriber's
         buffer it yields once per 32 events, so a reader that never reads cannot make every
@@ -438,6 +479,8 @@ class EventBus:
         stamped = self.publish_nowait(session_id, event)
         if self._pressure:
             await trio.lowlevel.cancel_shielded_checkpoint()
+        if self._blocking:
+            await self.wait_room(stamped.session_id)
         return stamped
 
     # -- the actor ---------------------------------------------------------------------------------
@@ -682,6 +725,7 @@ class EventBus:
                 for buffer in subscribers:
                     buffer.end()
             self._by_session = {}
+            self._blocking = ()
             if self._phase == "running":
                 with trio.move_on_after(flush_timeout):
                     for slot in self._slots:

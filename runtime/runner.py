@@ -52,6 +52,7 @@ from .scheduler import (
 )
 from .session import Fresh, Resumed, SessionInit, SessionView, StepOptions, StepResult
 from .state import VersionedState
+from .stream import Overflow
 
 _log = logging.getLogger("treadle.runner")
 
@@ -583,10 +584,18 @@ class AppRunner:
     # -- events and metadata -----------------------------------------------------------------------
 
     def event_stream(
-        self, *, session_id: str | None = None, capacity: int | None = None
+        self,
+        *,
+        session_id: str | None = None,
+        capacity: int | None = None,
+        overflow: Overflow = "drop_oldest",
     ) -> EventStream:
-        """Subscribe to the events of every session (or one), from now on."""
-        return self.bus.subscribe(session_id=session_id, capacity=capacity)
+        """Subscribe to the events of every session (or one), from now on.
+
+        ``overflow="block"`` makes the stream lossless: the runs it sees wait for its reader
+        instead of dropping events (see :meth:`EventBus.subscribe`).
+        """
+        return self.bus.subscribe(session_id=session_id, capacity=capacity, overflow=overflow)
 
     def statistics(self) -> RunnerStatistics:
         """Counts of sessions and node actors (see :class:`RunnerStatistics`)."""

@@ -259,6 +259,11 @@ class Scheduler:
     async def _superstep(self) -> StepReport:
         core = self.core
         graph = self.config.graph
+        bus = self.config.bus
+        if bus._blocking:
+            # A lossless subscriber is behind: the run waits for it before the next step, so
+            # what the last one published synchronously (lifecycle events) is held back too.
+            await bus.wait_room(core.session_id)
         # The step counter moves only when the step ends or fails: a step abandoned half-way
         # (its asker was cancelled) leaves no trace.
         step = core.step + 1

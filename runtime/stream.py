@@ -1,13 +1,12 @@
-"""Bounded drop-oldest buffers and the streams that read them (:class:`EventStream`).
-
-Each sink and subscriber of the bus owns one buffer, so a slow reader only loses its own events.
-"""
+"""Bounded buffers (drop-oldest, or blocking for lossless streams) and the streams that read them
+(:class:`EventStream`). Each sink and subscriber of the bus owns one, so a slow reader only loses
+its own events, or, with ``overflow="block"``, holds back the run it asked to hold back."""
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+from typing import Generic, Literal, TypeVar
 
 import attrs
 import trio
@@ -20,7 +19,19 @@ T = TypeVar("T")
 YIELD_EVERY = 64
 """A stream reading buffered items yields to the scheduler at least once per this many."""
 
-__all__ = ["BufferedStream", "EventStream", "StreamStatistics"]
+__all__ = ["OVERFLOW_POLICIES", "BufferedStream", "EventStream", "Overflow", "StreamStatistics"]
+
+Overflow = Literal["drop_oldest", "block"]
+OVERFLOW_POLICIES: tuple[Overflow, ...] = ("drop_oldest", "block")
+
+
+def check_overflow(value: object) -> Overflow:
+    """``value`` if it is an overflow policy; a ``ValueError`` naming the choices otherwise."""
+    if value == "drop_oldest":
+        return "drop_oldest"
+    if value == "block":
+        return "block"
+    raise ValueError(f"overflow must be 'drop_oldest' or 'block', not {value!r}")
 
 
 @attrs.define(eq=False)
@@ -30,6 +41,10 @@ class Buffer(Generic[T]):
     ``keep`` marks items that are never evicted (stream sentinels). When every buffered item is
     one, the oldest of those goes after all, which takes ``capacity`` unread sentinels; so the
     buffer never holds more than ``capacity`` items.
+
+    A ``blocking`` buffer never evicts: :meth:`put` still never waits (it may run past
+    ``capacity`` by what synchronous publishers add), and async publishers wait in
+    :meth:`wait_room` until the reader has brought it under ``capacity`` again.
 
     Not thread-safe: every method runs on the Trio thread.
     """
@@ -42,13 +57,21 @@ class Buffer(Generic[T]):
     """No more items will arrive; readers see the end once ``items`` is empty."""
     patient: bool = False
     """Read by a task that may fall behind for good (a subscriber), not by a sink actor."""
+    blocking: bool = False
+    """Never drops (``overflow="block"``): publishers wait for room instead."""
+    session_id: str | None = None
+    """The one session whose events this buffer gets, if it is filtered."""
     _waiter: trio.lowlevel.Task | None = None
     _high_water: int = attrs.field(init=False, default=0)
+    # Publishers waiting for room in a blocking buffer.
+    _room: trio.lowlevel.ParkingLot | None = attrs.field(init=False, default=None)
 
     def __attrs_post_init__(self) -> None:
         if self.capacity < 1:
             raise ValueError(f"buffer capacity must be at least 1, not {self.capacity}")
         self._high_water = self.capacity // 2
+        if self.blocking:
+            self._room = trio.lowlevel.ParkingLot()
 
     def put(self, item: T) -> bool:
         """Append ``item``, evicting one if full, and wake the reader; never waits.
@@ -62,7 +85,7 @@ class Buffer(Generic[T]):
         items = self.items
         items.append(item)
         size = len(items)
-        if size > self.capacity:
+        if size > self.capacity and not self.blocking:
             self._evict()
         waiter = self._waiter
         if waiter is not None:
@@ -94,9 +117,29 @@ class Buffer(Generic[T]):
             self._evict()
 
     def end(self) -> None:
-        """Mark the end of input; a waiting reader wakes and sees it after the buffered items."""
+        """Mark the end of input; a waiting reader wakes and sees it after the buffered items,
+        and publishers waiting for room stop waiting."""
         self.ended = True
         self.wake()
+        if self._room is not None:
+            self._room.unpark_all()
+
+    def full(self) -> bool:
+        """A blocking buffer that publishers must wait on before adding more."""
+        return self.blocking and not self.ended and len(self.items) >= self.capacity
+
+    async def wait_room(self) -> None:
+        """Wait until a blocking buffer is under capacity (or ended); not a checkpoint when it
+        already is."""
+        room = self._room
+        while room is not None and self.full():
+            await room.park()
+
+    def taken(self) -> None:
+        """The reader took items: wake publishers waiting for room if there is some now."""
+        room = self._room
+        if room is not None and len(self.items) < self.capacity:
+            room.unpark_all()
 
     def discard(self) -> int:
         """Drop everything buffered (counted in ``dropped``) and end; returns how many went."""
@@ -186,7 +229,10 @@ class BufferedStream(ClosesSynchronously, trio.abc.ReceiveChannel[T]):
             raise trio.ClosedResourceError("this event stream is closed")
         buffer = self._buffer
         if buffer.items:
-            return buffer.items.popleft()
+            item = buffer.items.popleft()
+            if buffer.blocking:
+                buffer.taken()
+            return item
         if buffer.ended:
             raise trio.EndOfChannel
         raise trio.WouldBlock
@@ -206,7 +252,10 @@ class BufferedStream(ClosesSynchronously, trio.abc.ReceiveChannel[T]):
         if buffer.items and not self._closed and self._streak < YIELD_EVERY:
             await trio.lowlevel.checkpoint_if_cancelled()
             self._streak += 1
-            return buffer.items.popleft()
+            item = buffer.items.popleft()
+            if buffer.blocking:
+                buffer.taken()
+            return item
         self._streak = 0
         while True:
             await buffer.wait_readable()
@@ -228,6 +277,8 @@ class BufferedStream(ClosesSynchronously, trio.abc.ReceiveChannel[T]):
         buffer = self._buffer
         batch = list(buffer.items)
         buffer.items.clear()
+        if buffer.blocking:
+            buffer.taken()
         return batch
 
     async def _next_batch(self) -> list[T]:
@@ -268,7 +319,8 @@ class EventStream(BufferedStream[Event]):
     A subscriber sees events published after it subscribed. A stream for one session ends right
     after that session's ``STREAM_END``; an unfiltered stream ends when the bus closes. When the
     reader falls behind, the oldest events are dropped and counted in :attr:`dropped`; sentinels
-    (``STREAM_END``, ``INVOCATION_END``) are kept.
+    (``STREAM_END``, ``INVOCATION_END``) are kept. A stream subscribed with ``overflow="block"``
+    loses nothing: the runs it sees wait for its reader instead (closing it lets them go on).
     """
 
     __slots__ = ()

@@ -37,6 +37,8 @@ EXPECTED: dict[str, list[str]] = {
         r"stuck reader: dropped 185 \(= 201 - its capacity of 16\)",
         r"stuck reader, read late: 16 events, ending with __treadle_stream_end__",
         r"same virtual time with slow readers: True",
+        r"lossless reader: received 201, dropped 0",
+        r"the run waited for it: 1\d\.\d\d s of virtual time",
     ],
     "streaming_slow_sinks.py": [
         r"run finished before the slow sink caught up: True",
