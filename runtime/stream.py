@@ -136,9 +136,11 @@ class Buffer(Generic[T]):
             await room.park()
 
     def taken(self) -> None:
-        """The reader took items: wake publishers waiting for room if there is some now."""
+        """The reader took items: once it has read the buffer down to half full, wake the
+        publishers waiting for room (all at once, so that they and the reader each run in
+        batches instead of taking turns event by event)."""
         room = self._room
-        if room is not None and len(self.items) < self.capacity:
+        if room is not None and len(self.items) <= self._high_water and room:
             room.unpark_all()
 
     def discard(self) -> int:
