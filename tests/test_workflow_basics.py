@@ -4,6 +4,7 @@ events and the FlowWeaver-compatible reading methods."""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 import trio
@@ -268,3 +269,17 @@ def test_task_graph_reads_tasks_dependencies_and_statuses() -> None:
     assert isinstance(info.value.__cause__.__cause__, ZeroDivisionError)
     view = [(v.name, v.depends_on, v.status.value) for v in wf.task_graph()]
     assert view == [("a", (), "completed"), ("b", ("a",), "failed"), ("c", ("b",), "pending")]
+
+
+def test_flowweaver_mermaid_calls_accept_a_workflow(tmp_path: Path) -> None:
+    wf = Workflow("drawn")
+    wf.add_task(Task("extract", lambda: 1))
+    wf.add_task(Task("load", lambda extract: extract), depends_on=["extract"])
+    wf.run()
+    text = treadle.export_mermaid(wf, orientation="LR")
+    assert text.splitlines()[0] == "flowchart LR"
+    assert "completed" in text
+    saved = treadle.save_mermaid(wf, tmp_path / "d.md", orientation="LR")
+    assert "extract" in Path(saved).read_text()
+    page = treadle.view_mermaid(wf, orientation="LR", open_browser=False, path=tmp_path / "d.html")
+    assert Path(page).exists()
