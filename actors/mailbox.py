@@ -9,7 +9,7 @@ import abc
 import enum
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from typing import ClassVar, Generic, Literal, Self, TypeAlias, TypeVar
+from typing import ClassVar, Generic, Literal, Protocol, Self, TypeAlias, TypeVar
 
 import attrs
 import outcome
@@ -222,14 +222,38 @@ def _check_limit(limit: int | None) -> int:
 # -- BLOCK: a thin layer over trio memory channels ------------------------------------------------
 
 
-class _BlockSender(MailboxSender[T]):
-    __slots__ = ("_chan",)
+class _TrioChannel(Protocol):
+    def clone(self) -> Self: ...
+    def statistics(self) -> trio.MemoryChannelStatistics: ...
 
-    def __init__(
-        self, core: _MailboxCore, perturb: Perturbation | None, chan: trio.MemorySendChannel[T]
-    ) -> None:
+
+C = TypeVar("C", bound=_TrioChannel)
+
+
+class _BlockEnd(_MailboxEnd, Generic[C]):
+    """What both ends of a blocking mailbox share: the trio channel end they wrap, and cloning."""
+
+    __slots__ = ("_chan",)
+    _END: ClassVar[str]
+
+    def __init__(self, core: _MailboxCore, perturb: Perturbation | None, chan: C) -> None:
         super().__init__(core, perturb)
         self._chan = chan
+
+    def clone(self) -> Self:
+        try:
+            chan = self._chan.clone()
+        except trio.ClosedResourceError:
+            raise _closed(self._core, self._END) from None
+        return type(self)(self._core, self._perturb, chan)
+
+    def statistics(self) -> MailboxStatistics:
+        return _block_statistics(self._core, self._chan.statistics())
+
+
+class _BlockSender(_BlockEnd[trio.MemorySendChannel[T]], MailboxSender[T]):
+    __slots__ = ()
+    _END = "sender"
 
     async def send(self, msg: T) -> None:
         if self._perturb is not None:
@@ -251,31 +275,13 @@ class _BlockSender(MailboxSender[T]):
             raise _closed(self._core, "sender") from None
         self._core.sent += 1
 
-    def clone(self) -> MailboxSender[T]:
-        try:
-            chan = self._chan.clone()
-        except trio.ClosedResourceError:
-            raise _closed(self._core, "sender") from None
-        return _BlockSender(self._core, self._perturb, chan)
-
     def close(self) -> None:
         self._chan.close()
 
-    def statistics(self) -> MailboxStatistics:
-        return _block_statistics(self._core, self._chan.statistics())
 
-
-class _BlockReceiver(MailboxReceiver[T]):
-    __slots__ = ("_chan",)
-
-    def __init__(
-        self,
-        core: _MailboxCore,
-        perturb: Perturbation | None,
-        chan: trio.MemoryReceiveChannel[T],
-    ) -> None:
-        super().__init__(core, perturb)
-        self._chan = chan
+class _BlockReceiver(_BlockEnd[trio.MemoryReceiveChannel[T]], MailboxReceiver[T]):
+    __slots__ = ()
+    _END = "receiver"
 
     async def receive(self) -> T:
         if self._perturb is not None:
@@ -320,20 +326,10 @@ class _BlockReceiver(MailboxReceiver[T]):
                 core.watched.pop(id(msg), None)
         return batch
 
-    def clone(self) -> MailboxReceiver[T]:
-        try:
-            chan = self._chan.clone()
-        except trio.ClosedResourceError:
-            raise _closed(self._core, "receiver") from None
-        return _BlockReceiver(self._core, self._perturb, chan)
-
     def close(self) -> None:
         self._chan.close()
         if self._core.watched and self._chan.statistics().open_receive_channels == 0:
             self._core.strand_all()
-
-    def statistics(self) -> MailboxStatistics:
-        return _block_statistics(self._core, self._chan.statistics())
 
 
 def _block_statistics(core: _MailboxCore, stats: trio.MemoryChannelStatistics) -> MailboxStatistics:
