@@ -22,6 +22,8 @@ from trio_websocket import (
     WebSocketRequest,
     wrap_server_stream,
 )
+from wsproto.events import TextMessage
+from wsproto.utilities import LocalProtocolError
 
 from ..actors.errors import TreadleError
 from ..runtime.events import STREAM_END_SCOPE, Event, is_sentinel
@@ -39,6 +41,9 @@ _PONG: Final = '{"type":"pong"}'
 _CLOSE_GRACE: Final = 2.0
 # How long a connection cancelled with the server may take to say goodbye.
 _QUICK_CLOSE: Final = 0.1
+# At most this many frames, or about this many bytes, go out in one socket write.
+_BATCH_FRAMES: Final = 256
+_BATCH_BYTES: Final = 65_536
 # Sessions whose events are kept for replay at most (the oldest session's are forgotten first).
 _MAX_REPLAY_SESSIONS: Final = 1024
 
@@ -558,26 +563,26 @@ class WebSocketSink:
                     return client.verdict
                 if client.dropped:
                     await self._send_dropped(connection, client)
-                if replay:
-                    frame = replay.popleft()
-                elif queue:
-                    frame = queue.popleft()
-                elif client.closing:
-                    return CLOSE_GOING_AWAY, "the event server is shutting down"
-                else:
+                batch = _take(replay if replay else queue, client.session_id is not None)
+                if not batch:
+                    if client.closing:
+                        return CLOSE_GOING_AWAY, "the event server is shutting down"
                     client.wake = trio.Event()
                     await client.wake.wait()
                     continue
-                await self._send(connection, client, frame[2])
-                if frame[3] and client.session_id is not None:
+                await self._send(connection, client, *(frame[2] for frame in batch))
+                if batch[-1][3] and client.session_id is not None:
                     return CLOSE_NORMAL, "the session's stream ended"
         except ConnectionClosed:
             client.gone = True
             return None
 
-    async def _send(self, connection: WebSocketConnection, client: _Client, text: str) -> None:
+    async def _send(self, connection: WebSocketConnection, client: _Client, *texts: str) -> None:
         client.sending_since = trio.current_time()
-        await connection.send_message(text)
+        if len(texts) == 1:
+            await connection.send_message(texts[0])
+        else:
+            await _send_many(connection, texts)
         client.sending_since = None
 
     async def _send_dropped(self, connection: WebSocketConnection, client: _Client) -> None:
@@ -612,6 +617,44 @@ class WebSocketSink:
     def __repr__(self) -> str:
         where = f"{self.host}:{self._port if self._port is not None else self._bind_port}"
         return f"WebSocketSink({where}, clients={len(self._clients)})"
+
+
+def _take(source: deque[_Frame], per_session: bool) -> list[_Frame]:
+    """The next frames to send in one write: up to ``_BATCH_FRAMES`` or ``_BATCH_BYTES``, ending
+    early at a session's stream end (after which a session connection closes)."""
+    batch: list[_Frame] = []
+    size = 0
+    while source and len(batch) < _BATCH_FRAMES and size < _BATCH_BYTES:
+        frame = source.popleft()
+        batch.append(frame)
+        size += len(frame[2])
+        if frame[3] and per_session:
+            break
+    return batch
+
+
+async def _send_many(connection: WebSocketConnection, texts: tuple[str, ...]) -> None:
+    """Send several text frames in one socket write.
+
+    trio-websocket sends one frame per write; on loopback the write (and its schedule point) is
+    most of what a frame costs, so a client that is behind gets its backlog in batches. This is
+    what ``send_message`` does for each frame (encode with the connection's wsproto state, write
+    under its send lock, treat a broken stream as a closed connection), done once per batch; it
+    reaches into trio-websocket 0.12's connection, which has no public batch send.
+    """
+    if connection.closed is not None:
+        raise ConnectionClosed(connection.closed)
+    wsproto = connection._wsproto
+    try:
+        data = b"".join(wsproto.send(TextMessage(data=text)) for text in texts)
+    except LocalProtocolError:
+        raise ConnectionClosed(connection.closed) from None
+    async with connection._stream_lock:
+        try:
+            await connection._stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            await connection._abort_web_socket()
+            raise ConnectionClosed(connection.closed) from None
 
 
 def _route(target: str) -> tuple[str | None, int | None]:
