@@ -93,6 +93,9 @@ from .runtime.reducers import add_errors as add_errors
 from .runtime.reducers import add_messages as add_messages
 from .runtime.reducers import map_merge as map_merge
 from .runtime.reducers import reducer as reducer
+from .runtime.remote import EventStreamError as EventStreamError
+from .runtime.remote import RemoteEventStream as RemoteEventStream
+from .runtime.remote import open_event_stream as open_event_stream
 from .runtime.runner import AppRunner as AppRunner
 from .runtime.runner import RunMetadata as RunMetadata
 from .runtime.runner import RunnerStatistics as RunnerStatistics

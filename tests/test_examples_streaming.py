@@ -49,6 +49,18 @@ EXPECTED: dict[str, list[str]] = {
         r"NodeRunError: node='parse' key='tags'",
         r"stream ended once: status=error",
     ],
+    "websocket_stream.py": [
+        r"serving ws://127\.0\.0\.1:\d+/sessions/job/events",
+        r"live: #0 node\.started: \w+ started at step 1",
+        r"live: #9 step\.completed: step 1 completed: ran a, bb, ccc",
+        r"live: #10 node\.started: summary started at step 2",
+        r"live: #11 summary: 3 parts done",
+        r"live: #14 __treadle_stream_end__: session=job status=completed step=2",
+        r"final extra: \{'a': True, 'bb': True, 'ccc': True, 'parts': 3\}",
+        r"the live reader saw all 15 events once, in order: True",
+        r"replayed from seq 3: 3\.\.14 \(12 events\)",
+        r"server: 2 connections, 0 events dropped",
+    ],
     "streaming_json.py": [
         r"one event as JSON:",
         r'  "timestamp": 1700000000.0,',
@@ -130,7 +142,10 @@ def test_streaming_example_uses_only_the_public_api(name: str) -> None:
 
 
 def test_every_streaming_example_is_tested() -> None:
-    assert {path.name for path in EXAMPLES.glob("streaming_*.py")} == set(EXPECTED)
+    names = {
+        path.name for path in (*EXAMPLES.glob("streaming_*.py"), *EXAMPLES.glob("websocket_*.py"))
+    }
+    assert names == set(EXPECTED)
 
 
 def test_streaming_doc_snippets_parse_and_name_public_things() -> None:

@@ -10,10 +10,10 @@ from collections.abc import Sequence
 import trio
 
 from ..errors import TreadleError
-from . import demo, graph, run, sessions, view
+from . import demo, events, graph, run, sessions, view
 
 # Each command module adds its own sub-parser; a new command is a module and one entry here.
-COMMANDS = (demo, run, sessions, graph, view)
+COMMANDS = (demo, run, sessions, graph, view, events)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

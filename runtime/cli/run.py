@@ -19,6 +19,15 @@ def add_parser(commands: Any) -> None:
     run.add_argument("--checkpointer", default=None, help="checkpointer URL (default: SQLite)")
     run.add_argument("--jsonl", default=None, help="also write every event to this JSON Lines file")
     run.add_argument(
+        "--ws",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="serve the run's events (with lifecycle events) over WebSocket on 127.0.0.1:PORT "
+        "(0: a free port); follow them with `treadle events URL`",
+    )
+    run.add_argument("--ws-token", default=None, help="require this token from WebSocket clients")
+    run.add_argument(
         "--executor",
         choices=["sequential", "threaded", "async"],
         default="sequential",
@@ -44,13 +53,27 @@ async def run_command(args: argparse.Namespace) -> int:
     sinks: list[Any] = [StdOutSink()]
     if args.jsonl:
         sinks.append(JsonLinesSink(args.jsonl))
+    server = None
+    if args.ws is not None:
+        from ...sinks.websocket import WebSocketSink
+
+        server = WebSocketSink(port=args.ws, token=args.ws_token)
+        sinks.append(server)
     bus = EventBus(sinks)
     if not isinstance(app, App):
         return await _run_workflow(app, args, bus)
     state = parse_input(args.input)
     async with AppRunner(
-        app, checkpointer=checkpointer_arg(args.checkpointer), event_bus=bus
+        app,
+        checkpointer=checkpointer_arg(args.checkpointer),
+        event_bus=bus,
+        lifecycle_events=server is not None,
     ) as runner:
+        if server is not None:
+            print(
+                f"serving events at {server.url(args.session)} (every session: {server.url()})",
+                flush=True,
+            )
         init = await runner.create_session(args.session, state)
         if isinstance(init, Resumed):
             print(f"resumed session {args.session!r} at step {init.step}")

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit, urlunsplit
 import trio
 from trio_websocket import ConnectionRejected, WebSocketConnection, wrap_client_stream
 
-__all__ = ["open_websocket"]
+__all__ = ["open_websocket", "single_error"]
 
 # How long the closing handshake may take when the block is left.
 _CLOSE_TIMEOUT = 1.0
@@ -72,9 +72,7 @@ async def open_websocket(
             rejected = _first(group, ConnectionRejected)
             if rejected is not None:
                 raise rejected from None
-            if len(group.exceptions) == 1:
-                raise group.exceptions[0] from None
-            raise
+            raise single_error(group) from None
     finally:
         await trio.aclose_forcefully(stream)
 
@@ -88,3 +86,13 @@ def _first(group: BaseExceptionGroup, kind: type[BaseException]) -> BaseExceptio
         elif isinstance(error, kind):
             return error
     return None
+
+
+def single_error(group: BaseExceptionGroup) -> BaseException:
+    """The one exception a nursery wrapped (the group itself when it holds several)."""
+    while len(group.exceptions) == 1:
+        inner = group.exceptions[0]
+        if not isinstance(inner, BaseExceptionGroup):
+            return inner
+        group = inner
+    return group
