@@ -63,6 +63,14 @@ class NodePool:
         """How many node actors this pool has started."""
         return self._started
 
+    def close(self) -> None:
+        """Close every idle actor's mailbox: each sees the end of its inbox and returns, which
+        costs far less than cancelling thousands of waiting tasks when the runner closes."""
+        idle, self._idle = self._idle, {}
+        for mailboxes in idle.values():
+            for mailbox in mailboxes:
+                mailbox.close()
+
     def idle(self) -> int:
         """How many idle node actors the pool holds."""
         return sum(len(v) for v in self._idle.values())

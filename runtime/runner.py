@@ -258,12 +258,16 @@ class AppRunner:
             # Raised once every actor is joined below: the nursery must be left whatever happens.
             shutdown_error = error
         finally:
-            if nursery is not None:
-                nursery.cancel_scope.cancel(reason="AppRunner closed")
+            # Actors that are only waiting for work end on the end of their inbox first; the
+            # cancellation then has only the busy ones left to interrupt.
             sessions, self._sessions = self._sessions, {}
             self._idle = {}
             for entry in sessions.values():
                 entry.inbox.close()
+            if self._config is not None:
+                self._config.pool.close()
+            if nursery is not None:
+                nursery.cancel_scope.cancel(reason="AppRunner closed")
         if shutdown_error is not None and exc is not None:
             # The caller's own error comes first; what shutdown could not do goes with it.
             _log.warning("while leaving the runner after %r: %s", exc, shutdown_error)
