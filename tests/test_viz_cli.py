@@ -97,3 +97,11 @@ def test_graph_and_view_take_a_workflow(tmp_path: Path) -> None:
     assert page_config((tmp_path / "wf.html").read_text(encoding="utf-8"))["source"] == text.stdout
     wrong = treadle("view", "flows:extract", "--no-open", cwd=tmp_path)
     assert wrong.stderr == "treadle: flows:extract is a int, not a compiled App\n"
+
+
+def test_run_view_needs_a_websocket(tmp_path: Path) -> None:
+    result = treadle("run", DEMO, "--view", cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr == (
+        "treadle: --view needs --ws PORT: the page follows the run over that WebSocket\n"
+    )

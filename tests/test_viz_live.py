@@ -2,9 +2,8 @@
 lifecycle events, a failed node turns red, and a connection dropped mid-run resumes with
 ``from_seq`` and still ends with the right colours.
 
-The page reads SPEC 6.1's ``/sessions/{id}/events?from_seq=N`` over a real loopback WebSocket.
-Until treadle has its WebSocketSink, ``EventRelay`` below serves that protocol from a real bus
-subscription (each event's own ``to_json_string()``); the sink replaces it once it exists.
+The page subscribes to a real ``WebSocketSink`` (``/sessions/{id}/events?from_seq=N``) over
+loopback.
 
 Skipped without Chromium or ``TREADLE_MERMAID_JS`` (failed instead with
 ``TREADLE_REQUIRE_BROWSER=1``). Real time and real loopback sockets: no autojump clock here.
@@ -14,6 +13,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -22,15 +23,15 @@ from typing import Any
 import pytest
 import trio
 from browser import Page, browser_parts, open_page
-from trio_websocket import ConnectionClosed, WebSocketRequest, serve_websocket
 
 from treadle import (
     END,
     START,
-    STREAM_END_SCOPE,
     AppRunner,
+    EventBus,
     GraphBuilder,
     NodeRunError,
+    WebSocketSink,
     view_mermaid,
 )
 
@@ -77,47 +78,6 @@ def pipeline(pause: float, failing: str | None = None) -> GraphBuilder:
         .add_edge(["parse", "index"], "report")
         .add_edge("report", END)
     )
-
-
-class EventRelay:
-    """SPEC 6.1's per-session endpoint, served from a bus subscription: ``?from_seq=N`` sends every
-    event from ``seq`` N on, then live ones; after ``STREAM_END`` it closes with code 1000."""
-
-    def __init__(self, stream: Any) -> None:
-        self.stream = stream
-        self.port = 0
-        self.events: list[str] = []
-        self._grew = trio.Event()
-
-    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._collect)
-            server = await nursery.start(serve_websocket, self._handle, "127.0.0.1", 0, None)
-            self.port = server.port
-            task_status.started()
-
-    async def _collect(self) -> None:
-        async for event in self.stream:
-            self.events.append(event.to_json_string())
-            self._grew.set()
-            self._grew = trio.Event()
-
-    async def _handle(self, request: WebSocketRequest) -> None:
-        query = request.path.partition("?")[2]
-        params = dict(p.partition("=")[::2] for p in query.split("&") if p)
-        position = int(params.get("from_seq", "0"))
-        socket = await request.accept()
-        try:
-            while True:
-                while position < len(self.events):
-                    await socket.send_message(self.events[position])
-                    if STREAM_END_SCOPE in self.events[position]:
-                        await socket.aclose(1000)
-                        return
-                    position += 1
-                await self._grew.wait()
-        except ConnectionClosed:
-            pass
 
 
 class DroppingProxy:
@@ -185,17 +145,14 @@ async def live_page(
 
 
 @asynccontextmanager
-async def relayed_run(
-    app: Any, session: str
-) -> AsyncIterator[tuple[AppRunner, EventRelay, trio.Nursery]]:
-    """A runner with lifecycle events on, and the relay serving its session's events."""
+async def sink_run(app: Any) -> AsyncIterator[tuple[AppRunner, WebSocketSink, trio.Nursery]]:
+    """A runner with lifecycle events on and a real WebSocketSink on its bus."""
+    sink = WebSocketSink()
     async with (
-        AppRunner(app, lifecycle_events=True) as runner,
+        AppRunner(app, event_bus=EventBus([sink]), lifecycle_events=True) as runner,
         trio.open_nursery() as nursery,
     ):
-        relay = EventRelay(runner.event_stream(session_id=session))
-        await nursery.start(relay.serve)
-        yield runner, relay, nursery
+        yield runner, sink, nursery
         nursery.cancel_scope.cancel()
 
 
@@ -205,8 +162,8 @@ async def test_every_node_turns_green_as_a_real_run_completes(
 ) -> None:
     app = pipeline(pause=0.2).compile()
     async with (
-        relayed_run(app, "ok") as (runner, relay, _),
-        live_page(parts, tmp_path, app, relay.port, "ok") as page,
+        sink_run(app) as (runner, sink, _),
+        live_page(parts, tmp_path, app, sink.port, "ok") as page,
     ):
         assert await page.evaluate("window.treadleView.statuses") == dict.fromkeys(NODES, "pending")
         await runner.create_session("ok")
@@ -229,8 +186,8 @@ async def test_a_failing_node_turns_red_and_what_never_ran_stays_grey(
 ) -> None:
     app = pipeline(pause=0.1, failing="index").compile()
     async with (
-        relayed_run(app, "bad") as (runner, relay, _),
-        live_page(parts, tmp_path, app, relay.port, "bad") as page,
+        sink_run(app) as (runner, sink, _),
+        live_page(parts, tmp_path, app, sink.port, "bad") as page,
     ):
         await runner.create_session("bad")
         with pytest.raises(NodeRunError):
@@ -265,8 +222,8 @@ async def test_a_dropped_connection_resumes_from_seq_and_ends_with_the_right_col
     tmp_path: Path, parts: tuple[str, Path]
 ) -> None:
     app = pipeline(pause=0.4).compile()
-    async with relayed_run(app, "drop") as (runner, relay, nursery):
-        proxy = DroppingProxy(relay.port)
+    async with sink_run(app) as (runner, sink, nursery):
+        proxy = DroppingProxy(sink.port)
         await nursery.start(proxy.serve)
         async with live_page(parts, tmp_path, app, proxy.port, "drop") as page:
             await runner.create_session("drop")
@@ -288,3 +245,82 @@ async def test_a_dropped_connection_resumes_from_seq_and_ends_with_the_right_col
     resumed = proxy.requests[1]
     from_seq = int(resumed.split("from_seq=")[1].split()[0].split("&")[0])
     assert from_seq > seen, resumed  # it resumed after what it had, not from the start
+
+
+FLOW = """
+import pathlib
+
+import trio
+
+from treadle import END, START, GraphBuilder
+
+
+async def gate(snapshot, ctx):
+    while not pathlib.Path("go").exists():  # the test says when the page is watching
+        await trio.sleep(0.05)
+
+
+async def step(snapshot, ctx):
+    await trio.sleep(0.05)
+
+
+app = (
+    GraphBuilder()
+    .add_node("gate", gate)
+    .add_node("work", step)
+    .add_node("finish", step)
+    .add_edge(START, "gate")
+    .add_edge("gate", "work")
+    .add_edge("work", "finish")
+    .add_edge("finish", END)
+)
+"""
+
+
+@pytest.mark.watchdog(120)
+async def test_treadle_run_ws_view_opens_a_page_that_follows_the_run(
+    tmp_path: Path, parts: tuple[str, Path]
+) -> None:
+    chromium, mermaid = parts
+    (tmp_path / "flow.py").write_text(FLOW, encoding="utf-8")
+    # The browser webbrowser.open starts ($BROWSER): a script that notes the page it was given.
+    opener = tmp_path / "browser.sh"
+    opener.write_text('#!/bin/sh\necho "$1" > opened.txt\n', encoding="utf-8")
+    opener.chmod(0o755)
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "BROWSER": f"{opener} %s",
+        "TREADLE_MERMAID_JS": str(mermaid),
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
+    }
+    command = [sys.executable, "-m", "treadle", "run", "flow:app", "--ws", "0", "--view",
+               "--checkpointer", "memory://"]  # fmt: skip
+    with (tmp_path / "out.txt").open("wb") as out:
+        process = await trio.lowlevel.open_process(
+            command, cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+        try:
+            opened = trio.Path(tmp_path / "opened.txt")
+            with trio.fail_after(60):
+                while not await opened.exists():
+                    await trio.sleep(0.05)
+            async with open_page(chromium, tmp_path / "profile") as page:
+                await page.goto((await opened.read_text()).strip())
+                await page.wait_for("window.treadleView.connection === 'connected'", 30)
+                await trio.Path(tmp_path / "go").touch()
+                await page.wait_for("window.treadleView.ended", 30)
+                nodes = await page.evaluate(READ_NODES)
+            with trio.fail_after(30):
+                await process.wait()
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+    output = (tmp_path / "out.txt").read_text(encoding="utf-8")
+    assert process.returncode == 0, output
+    assert "serving events at ws://127.0.0.1:" in output
+    assert "live view: " in output
+    for name in ("gate", "work", "finish"):
+        assert nodes[name]["history"] == ["pending", "running", "completed"], name
+        assert nodes[name]["fill"] == GREEN

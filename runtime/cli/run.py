@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 from .common import checkpointer_arg, load_app, parse_input, print_state
+from .view import add_view_options, check_view, open_live_view, workflow_events_url
 
 
 def add_parser(commands: Any) -> None:
@@ -27,6 +28,7 @@ def add_parser(commands: Any) -> None:
         "(0: a free port); follow them with `treadle events URL`",
     )
     run.add_argument("--ws-token", default=None, help="require this token from WebSocket clients")
+    add_view_options(run)
     run.add_argument(
         "--executor",
         choices=["sequential", "threaded", "async"],
@@ -50,6 +52,7 @@ async def run_command(args: argparse.Namespace) -> int:
     from ..session import Completed, Resumed
 
     app = load_app(args.target, workflows=True)
+    check_view(args, app)
     sinks: list[Any] = [StdOutSink()]
     if args.jsonl:
         sinks.append(JsonLinesSink(args.jsonl))
@@ -61,6 +64,8 @@ async def run_command(args: argparse.Namespace) -> int:
         sinks.append(server)
     bus = EventBus(sinks)
     if not isinstance(app, App):
+        if args.view:
+            open_live_view(app, workflow_events_url(args.ws, app), args)
         return await _run_workflow(app, args, bus)
     state = parse_input(args.input)
     async with AppRunner(
@@ -74,6 +79,8 @@ async def run_command(args: argparse.Namespace) -> int:
                 f"serving events at {server.url(args.session)} (every session: {server.url()})",
                 flush=True,
             )
+            if args.view:
+                open_live_view(app, server.url(args.session), args)
         init = await runner.create_session(args.session, state)
         if isinstance(init, Resumed):
             print(f"resumed session {args.session!r} at step {init.step}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 from typing import Any
+from urllib.parse import quote
 
 from ..viz.mermaid import ORIENTATIONS
 from ..viz.page import view_mermaid
@@ -48,3 +49,44 @@ async def view_command(args: argparse.Namespace) -> int:
     )
     print(path)
     return 0
+
+
+def add_view_options(parser: argparse.ArgumentParser) -> None:
+    """``--view`` (and ``--mermaid-js``) of ``treadle run``, beside its ``--ws PORT``."""
+    parser.add_argument(
+        "--view", action="store_true", help="with --ws: open the run's live page in the browser"
+    )
+    add_page_options(parser)
+
+
+def check_view(args: argparse.Namespace, source: Any) -> None:
+    """Refuse ``--view`` without a WebSocket to follow, before anything runs.
+
+    A workflow starts its bus inside its run, so its page needs the port before: a fixed one.
+    """
+    from ..app import App
+
+    if not args.view:
+        return
+    if args.ws is None:
+        raise ValueError("--view needs --ws PORT: the page follows the run over that WebSocket")
+    if args.ws == 0 and not isinstance(source, App):
+        raise ValueError("--view with a workflow needs a fixed port: --ws PORT, not 0")
+
+
+def open_live_view(source: Any, url: str, args: argparse.Namespace) -> None:
+    """Write the run's live page and open it (the page retries until the server is up, and
+    replays what it missed with ``from_seq``)."""
+    page = view_mermaid(
+        source,
+        live=url,
+        mermaid_js=args.mermaid_js,
+        token=args.ws_token,
+        title=f"treadle run {args.target}",
+    )
+    print(f"live view: {page}", flush=True)
+
+
+def workflow_events_url(port: int, workflow: Any) -> str:
+    """Where a workflow run's events will be served: its session is ``workflow:<name>``."""
+    return f"ws://127.0.0.1:{port}/sessions/{quote(f'workflow:{workflow.name}', safe='')}/events"
