@@ -46,6 +46,30 @@ def _deps(shape: str, i: int) -> list[str]:
     return [f"t{i - 1}"]
 
 
+Executors = list[tuple[str, Callable[[], Any], Callable[..., Any]]]
+
+
+def _bench_executors(
+    system: str, workflow_cls: Any, task_cls: Any, executors: Executors, n: int, reps: int
+) -> list[dict[str, Any]]:
+    """Time each executor on both shapes; the two libraries share this API."""
+    rows = []
+    for shape in SHAPES:
+        for label, make, fn in executors:
+
+            def build(shape: str = shape, fn: Callable[..., Any] = fn) -> Any:
+                wf = workflow_cls(f"bench-{shape}")
+                wf.add_task(task_cls("root", fn))
+                for i in range(n):
+                    wf.add_task(task_cls(f"t{i}", fn), depends_on=_deps(shape, i))
+                return wf
+
+            it = iter([build() for _ in range(reps)])
+            us = _median_us(lambda make=make, it=it: make().execute(next(it)), n, reps)
+            rows.append({"system": system, "executor": label, "shape": shape, "us": us})
+    return rows
+
+
 # -- treadle ----------------------------------------------------------------------------------------
 
 
@@ -60,27 +84,12 @@ def bench_treadle(n: int, reps: int) -> list[dict[str, Any]]:
     async def anoop(**_: object) -> None:
         return None
 
-    rows = []
-    executors: list[tuple[str, Callable[[], Any], Callable[..., Any]]] = [
+    executors: Executors = [
         ("SequentialExecutor()", SequentialExecutor, noop),
         ("ThreadedExecutor(4)", lambda: ThreadedExecutor(max_workers=4), noop),
         ("AsyncExecutor(50)", lambda: AsyncExecutor(max_concurrent=50), anoop),
     ]
-    for shape in SHAPES:
-        for label, make, fn in executors:
-
-            def build(shape: str = shape, fn: Callable[..., Any] = fn) -> Any:
-                wf = Workflow(f"bench-{shape}")
-                wf.add_task(Task("root", fn))
-                for i in range(n):
-                    wf.add_task(Task(f"t{i}", fn), depends_on=_deps(shape, i))
-                return wf
-
-            workflows = [build() for _ in range(reps)]
-            it = iter(workflows)
-            us = _median_us(lambda make=make, it=it: make().execute(next(it)), n, reps)
-            rows.append({"system": "treadle", "executor": label, "shape": shape, "us": us})
-    return rows
+    return _bench_executors("treadle", Workflow, Task, executors, n, reps)
 
 
 # -- FlowWeaver 0.2.x -------------------------------------------------------------------------------
@@ -96,34 +105,13 @@ def bench_flowweaver(n: int, reps: int) -> list[dict[str, Any]]:
     async def anoop() -> None:
         return None
 
-    rows = []
-    executors: list[tuple[str, Callable[[], Any], Callable[..., Any]]] = [
+    executors: Executors = [
         ("SequentialExecutor()", SequentialExecutor, noop),
         ("ThreadedExecutor(4)", lambda: ThreadedExecutor(max_workers=4), noop),
         ("AsyncExecutor()", AsyncExecutor, anoop),
     ]
-    for shape in SHAPES:
-        for label, make, fn in executors:
-
-            def build(shape: str = shape, fn: Callable[..., Any] = fn) -> Any:
-                wf = Workflow(f"bench-{shape}")
-                wf.add_task(Task("root", fn))
-                for i in range(n):
-                    wf.add_task(Task(f"t{i}", fn), depends_on=_deps(shape, i))
-                return wf
-
-            workflows = [build() for _ in range(reps)]
-            it = iter(workflows)
-            us = _median_us(lambda make=make, it=it: make().execute(next(it)), n, reps)
-            rows.append(
-                {
-                    "system": f"FlowWeaver {flowweaver.__version__}",
-                    "executor": label,
-                    "shape": shape,
-                    "us": us,
-                }
-            )
-    return rows
+    system = f"FlowWeaver {flowweaver.__version__}"
+    return _bench_executors(system, Workflow, Task, executors, n, reps)
 
 
 # -- LangGraph functional API -----------------------------------------------------------------------
