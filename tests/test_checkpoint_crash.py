@@ -1,7 +1,9 @@
-"""Crash and resume: worker processes running a 200-step graph (a loop, a fan-out, a join, extra
-writes and deletes) are killed with SIGKILL at random instants and resumed by new processes; every
-session must end with exactly the final state, step count and stored history (every step's full
-checkpoint) of an uninterrupted run. Also: two processes resuming one PostgreSQL session at once.
+"""Crash and resume: worker processes running a 199-step graph (``tests/apps.py``'s rich graph: a
+conditional loop, a fan-out, a join half-fired across steps, a version-gated node, a retried node,
+extra writes and deletes) are killed with SIGKILL, first on cue where a resume must carry the join
+state and the gating, then at random instants, and resumed by new processes; every session must end
+with exactly the final state, step count and stored history (every step's full checkpoint) of an
+uninterrupted run. Also: two processes resuming one PostgreSQL session at once.
 
 This file is also the worker: ``python test_checkpoint_crash.py run URL DURABILITY SESSION...``.
 """
@@ -21,59 +23,27 @@ from typing import Any
 import pytest
 import trio
 
-ROUNDS = 67  # 3 supersteps a round (plan, left+right, merge): 201 steps
+ROUNDS = 40  # tests/apps.py's rich graph: 5 supersteps a round, 4 in the last: 199 steps
+
+
+async def observe(node: str, ctx: Any) -> None:
+    """What the worker does as a node starts: report progress, pace, or kill itself on cue."""
+    if node == "plan" and os.environ.get("CRASH_TEST_PROGRESS"):
+        print(f"AT {ctx.session_id} {ctx.step}", flush=True)  # lets the parent aim its kill
+    cue = os.environ.get("CRASH_TEST_SELF_KILL")  # "node@step": die as node starts at step
+    if cue == f"{node}@{ctx.step}":
+        os.kill(os.getpid(), signal.SIGKILL)
+    pace = float(os.environ.get("CRASH_TEST_PACE", "0"))
+    if pace and node == "plan":
+        import trio
+
+        await trio.sleep(pace)
 
 
 def crash_app() -> Any:
-    from treadle import END, START, GraphBuilder, Message, NodePartial
+    from apps import rich_app
 
-    async def plan(snapshot: Any, ctx: Any) -> NodePartial:
-        if os.environ.get("CRASH_TEST_PROGRESS"):
-            print(f"AT {ctx.session_id} {ctx.step}", flush=True)  # lets the parent aim its kill
-        pace = float(os.environ.get("CRASH_TEST_PACE", "0"))
-        if pace:
-            import trio
-
-            await trio.sleep(pace)
-        round_ = snapshot.extra.get("round", 0) + 1
-        # Writes and deletes: "scratch" exists on even rounds only.
-        scratch = {"scratch": [round_, {"even": True}]} if round_ % 2 == 0 else {"scratch": None}
-        return NodePartial(
-            messages=[Message.user(f"round {round_}")],
-            extra={"round": round_, **scratch},
-        )
-
-    async def left(snapshot: Any, ctx: Any) -> NodePartial:
-        return NodePartial(
-            extra={"left": snapshot.extra.get("left", 0) + snapshot.extra["round"]},
-            messages=[Message.assistant(f"left saw {len(snapshot.messages)}")],
-        )
-
-    async def right(snapshot: Any, ctx: Any) -> NodePartial:
-        return NodePartial(extra={"right": f"r{snapshot.extra['round']}"})
-
-    async def merge(snapshot: Any, ctx: Any) -> NodePartial:
-        total = snapshot.extra["left"] + len(snapshot.extra["right"])
-        return NodePartial(
-            extra={"total": total, "history": [*snapshot.extra.get("history", [])[-3:], total]}
-        )
-
-    def again(snapshot: Any) -> str:
-        return END if snapshot.extra["round"] >= ROUNDS else "plan"
-
-    return (
-        GraphBuilder()
-        .add_node("plan", plan)
-        .add_node("left", left)
-        .add_node("right", right)
-        .add_node("merge", merge)
-        .add_edge(START, "plan")
-        .add_edge("plan", "left")
-        .add_edge("plan", "right")
-        .add_edge(["left", "right"], "merge")
-        .add_conditional_edges("merge", again, path_map=["plan", END])
-        .compile()
-    )
+    return rich_app(ROUNDS, observe=observe)
 
 
 def checkpointer(url: str) -> Any:
@@ -207,9 +177,12 @@ def run_to_completion(url: str, durability: str, sessions: list[str]) -> None:
     assert "DONE" in out
 
 
-FINAL_STEP = 3 * ROUNDS
-# plan runs at steps 1, 4, ..., 199: the only steps a worker reports
-LAST_PLAN_STEP = FINAL_STEP - 2
+FINAL_STEP = 5 * ROUNDS - 1
+# plan runs at steps 1, 6, ..., 196: the only steps a worker reports
+LAST_PLAN_STEP = FINAL_STEP - 3
+# Where a worker kills itself on cue: as right starts at step 3 (step 2, stored, half-fired the
+# join), and as plan starts at step 11 (step 10 changed nothing, so check must stay skipped).
+CUES = [("right@3", 2), ("plan@11", 10)]
 KILL_POINTS = 20
 
 
@@ -236,6 +209,12 @@ def crash_repeatedly(
     """
     kill_points: list[tuple[str, int | None]] = []
     latest: dict[str, int | None] = dict.fromkeys(sessions)
+    for cue, _ in CUES:
+        proc = spawn(url, durability, sessions[:1], CRASH_TEST_SELF_KILL=cue)
+        proc.communicate(timeout=60)
+        assert proc.returncode == -signal.SIGKILL, cue
+        latest.update(trio.run(latest_steps, url, sessions[:1]))
+        kill_points.append((sessions[0], latest[sessions[0]]))
     for attempt in range(40):
         if len(kill_points) >= KILL_POINTS:
             break
@@ -277,6 +256,18 @@ def check_against_reference(tmp_path: Path, url: str, sessions: list[str]) -> No
         assert texts == ref_texts
 
 
+def check_cued_kills(kills: list[tuple[str, int | None]], session: str, durability: str) -> None:
+    """The cued kills left the session where a resume must carry the join state and the gating
+    (under ``durability="async"`` a write in flight may be lost, so the session may be behind)."""
+    for (killed, stored), (cue, expected) in zip(kills, CUES, strict=False):
+        assert killed == session, cue
+        if durability == "sync":
+            assert stored == expected, cue
+        else:
+            assert stored is not None, cue
+            assert stored <= expected, cue
+
+
 def seeded() -> random.Random:
     seed = int(os.environ.get("CRASH_TEST_SEED") or random.randrange(2**32))
     print(f"crash test seed: CRASH_TEST_SEED={seed}")
@@ -292,6 +283,7 @@ def test_sqlite_sessions_survive_sigkill(tmp_path: Path, durability: str) -> Non
     print(f"{len(kills)} kill points (session, stored step): {kills}")
     assert len(kills) >= KILL_POINTS, kills
     assert len({step for _, step in kills}) > KILL_POINTS // 2, kills  # spread over the run
+    check_cued_kills(kills, "s0", durability)
     check_against_reference(tmp_path, url, sessions)
 
 
@@ -306,6 +298,7 @@ def test_postgres_sessions_survive_sigkill(
     print(f"{len(kills)} kill points (session, stored step): {kills}")
     assert len(kills) >= KILL_POINTS, kills
     assert len({step for _, step in kills}) > KILL_POINTS // 2, kills
+    check_cued_kills(kills, "s0", "sync")
     check_against_reference(tmp_path, url, sessions)
 
 
