@@ -7,6 +7,7 @@ the change there (your checkout is never touched), and runs the tests against th
     python tests/mutants.py               # every mutant, against its own tests
     python tests/mutants.py join-state    # the mutants whose name contains "join-state"
     python tests/mutants.py --full NAME   # against the whole default suite instead
+    python tests/mutants.py NAME --tests tests/test_x.py   # against chosen tests
     python tests/mutants.py --list
 
 A mutant is *killed* when the tests fail, *survives* when they pass (a hole in the suite: add a
@@ -169,6 +170,26 @@ MUTANTS: tuple[Mutant, ...] = (
         "partials merge in frontier order, never arrival order",
     ),
     Mutant(
+        "shutdown-skips-flush",
+        "runtime/runner.py",
+        "            if not self._checkpoints.volatile:\n                await self._checkpoints.flush()",
+        "            if False:\n                await self._checkpoints.flush()",
+        (CANCEL_TEST,),
+        "leaving a runner stores every step it acknowledged",
+    ),
+    Mutant(
+        "step-applied-before-stored",
+        "runtime/scheduler.py",
+        "        config = self.config\n        if config.checkpoints is not None and config.autosave:",
+        "        config = self.config\n"
+        "        core = self.core\n"
+        "        core.step, core.state, core.frontier = after.step, after.state, after.frontier\n"
+        "        core.versions_seen, core.join_state = after.versions_seen, after.join_state\n"
+        "        if config.checkpoints is not None and config.autosave:",
+        ("tests/test_checkpoint_failed_saves.py", CANCEL_TEST),
+        "a step is applied to the session only once it is stored",
+    ),
+    Mutant(
         "abandoned-step-advances",
         "runtime/scheduler.py",
         "            except trio.Cancelled:\n",
@@ -201,7 +222,9 @@ def apply(mutant: Mutant, tree: Path) -> bool:
     return True
 
 
-def run(mutant: Mutant, *, full: bool, timeout: float) -> tuple[str, float]:
+def run(
+    mutant: Mutant, *, full: bool, timeout: float, tests: tuple[str, ...] = ()
+) -> tuple[str, float]:
     with tempfile.TemporaryDirectory(prefix=f"mutant-{mutant.name}-") as tmp:
         tree = copy_tree(Path(tmp))
         if not apply(mutant, tree):
@@ -209,7 +232,7 @@ def run(mutant: Mutant, *, full: bool, timeout: float) -> tuple[str, float]:
         # The copy comes first on the path, ahead of the editable install of the checkout.
         env = {**os.environ, "PYTHONPATH": tmp, "PYTHONDONTWRITEBYTECODE": "1"}
         command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider"]
-        command += [] if full else list(mutant.tests)
+        command += [] if full else list(tests or mutant.tests)
         started = time.monotonic()
         try:
             done = subprocess.run(
@@ -235,6 +258,7 @@ def main() -> int:
     )
     parser.add_argument("--full", action="store_true", help="run the whole suite for each mutant")
     parser.add_argument("--list", action="store_true", help="list the mutants and exit")
+    parser.add_argument("--tests", nargs="+", default=(), help="run these tests instead")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per mutant")
     args = parser.parse_args()
     chosen = [m for m in MUTANTS if not args.names or any(n in m.name for n in args.names)]
@@ -244,9 +268,10 @@ def main() -> int:
         return 0
     bad = 0
     for mutant in chosen:
-        verdict, took = run(mutant, full=args.full, timeout=args.timeout)
+        chosen_tests = tuple(args.tests)
+        verdict, took = run(mutant, full=args.full, timeout=args.timeout, tests=chosen_tests)
         bad += not verdict.startswith("killed")
-        tests = "the whole suite" if args.full else " ".join(mutant.tests)
+        tests = "the whole suite" if args.full else " ".join(chosen_tests or mutant.tests)
         print(f"{mutant.name:32} {verdict:18} {took:6.1f} s  {tests}", flush=True)
     return 1 if bad else 0
 
