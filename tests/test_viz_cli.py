@@ -96,7 +96,11 @@ def test_graph_and_view_take_a_workflow(tmp_path: Path) -> None:
     assert page.returncode == 0, page.stderr
     assert page_config((tmp_path / "wf.html").read_text(encoding="utf-8"))["source"] == text.stdout
     wrong = treadle("view", "flows:extract", "--no-open", cwd=tmp_path)
-    assert wrong.stderr == "treadle: flows:extract is a int, not a compiled App\n"
+    assert wrong.returncode == 2
+    assert wrong.stderr == (
+        "treadle: flows:extract is an object of type int: name an App, a GraphBuilder, a Workflow "
+        "or a function returning one\n"
+    )
 
 
 def test_run_view_needs_a_websocket(tmp_path: Path) -> None:

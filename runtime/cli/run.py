@@ -6,19 +6,45 @@ import argparse
 import sys
 from typing import Any
 
-from .common import checkpointer_arg, load_app, parse_input, print_state
+from .common import (
+    PipeSafeStdOutSink,
+    UsageError,
+    add_checkpointer_option,
+    checkpointer_arg,
+    load_app,
+    parse_input,
+    run_session,
+)
 from .view import add_view_options, check_view, open_live_view, workflow_events_url
 
 
 def add_parser(commands: Any) -> None:
     run = commands.add_parser("run", help="run a graph or workflow given as MODULE:ATTR")
-    run.add_argument("target", help="MODULE:ATTR naming an App, a GraphBuilder or a Workflow")
     run.add_argument(
-        "--input", default=None, help="initial state as JSON (or a plain user message)"
+        "target",
+        help="MODULE:ATTR naming an App, a GraphBuilder, a Workflow or a function returning one",
     )
-    run.add_argument("--session", default="run", help="session id (default: run)")
-    run.add_argument("--checkpointer", default=None, help="checkpointer URL (default: SQLite)")
-    run.add_argument("--jsonl", default=None, help="also write every event to this JSON Lines file")
+    start = run.add_mutually_exclusive_group()
+    start.add_argument(
+        "--input",
+        default=None,
+        metavar="JSON",
+        help='initial state: {"messages": [{"role": …, "content": …}], "extra": {…}}',
+    )
+    start.add_argument(
+        "--message", default=None, metavar="TEXT", help="initial state: one user message"
+    )
+    run.add_argument(
+        "--session", default=None, metavar="ID", help="session id (default: MODULE:ATTR itself)"
+    )
+    run.add_argument("--fresh", action="store_true", help="delete the stored session first")
+    add_checkpointer_option(run)
+    run.add_argument(
+        "--jsonl",
+        default=None,
+        metavar="FILE",
+        help="also write every event to this JSON Lines file",
+    )
     run.add_argument(
         "--ws",
         type=int,
@@ -45,17 +71,24 @@ def add_parser(commands: Any) -> None:
 
 async def run_command(args: argparse.Namespace) -> int:
     from ...sinks.jsonl import JsonLinesSink
-    from ...sinks.stdout import StdOutSink
     from ..app import App
     from ..bus import EventBus
     from ..runner import AppRunner
-    from ..session import Completed, Resumed
 
     app = load_app(args.target, workflows=True)
     check_view(args, app)
-    sinks: list[Any] = [StdOutSink()]
+    state = parse_input(args.input, args.message)
+    session_id = args.target if args.session is None else args.session
+    if not session_id:
+        raise UsageError("--session needs a non-empty session id")
+    sinks: list[Any] = [PipeSafeStdOutSink()]
     if args.jsonl:
-        sinks.append(JsonLinesSink(args.jsonl))
+        jsonl = JsonLinesSink(args.jsonl)
+        try:
+            jsonl.open()  # now, so a path that cannot be written fails before anything runs
+        except OSError as exc:
+            raise UsageError(f"--jsonl cannot write {args.jsonl}: {exc.strerror}") from exc
+        sinks.append(jsonl)
     server = None
     if args.ws is not None:
         from ...sinks.websocket import WebSocketSink
@@ -67,7 +100,7 @@ async def run_command(args: argparse.Namespace) -> int:
         if args.view:
             open_live_view(app, workflow_events_url(args.ws, app), args)
         return await _run_workflow(app, args, bus)
-    state = parse_input(args.input)
+    args.progress.opening(session_id)
     async with AppRunner(
         app,
         checkpointer=checkpointer_arg(args.checkpointer),
@@ -76,28 +109,14 @@ async def run_command(args: argparse.Namespace) -> int:
     ) as runner:
         if server is not None:
             print(
-                f"serving events at {server.url(args.session)} (every session: {server.url()})",
+                f"serving events at {server.url(session_id)} (every session: {server.url()})",
                 flush=True,
             )
             if args.view:
-                open_live_view(app, server.url(args.session), args)
-        init = await runner.create_session(args.session, state)
-        if isinstance(init, Resumed):
-            print(f"resumed session {args.session!r} at step {init.step}")
-        while True:
-            result = await runner.run_step(args.session)
-            assert isinstance(result, Completed)
-            report = result.report
-            if report.ran_nodes or report.skipped_nodes:
-                print(
-                    f"step {report.step}: ran {', '.join(report.ran_nodes) or '-'}"
-                    f"; next {', '.join(report.next_frontier) or '-'}"
-                )
-            if report.completed:
-                break
-        final = await runner.run_until_complete(args.session)
-        view = await runner.get_session(args.session)
-    print_state(final, view.step)
+                open_live_view(app, server.url(session_id), args)
+        if args.fresh:
+            await runner.checkpoints.delete_session(session_id)
+        await run_session(runner, session_id, state, args.progress)
     return 0
 
 

@@ -6,67 +6,69 @@ import argparse
 import json
 from typing import Any
 
-import trio
+from ..errors import CheckpointNotFound
+from .common import UsageError, add_checkpointer_option, open_store, say
 
-from .common import checkpointer_arg
+_NEEDS_ID = ("show", "history", "delete")
 
 
 def add_parser(commands: Any) -> None:
     sessions = commands.add_parser("sessions", help="inspect stored sessions")
     sessions.add_argument("action", choices=["list", "show", "history", "delete", "prune"])
-    sessions.add_argument("session", nargs="?", help="session id (show, history, delete)")
-    sessions.add_argument("--checkpointer", default=None, help="checkpointer URL (default: SQLite)")
-    sessions.add_argument("--keep-last", type=int, default=None, help="prune: steps to keep")
+    sessions.add_argument("session", nargs="?", help="session id (show, history, delete, prune)")
+    add_checkpointer_option(sessions)
     sessions.add_argument(
-        "--older-than", type=float, default=None, help="prune: remove steps older than N seconds"
+        "--keep-last",
+        type=int,
+        default=None,
+        metavar="N",
+        help="prune: keep each session's last N steps",
+    )
+    sessions.add_argument(
+        "--older-than",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="prune: remove steps older than this",
     )
     sessions.set_defaults(command_fn=sessions_command)
 
 
 async def sessions_command(args: argparse.Namespace) -> int:
-    from ..checkpoint import resolve_checkpointer
-    from ..checkpointer_actor import CheckpointerActor
-
-    actor = CheckpointerActor(resolve_checkpointer(checkpointer_arg(args.checkpointer)))
-    async with trio.open_nursery() as nursery:
-        await nursery.start(actor.run)
-        try:
-            return await _session_action(actor, args)
-        finally:
-            nursery.cancel_scope.cancel()
+    # Checked before the store is opened: a mistake in the command line costs no connection.
+    if args.action in _NEEDS_ID and not args.session:
+        raise UsageError(f"'treadle sessions {args.action}' needs a session id")
+    if args.action == "prune" and args.keep_last is None and args.older_than is None:
+        raise UsageError("'treadle sessions prune' needs --keep-last N or --older-than SECONDS")
+    async with open_store(args.checkpointer) as store:
+        await _session_action(store, args)
+    return 0
 
 
-async def _session_action(actor: Any, args: argparse.Namespace) -> int:
-    from ..errors import CheckpointNotFound
-
+async def _session_action(store: Any, args: argparse.Namespace) -> None:
     if args.action == "list":
-        for session_id in await actor.list_sessions():
-            print(session_id)
-        return 0
-    if args.action == "prune":
-        removed = await actor.prune(
+        for session_id in await store.list_sessions():
+            say(session_id)
+    elif args.action == "prune":
+        removed = await store.prune(
             older_than=args.older_than, keep_last=args.keep_last, session_id=args.session
         )
-        print(f"pruned {removed} step(s)")
-        return 0
-    if not args.session:
-        raise ValueError(f"'treadle sessions {args.action}' needs a session id")
-    if args.action == "show":
-        record = await actor.load_latest(args.session)
+        say(f"pruned {removed} step(s)")
+    elif args.action == "show":
+        record = await store.load_latest(args.session)
         if record is None:
             raise CheckpointNotFound(args.session)
-        print(json.dumps(record.to_json_value(), indent=2, sort_keys=True))
+        say(json.dumps(record.to_json_value(), indent=2, sort_keys=True))
     elif args.action == "history":
-        steps = await actor.list_steps(args.session)
+        steps = await store.list_steps(args.session)
         if not steps:
             raise CheckpointNotFound(args.session)
         for info in steps:
-            print(
+            say(
                 f"step {info.step}: ran {', '.join(info.ran_nodes) or '-'}"
                 f"; updated {', '.join(info.updated_channels) or '-'}"
             )
     elif args.action == "delete":
-        if not await actor.delete_session(args.session):
+        if not await store.delete_session(args.session):
             raise CheckpointNotFound(args.session)
-        print(f"deleted session {args.session!r}")
-    return 0
+        say(f"deleted session {args.session!r}")
