@@ -150,6 +150,9 @@ class Scheduler:
     # The latest step stored for this session (None: nothing yet); every save states it, so a
     # second writer of the session is refused instead of interleaving its steps with ours.
     stored_step: int | None = attrs.field(default=None, kw_only=True)
+    # A save whose asker was cancelled: it may have landed although its answer did not, so the
+    # next request reads the stored head first (see _resync).
+    _unsure: Checkpoint | None = attrs.field(default=None, init=False)
     _nursery: trio.Nursery | None = attrs.field(default=None, init=False)
     _dirty: bool = attrs.field(default=False, init=False)
     # Counts the executions of steps; replies carry it, so one from an abandoned execution is
@@ -207,6 +210,8 @@ class Scheduler:
     # -- requests ----------------------------------------------------------------------------------
 
     async def run_step(self, options: StepOptions) -> StepResult:
+        if self._unsure is not None:
+            await self._resync()
         core = self.core
         if is_complete(core.frontier):
             report = StepReport(core.step, (), core.frontier, (), (), completed=True)
@@ -232,6 +237,8 @@ class Scheduler:
     async def run_to_end(self) -> VersionedState:
         core = self.core
         try:
+            if self._unsure is not None:
+                await self._resync()
             while not is_complete(core.frontier):
                 await self._superstep()
             self._release_nodes()
@@ -481,6 +488,9 @@ class Scheduler:
         else:
             try:
                 await checkpoints.save_with_concurrency_check(record, self.stored_step)
+            except trio.Cancelled:
+                self._unsure = record
+                raise
             except (ConcurrencyConflict, SessionLeased):
                 raise
             except CheckpointerError as exc:
@@ -488,6 +498,28 @@ class Scheduler:
                     checkpoints.backend, record.session_id, record.step, exc
                 ) from exc
         self.stored_step = record.step
+
+    async def _resync(self) -> None:
+        """Settle a save whose asker was cancelled: if the step it wrote is the stored head, the
+        step is stored, so it is applied now (the session does not run it a second time); if it
+        never landed, nothing changes and the step runs again.
+
+        Errors: a store that cannot be read fails the request; the next one tries again.
+        """
+        unsure = self._unsure
+        assert unsure is not None
+        assert self.config.checkpoints is not None
+        stored = await self.config.checkpoints.load_latest(unsure.session_id)
+        self._unsure = None
+        if stored is None or stored.step != unsure.step or not _same_step(stored, unsure):
+            return
+        core = self.core
+        core.step = stored.step
+        core.state = stored.state
+        core.frontier = stored.frontier
+        core.versions_seen = dict(stored.versions_seen)
+        core.join_state = dict(stored.join_state)
+        self.stored_step = stored.step
 
     async def save_initial(self) -> None:
         """Write the step-0 checkpoint of a fresh session."""
@@ -546,3 +578,13 @@ async def _answer(reply_to: ReplyTo[T], fn: Callable[..., Awaitable[T]], *args: 
 _EMPTY = NodePartial()
 # How long an abandoned step waits for its cancelled nodes to answer (seconds).
 _DRAIN_TIMEOUT = 5.0
+
+
+def _same_step(stored: Checkpoint, written: Checkpoint) -> bool:
+    """Whether ``stored`` is the step this session wrote (not one another writer stored)."""
+    return (
+        stored.state == written.state
+        and tuple(stored.frontier) == tuple(written.frontier)
+        and dict(stored.versions_seen) == dict(written.versions_seen)
+        and dict(stored.join_state) == dict(written.join_state)
+    )

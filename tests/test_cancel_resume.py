@@ -43,10 +43,8 @@ SESSION = "cut"
 ROUNDS = 2  # 9 steps
 LIMIT = 2
 WATCHDOG = 600.0  # virtual seconds: under autojump a deadlock reaches it at once
-# Drawn ends. "deadline-then-go-on" (the caller goes on in the same runner after its deadline) is
-# run as the explicit example below only: drawn, it still finds a write that lands after its step
-# was dropped, so the next step meets ConcurrencyConflict (see docs/testing.md).
-KINDS = ["deadline", "interrupt", "cancel", "exit"]
+# Drawn ends; "deadline-then-go-on": the caller goes on in the same runner after its deadline.
+KINDS = ["deadline", "deadline-then-go-on", "interrupt", "cancel", "exit"]
 
 
 class StoreWithHistory(InMemoryCheckpointer):
@@ -276,3 +274,38 @@ def test_a_run_cut_short_anywhere_resumes_to_the_uninterrupted_result(
 async def drive_to_end(runner: AppRunner, acknowledged: list[int]) -> None:
     async with runner:
         await drive(runner, acknowledged)
+
+
+class AnswerLostStore(StoreWithHistory):
+    """Stores each step, then takes a second before answering, so a caller's deadline can pass
+    after the write landed and before its answer arrives (a commit whose acknowledgement is lost
+    to a cancellation)."""
+
+    async def save_with_concurrency_check(self, cp: Checkpoint, expected_step: int | None) -> None:
+        await InMemoryCheckpointer.save_with_concurrency_check(self, cp, expected_step)
+        self.steps[cp.step] = cp
+        self.writes[cp.step] += 1
+        await trio.sleep(1.0)
+
+
+async def test_a_step_whose_save_landed_as_its_caller_gave_up_is_applied_not_run_again(
+    autojump_clock: Any,
+) -> None:
+    from apps import counter_app
+
+    store = AnswerLostStore()
+    with trio.fail_after(WATCHDOG):
+        async with AppRunner(counter_app(limit=4, pause=0), checkpointer=store) as runner:
+            await runner.create_session(SESSION, VersionedState())
+            with trio.move_on_after(0.5) as deadline:
+                await runner.run_step(SESSION)  # step 1 lands; its answer comes too late
+            assert deadline.cancelled_caught
+            assert max(store.steps) == 1
+            # The same runner goes on: step 1 is stored, so it is applied, not run again.
+            result = await runner.run_step(SESSION)
+            assert result.report.step == 2
+            final = await runner.run_until_complete(SESSION)
+    assert final.extra["n"] == 4
+    assert sorted(store.steps) == [0, 1, 2, 3, 4]
+    assert all(count == 1 for count in store.writes.values())
+    assert [store.steps[s].state.extra["n"] for s in range(1, 5)] == [1, 2, 3, 4]
