@@ -44,12 +44,15 @@ from .runtime.errors import GraphCompileError as GraphCompileError
 from .runtime.errors import GraphMismatch as GraphMismatch
 from .runtime.errors import InvalidIterativeEntry as InvalidIterativeEntry
 from .runtime.errors import InvalidNodeOutput as InvalidNodeOutput
+from .runtime.errors import InvocationPaused as InvocationPaused
+from .runtime.errors import IterativeSessionFinished as IterativeSessionFinished
 from .runtime.errors import MissingArgument as MissingArgument
 from .runtime.errors import MissingEntry as MissingEntry
 from .runtime.errors import NodeRunError as NodeRunError
 from .runtime.errors import NodeTimeoutError as NodeTimeoutError
 from .runtime.errors import NoPathToEnd as NoPathToEnd
 from .runtime.errors import NoStartNodes as NoStartNodes
+from .runtime.errors import NotIterative as NotIterative
 from .runtime.errors import ReservedNodeName as ReservedNodeName
 from .runtime.errors import RunnerClosed as RunnerClosed
 from .runtime.errors import SessionExists as SessionExists

@@ -87,6 +87,9 @@ class Checkpoint:
         graph_hash: The definition hash of the graph that wrote this step (``None`` when unknown,
             as in checkpoints from before treadle recorded it); resuming with another graph is
             refused unless asked for.
+        invocation: For an iterative session, how many inputs ``invoke_next`` has applied so far
+            (0 before the first), which also marks the session as iterative; ``None`` for a plain
+            session. A resumed session reads it to know what it is and where its driver stands.
     """
 
     session_id: str
@@ -101,6 +104,7 @@ class Checkpoint:
     skipped_nodes: tuple[str, ...] = attrs.field(default=(), converter=_names)
     updated_channels: tuple[str, ...] = attrs.field(default=(), converter=_names)
     graph_hash: str | None = None
+    invocation: int | None = None
 
     def info(self) -> StepInfo:
         """This checkpoint's step-history entry."""
@@ -128,6 +132,7 @@ class Checkpoint:
             "skipped_nodes": list(self.skipped_nodes),
             "updated_channels": list(self.updated_channels),
             "graph_hash": self.graph_hash,
+            **({} if self.invocation is None else {"invocation": self.invocation}),
         }
 
     @classmethod
@@ -152,7 +157,16 @@ class Checkpoint:
             skipped_nodes=value.get("skipped_nodes", []),
             updated_channels=value.get("updated_channels", []),
             graph_hash=_optional_str(value, "graph_hash"),
+            invocation=parse_invocation(value.get("invocation")),
         )
+
+
+def parse_invocation(value: object) -> int | None:
+    if value is None:
+        return None
+    if type(value) is not int or value < 0:
+        raise ValueError(f"checkpoint['invocation'] must be a count of invocations, got {value!r}")
+    return value
 
 
 @attrs.frozen

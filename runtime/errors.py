@@ -7,9 +7,13 @@ message that is one sentence naming the thing and what to do.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from ..actors.errors import ActorGone as ActorGone
 from ..actors.errors import TreadleError as TreadleError
+
+if TYPE_CHECKING:
+    from .session import PauseReason
 
 # -- graph compilation ---------------------------------------------------------------------------
 
@@ -174,6 +178,38 @@ class InvalidIterativeEntry(TreadleError):
         self.entry = entry
         super().__init__(
             f"invalid iterative entry {entry!r}: use START or the name of a node in the graph"
+        )
+
+
+class NotIterative(TreadleError):
+    def __init__(self, session_id: str) -> None:
+        self.session_id = session_id
+        super().__init__(
+            f"session {session_id!r} is not an iterative session: open it with "
+            "create_iterative_session, or drive it with run_step / run_until_complete"
+        )
+
+
+class IterativeSessionFinished(TreadleError):
+    def __init__(self, session_id: str) -> None:
+        self.session_id = session_id
+        super().__init__(
+            f"iterative session {session_id!r} was finished: call create_iterative_session "
+            "again to continue it"
+        )
+
+
+class InvocationPaused(TreadleError):
+    """An interrupt paused an invocation; ``continue_invocation`` resumes it."""
+
+    def __init__(self, session_id: str, invocation: int, reason: PauseReason) -> None:
+        self.session_id = session_id
+        self.invocation = invocation
+        self.reason = reason
+        where = f" at node {reason.node!r}" if reason.node is not None else ""
+        super().__init__(
+            f"invocation {invocation} of session {session_id!r} paused ({reason.kind}{where}): "
+            "call continue_invocation to resume it"
         )
 
 

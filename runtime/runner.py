@@ -32,12 +32,25 @@ from .errors import (
     ConcurrencyConflict,
     GraphMismatch,
     NoStartNodes,
+    NotIterative,
     RunnerClosed,
     SessionExists,
     SessionNotFound,
 )
 from .events import DiagnosticEvent
 from .frontier import initial_frontier
+from .graph import START
+from .iterative import (
+    Adopt,
+    Continue,
+    Finish,
+    Invoke,
+    Iterate,
+    IterativeOp,
+    check_entry,
+    entry_routing,
+)
+from .partial import NodePartial
 from .pool import NodePool
 from .scheduler import (
     Durability,
@@ -327,18 +340,36 @@ class AppRunner:
             SessionLeased: another process is running this session (PostgreSQL).
             GraphMismatch: the stored session was written by another graph.
         """
+        return await self._create(session_id, state, concurrency_limit, allow_graph_change, None)
+
+    async def _create(
+        self,
+        session_id: str,
+        state: VersionedState | None,
+        concurrency_limit: int | None,
+        allow_graph_change: bool,
+        iterative_entry: str | None,
+    ) -> SessionInit:
+        """Open, resume or start a session (an iterative one when ``iterative_entry`` is set)."""
         self._require_open()
         if not _is_session_id(session_id):
             raise ValueError(f"a session id must be a non-empty string, not {session_id!r}")
         await self._settled(session_id)
         entry = self._sessions.get(session_id)
         if entry is not None:
-            view = await self._use(session_id, _view)
+            if iterative_entry is not None:
+                view = await self._use(session_id, iterate, Adopt())
+            else:
+                view = await self._use(session_id, _view)
             return Resumed(view.step)
         changing = self._changing[session_id] = trio.Event()
         try:
             return await self._open(
-                session_id, state, concurrency_limit, allow_graph_change=allow_graph_change
+                session_id,
+                state,
+                concurrency_limit,
+                allow_graph_change=allow_graph_change,
+                iterative_entry=iterative_entry,
             )
         finally:
             del self._changing[session_id]
@@ -352,9 +383,11 @@ class AppRunner:
         *,
         allow_graph_change: bool = False,
         reload: bool = False,
+        iterative_entry: str | None = None,
     ) -> SessionInit:
         """Spawn the scheduler of a stored session, or of a fresh one from ``state``; with
-        ``reload`` (a retired session used again) a session that is not stored is not found."""
+        ``reload`` (a retired session used again) a session that is not stored is not found.
+        With ``iterative_entry`` the session is an iterative one starting at that entry."""
         config = self._require_open()
         if not self._checkpoints.volatile:
             await self._checkpoints.acquire_lease(session_id, self._owner)
@@ -362,7 +395,9 @@ class AppRunner:
         if stored is not None:
             try:
                 _check_graph(stored, config, allow_graph_change)
-            except GraphMismatch:
+                if iterative_entry is not None and stored.invocation is None:
+                    raise NotIterative(session_id)
+            except (GraphMismatch, NotIterative):
                 if not self._checkpoints.volatile:
                     await self._checkpoints.release_lease(session_id, self._owner)
                 raise
@@ -373,7 +408,10 @@ class AppRunner:
                 await self._checkpoints.release_lease(session_id, self._owner)
             raise SessionNotFound(session_id)
         state = state if state is not None else VersionedState()
-        routing = initial_frontier(self.app.graph, state.snapshot())
+        if iterative_entry is None:
+            routing = initial_frontier(self.app.graph, state.snapshot())
+        else:
+            routing = entry_routing(self.app.graph, iterative_entry, state.snapshot())
         for _, target in routing.unknown_targets:
             await self.bus.publish(
                 session_id,
@@ -392,6 +430,7 @@ class AppRunner:
             versions_seen={},
             join_state=dict(routing.join_state),
             concurrency_limit=concurrency_limit or self.concurrency_limit,
+            invocation=None if iterative_entry is None else 0,
         )
         await self._spawn(core, config, fresh=True)
         return Fresh()
@@ -542,6 +581,85 @@ class AppRunner:
         while (changing := self._changing.get(session_id)) is not None:
             await changing.wait()
 
+    # -- iterative sessions (SPEC 4.5; the work happens in iterative.py) --------------------------
+
+    async def create_iterative_session(
+        self,
+        session_id: str,
+        state: VersionedState | None = None,
+        entry: str = START,
+        *,
+        concurrency_limit: int | None = None,
+        allow_graph_change: bool = False,
+    ) -> SessionInit:
+        """Open an iterative session: one checkpoint lineage that :meth:`invoke_next` feeds inputs.
+
+        A stored iterative session is resumed as stored (``state`` and ``entry`` are then not
+        applied; :attr:`SessionView.invocation_pending` tells whether its last invocation must be
+        finished with :meth:`continue_invocation`). A fresh one starts from ``state`` with its
+        frontier at ``entry``.
+
+        Returns:
+            :class:`Resumed` with the stored step, or :class:`Fresh`.
+
+        Raises:
+            InvalidIterativeEntry: ``entry`` is END or not a node of the graph (nothing is opened).
+            NotIterative: the session exists as a plain session.
+            GraphMismatch: the stored session was written by another graph (see
+                :meth:`create_session`).
+        """
+        checked = check_entry(self.app.graph, entry)
+        return await self._create(session_id, state, concurrency_limit, allow_graph_change, checked)
+
+    async def invoke_next(
+        self,
+        session_id: str,
+        input: NodePartial | None = None,
+        entry: str = START,
+        *,
+        options: StepOptions | None = None,
+    ) -> VersionedState:
+        """Apply ``input`` and run the session from ``entry`` to completion; return its state.
+
+        The input is merged through the barrier rules as one write before the entry nodes run;
+        the frontier is reset to the entry and version gating is cleared, so an identical input
+        runs again. Steps continue from the session's step. The invocation ends with one
+        ``INVOCATION_END`` event; the stream stays open.
+
+        Args:
+            options: Interrupts for the invocation's steps (``interrupt_before`` applies from its
+                second step on, since the first one stores the input).
+
+        Raises:
+            InvalidIterativeEntry: ``entry`` is END or unknown; nothing changed.
+            NodeRunError: a node failed (the session stays usable; ``INVOCATION_END`` has
+                ``status=error``).
+            InvocationPaused: an interrupt in ``options`` paused the invocation.
+            NotIterative: the session was not opened as an iterative session.
+            IterativeSessionFinished: :meth:`finish_iterative_session` was called.
+        """
+        checked = check_entry(self.app.graph, entry)
+        op = Invoke(input if input is not None else NodePartial(), checked, _opts(options))
+        view = await self._use(session_id, iterate, op)
+        return view.state
+
+    async def continue_invocation(
+        self, session_id: str, *, options: StepOptions | None = None
+    ) -> VersionedState:
+        """Run the pending invocation (paused, failed, or cut short by a crash) to its end.
+
+        With nothing pending it returns the session's state and runs nothing.
+        """
+        view = await self._use(session_id, iterate, Continue(_opts(options)))
+        return view.state
+
+    async def finish_iterative_session(self, session_id: str) -> None:
+        """End the session's event stream with ``STREAM_END``; later ``invoke_next`` calls fail.
+
+        The stored lineage stays: :meth:`create_iterative_session` continues it.
+        """
+        await self._use(session_id, iterate, Finish())
+
     # -- time travel -------------------------------------------------------------------------------
 
     async def get_state_history(self, session_id: str) -> list[StepInfo]:
@@ -675,6 +793,24 @@ def _check_graph(stored: Checkpoint, config: SchedulerConfig, allow_graph_change
     if allow_graph_change or stored.graph_hash is None or stored.graph_hash == config.graph_hash:
         return
     raise GraphMismatch(stored.session_id, stored.graph_hash, config.graph_hash)
+
+
+async def iterate(
+    inbox: MailboxSender[SchedulerMsg], session_id: str, op: IterativeOp
+) -> SessionView:
+    """Ask a session's scheduler to carry out one iterative operation."""
+    abandon = trio.CancelScope()
+    try:
+        view: SessionView = await ask(
+            inbox, lambda r: Iterate(op, r, abandon), actor=f"scheduler of {session_id!r}"
+        )
+    finally:
+        abandon.cancel(reason="the caller stopped waiting for the invocation")
+    return view
+
+
+def _opts(options: StepOptions | None) -> StepOptions:
+    return options if options is not None else StepOptions()
 
 
 def _is_session_id(value: object) -> bool:

@@ -29,6 +29,7 @@ from .errors import (
 from .events import DiagnosticEvent, stream_end
 from .frontier import RouterFailed, route
 from .graph import END, START, CompiledGraph
+from .iterative import Iterate, carry_out
 from .lifecycle import NODE_SKIPPED_SCOPE, STEP_COMPLETED_SCOPE, runtime_event
 from .messages import Execute, NodeDone, StepCancel
 from .partial import NodePartial
@@ -62,6 +63,10 @@ class SessionCore:
     versions_seen: dict[str, tuple[int, int]]
     join_state: dict[str, tuple[str, ...]]
     concurrency_limit: int
+    # Iterative sessions (see iterative.py): inputs applied so far (None: a plain session), and
+    # whether finish_iterative_session ended its stream.
+    invocation: int | None = None
+    finished: bool = False
 
     @classmethod
     def from_checkpoint(cls, cp: Checkpoint) -> SessionCore:
@@ -73,10 +78,11 @@ class SessionCore:
             versions_seen={k: (v[0], v[1]) for k, v in cp.versions_seen.items()},
             join_state={k: tuple(v) for k, v in cp.join_state.items()},
             concurrency_limit=cp.concurrency_limit,
+            invocation=cp.invocation,
         )
 
     def view(self) -> SessionView:
-        return SessionView(self.session_id, self.state, self.step, self.frontier)
+        return SessionView(self.session_id, self.state, self.step, self.frontier, self.invocation)
 
 
 @attrs.frozen
@@ -105,7 +111,7 @@ class FlushCheckpoint:
     reply_to: ReplyTo[None]
 
 
-SchedulerMsg = RunStep | RunToEnd | GetView | FlushCheckpoint
+SchedulerMsg = RunStep | RunToEnd | GetView | FlushCheckpoint | Iterate
 
 
 @attrs.define(eq=False)
@@ -198,6 +204,9 @@ class Scheduler:
                         case FlushCheckpoint():
                             with msg.reply_to:
                                 await _answer(msg.reply_to, self.flush_exit_checkpoint)
+                        case Iterate():
+                            with msg.abandon, msg.reply_to:
+                                await _answer(msg.reply_to, carry_out, self, msg.op)
                         case _:
                             raise AssertionError(f"unknown scheduler message {msg!r}")
                 nursery.cancel_scope.cancel(reason="session closed")
@@ -457,6 +466,7 @@ class Scheduler:
             skipped_nodes=report.skipped_nodes,
             updated_channels=report.updated_channels,
             graph_hash=self.config.graph_hash,
+            invocation=core.invocation,
         )
 
     async def _commit(self, after: SessionCore, report: StepReport) -> None:

@@ -91,10 +91,18 @@ class SessionView:
     state: VersionedState
     step: int
     frontier: tuple[str, ...]
+    # For an iterative session, how many inputs invoke_next has applied; None for a plain one.
+    invocation: int | None = None
 
     @property
     def completed(self) -> bool:
         return is_complete(self.frontier)
+
+    @property
+    def invocation_pending(self) -> bool:
+        """An iterative session whose last invocation has not run to its end (it paused, failed,
+        or its process stopped): ``continue_invocation`` finishes it."""
+        return bool(self.invocation) and not self.completed
 
 
 def is_complete(frontier: Sequence[str]) -> bool:

@@ -14,7 +14,7 @@ from typing import Any, Final, Protocol
 
 import attrs
 
-from ..checkpoint import UNCHECKED, Checkpoint, Expected, StepInfo
+from ..checkpoint import UNCHECKED, Checkpoint, Expected, StepInfo, parse_invocation
 from ..errors import CheckpointerError, ConcurrencyConflict
 from ..frozen import strict_equal, thaw
 from ..state import ErrorEvent, Message, VersionedState
@@ -329,6 +329,8 @@ class StepCodec:
         }
         if cp.graph_hash is not None:
             body["graph_hash"] = cp.graph_hash
+        if cp.invocation is not None:
+            body["invocation"] = cp.invocation
         if is_delta:
             assert tip is not None
             assert appended is not None
@@ -464,6 +466,7 @@ class StepCodec:
                 skipped_nodes=row.skipped_nodes,
                 updated_channels=row.updated_channels,
                 graph_hash=body.get("graph_hash"),
+                invocation=parse_invocation(body.get("invocation")),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise BrokenHistory(
