@@ -99,6 +99,14 @@ from .runtime.reducers import reducer as reducer
 from .runtime.remote import EventStreamError as EventStreamError
 from .runtime.remote import RemoteEventStream as RemoteEventStream
 from .runtime.remote import open_event_stream as open_event_stream
+from .runtime.replay import ReplayComparison as ReplayComparison
+from .runtime.replay import ReplayRun as ReplayRun
+from .runtime.replay import compare_event_sequences_with as compare_event_sequences_with
+from .runtime.replay import compare_final_state as compare_final_state
+from .runtime.replay import compare_replay_runs as compare_replay_runs
+from .runtime.replay import normalize_event as normalize_event
+from .runtime.replay import normalize_event_default as normalize_event_default
+from .runtime.replay import normalize_state as normalize_state
 from .runtime.runner import AppRunner as AppRunner
 from .runtime.runner import RunMetadata as RunMetadata
 from .runtime.runner import RunnerStatistics as RunnerStatistics

@@ -20,12 +20,30 @@ from .runtime.clock import MockClock
 from .runtime.errors import NodeRunError
 from .runtime.events import DiagnosticEvent, Event, LLMEvent, NodeEvent, canonical_order
 from .runtime.frozen import EMPTY, FrozenDict
+from .runtime.replay import (
+    ReplayComparison,
+    ReplayRun,
+    compare_event_sequences_with,
+    compare_final_state,
+    compare_replay_runs,
+    normalize_event,
+    normalize_event_default,
+    normalize_state,
+)
 from .runtime.runner import AppRunner
 from .runtime.session import Completed
 from .runtime.state import VersionedState
 
 __all__ = [
     "EventRecord",
+    "ReplayComparison",
+    "ReplayRun",
+    "compare_event_sequences_with",
+    "compare_final_state",
+    "compare_replay_runs",
+    "normalize_event",
+    "normalize_event_default",
+    "normalize_state",
     "RunError",
     "RunResult",
     "RunnerFactory",
