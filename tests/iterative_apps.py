@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from treadle import END, START, GraphBuilder, Message, NodePartial
@@ -10,10 +11,14 @@ from treadle import END, START, GraphBuilder, Message, NodePartial
 def accumulator_app(*, fail_on: int | None = None) -> Any:
     """``acc`` adds the input ``extra["x"]`` to ``extra["sum"]`` and emits it; ``post`` copies
     the sum to ``extra["last"]`` and appends a message. With ``fail_on``, ``acc`` raises while the
-    input is that value.
+    input is that value. With ``ITERATIVE_PROGRESS`` set in the environment each node prints
+    ``AT <session> <step>`` (the crash test aims its kills by it).
     """
+    progress = bool(os.environ.get("ITERATIVE_PROGRESS"))
 
     async def acc(snapshot: Any, ctx: Any) -> NodePartial:
+        if progress:
+            print(f"AT {ctx.session_id} {ctx.step}", flush=True)
         x = snapshot.extra.get("x", 0)
         if fail_on is not None and x == fail_on:
             raise RuntimeError(f"acc refuses x={x}")
@@ -22,6 +27,8 @@ def accumulator_app(*, fail_on: int | None = None) -> Any:
         return NodePartial(extra={"sum": total})
 
     async def post(snapshot: Any, ctx: Any) -> NodePartial:
+        if progress:
+            print(f"AT {ctx.session_id} {ctx.step}", flush=True)
         total = snapshot.extra.get("sum", 0)
         return NodePartial(extra={"last": total}, messages=[Message.assistant(f"sum {total}")])
 
