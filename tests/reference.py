@@ -355,30 +355,18 @@ def _merge(
     return new_state, updated
 
 
-def reference_run(
-    spec: GraphSpec,
-    state: VersionedState,
-    *,
-    session_id: str = "treadle-test",
-    max_steps: int = 1_000,
-) -> RunResult:
-    """Run ``spec`` from ``state`` one node at a time, as SPEC 4.2/4.3/4.6 describe.
-
-    Produces what :func:`treadle.testing.run_with_schedule` reports for the same graph, with
-    diagnostics recorded by scope only (their wording is not specified).
-    """
-    behaviours = spec.behaviours
-    session = _Session(spec, state)
-    unknown: list[tuple[str, str]] = []
-    start = _targets_of(session, START, None, state.snapshot(), unknown)
-    session.frontier = _dedupe(start)
-    traces: list[StepTrace] = []
-    # SPEC 4.2.5: unknown targets are reported, START's included.
-    events: list[EventRecord] = [
-        EventRecord("diagnostic", UNKNOWN_TARGET_SCOPE, "") for _ in unknown
-    ]
+def _run_steps(
+    session: _Session,
+    traces: list[StepTrace],
+    events: list[EventRecord],
+    max_steps: int,
+    session_id: str,
+) -> RunError | None:
+    """Run supersteps until the frontier completes, a node fails or ``max_steps`` more steps ran."""
+    behaviours = session.spec.behaviours
     error: RunError | None = None
-    while not _complete(session.frontier) and len(traces) < max_steps:
+    limit = len(traces) + max_steps
+    while not _complete(session.frontier) and len(traces) < limit:
         session.step += 1
         step = session.step
         snapshot = session.state.snapshot()
@@ -431,6 +419,31 @@ def reference_run(
                 tuple(session.frontier),
             )
         )
+    return error
+
+
+def reference_run(
+    spec: GraphSpec,
+    state: VersionedState,
+    *,
+    session_id: str = "treadle-test",
+    max_steps: int = 1_000,
+) -> RunResult:
+    """Run ``spec`` from ``state`` one node at a time, as SPEC 4.2/4.3/4.6 describe.
+
+    Produces what :func:`treadle.testing.run_with_schedule` reports for the same graph, with
+    diagnostics recorded by scope only (their wording is not specified).
+    """
+    session = _Session(spec, state)
+    unknown: list[tuple[str, str]] = []
+    start = _targets_of(session, START, None, state.snapshot(), unknown)
+    session.frontier = _dedupe(start)
+    traces: list[StepTrace] = []
+    # SPEC 4.2.5: unknown targets are reported, START's included.
+    events: list[EventRecord] = [
+        EventRecord("diagnostic", UNKNOWN_TARGET_SCOPE, "") for _ in unknown
+    ]
+    error = _run_steps(session, traces, events, max_steps, session_id)
     return RunResult(
         state=session.state,
         step=session.step,
@@ -473,3 +486,72 @@ def comparable(result: RunResult) -> RunResult:
         EventRecord(e.type, e.scope, "") if e.type == "diagnostic" else e for e in result.events
     )
     return attrs.evolve(result, events=events)
+
+
+# -- iterative sessions ----------------------------------------------------------------------------
+
+
+@attrs.frozen
+class InvocationOutcome:
+    """Where an iterative session stands after one ``invoke_next``; ``error`` is a
+    :class:`RunError`, ``"invalid entry"`` or ``"no start nodes"`` (those two change nothing)."""
+
+    state: VersionedState
+    step: int
+    frontier: tuple[str, ...]
+    error: RunError | str | None
+    versions_seen: tuple[tuple[str, tuple[int, int]], ...]
+
+
+def reference_iterative_run(
+    spec: GraphSpec,
+    state: VersionedState,
+    inputs: Sequence[tuple[Mapping[str, Any], str]],
+    *,
+    session_id: str = "treadle-test",
+    max_steps: int = 1_000,
+) -> tuple[list[InvocationOutcome], bool]:
+    """Feed ``inputs`` (``extra`` writes, entry) to an iterative session, as SPEC 4.5 describes:
+    each input is one barrier write, then the frontier is the entry's, gating and join progress
+    are cleared, and steps run to completion.
+
+    Returns the outcome of each invocation, and whether every one finished within ``max_steps``.
+    """
+    session = _Session(spec, state)
+    # A fresh iterative session's frontier is its entry's (START here) until the first input.
+    session.frontier = _dedupe(_targets_of(session, START, None, state.snapshot(), []))
+    outcomes: list[InvocationOutcome] = []
+    traces: list[StepTrace] = []
+    events: list[EventRecord] = []
+    bounded = True
+    for extra, entry in inputs:
+        error: RunError | str | None = None
+        if entry == END or (entry != START and entry not in spec.behaviours):
+            error = "invalid entry"
+        else:
+            merged, _ = _merge(session.state, [NodePartial(extra=dict(extra))])
+            if entry == START:
+                probe = _Session(spec, merged)
+                frontier = _dedupe(_targets_of(probe, START, None, merged.snapshot(), []))
+            else:
+                frontier = [entry]
+            if _complete(frontier):
+                error = "no start nodes"
+            else:
+                session.state = merged
+                session.frontier = frontier
+                session.seen = {}
+                session.join_marks = {}
+                error = _run_steps(session, traces, events, max_steps, session_id)
+                if error is None and not _complete(session.frontier):
+                    bounded = False  # max_steps ran out before the invocation completed
+        outcomes.append(
+            InvocationOutcome(
+                session.state,
+                session.step,
+                tuple(session.frontier),
+                error,
+                tuple(sorted(session.seen.items())),
+            )
+        )
+    return outcomes, bounded
