@@ -12,7 +12,17 @@ import pytest
 import trio
 from iterative_apps import accumulator_app
 
-from treadle import AppRunner, Fresh, MockClock, NodePartial, Resumed, VersionedState
+from treadle import (
+    END,
+    AppRunner,
+    Fresh,
+    InvalidIterativeEntry,
+    MockClock,
+    NodePartial,
+    NotIterative,
+    Resumed,
+    VersionedState,
+)
 
 pytest_plugins = ["pg_fixtures"]
 
@@ -64,6 +74,13 @@ async def test_a_resumed_iterative_session_continues_like_an_uninterrupted_one(
             assert await r.create_iterative_session("split", VersionedState()) == Resumed(6)
             view = await r.get_session("split")
             assert (view.invocation, view.invocation_pending) == (3, False)
+            # An invalid entry changes nothing, stored history included.
+            history = await stored_history(r, "split")
+            for entry in (END, "ghost"):
+                with pytest.raises(InvalidIterativeEntry):
+                    await r.invoke_next("split", NodePartial(extra={"x": 99}), entry)
+            assert await r.get_session("split") == view
+            assert await stored_history(r, "split") == history
             await feed(r, "split", INPUTS[3:])
         async with AppRunner(accumulator_app(), checkpointer=make_backend(kind), **options) as r:
             # A plain create_session knows the stored session is iterative.
@@ -80,3 +97,17 @@ async def test_a_resumed_iterative_session_continues_like_an_uninterrupted_one(
             # Every step (and step 0) is stored, except under "exit": one write per invocation.
             assert len(history) == (5 if durability == "exit" else 11)
             await feed(r, "split", [2])  # a plain create_session resumed it as iterative
+
+
+async def test_a_stored_plain_session_cannot_be_opened_as_iterative(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'plain.db'}"
+    with trio.fail_after(30):
+        async with AppRunner(accumulator_app(), checkpointer=url) as runner:
+            await runner.create_session("plain", VersionedState(extra={"x": 1}))
+            await runner.run_until_complete("plain")
+        async with AppRunner(accumulator_app(), checkpointer=url) as runner:
+            with pytest.raises(NotIterative, match="'plain' is not an iterative session"):
+                await runner.create_iterative_session("plain", VersionedState())
+            assert runner.sessions() == []
+            # Nothing was taken: it still opens as the plain session it is.
+            assert await runner.create_session("plain") == Resumed(2)
