@@ -15,6 +15,7 @@ import trio
 from ..actors.request import ReplyTo
 from .barrier import apply_barrier
 from .errors import (
+    CheckpointerError,
     InvalidIterativeEntry,
     InvocationPaused,
     IterativeSessionFinished,
@@ -142,6 +143,7 @@ async def _invoke(scheduler: Scheduler, op: Invoke) -> SessionView:
     # Identical consecutive inputs must still run the entry path: no node has "seen" anything.
     core.versions_seen = {}
     core.invocation += 1
+    scheduler.invocation_id = f"{core.session_id}:{core.invocation}"
     try:
         for _, target in routing.unknown_targets:
             await scheduler.config.bus.publish(
@@ -151,25 +153,34 @@ async def _invoke(scheduler: Scheduler, op: Invoke) -> SessionView:
                     message=f"START routed to unknown node {target!r}",
                 ),
             )
-        return await _run(scheduler, op.options, first=True)
+        # The first step always runs: interrupting before it would leave the input unstored.
+        try:
+            first = await scheduler.run_step(attrs.evolve(op.options, interrupt_before=()))
+        except NodeRunError as exc:
+            await _publish(scheduler, invocation_end, str(exc))
+            raise
+    except CheckpointerError:
+        # The input is stored with the invocation's first step, and a step not stored is not
+        # applied: that step's save failed, so the session goes back to where it was.
+        before.restore(core)
+        raise
     except BaseException:
-        # The input is stored with the invocation's first step: with no step taken, it was never
-        # applied (a step not stored is not applied), so the session goes back to where it was.
+        # Cut short (cancelled) before its first step was recorded: the input never happened.
         if core.step == before.step:
             before.restore(core)
         raise
+    if isinstance(first, Paused):
+        raise InvocationPaused(core.session_id, core.invocation, first.reason)
+    return await _run(scheduler, op.options)
 
 
-async def _run(scheduler: Scheduler, options: StepOptions, *, first: bool = False) -> SessionView:
+async def _run(scheduler: Scheduler, options: StepOptions) -> SessionView:
     """Run supersteps until the invocation completes; end it with ``INVOCATION_END``."""
     core = scheduler.core
     scheduler.invocation_id = f"{core.session_id}:{core.invocation}"
-    # The first step always runs: interrupting before it would leave the input applied but unstored.
-    opts = attrs.evolve(options, interrupt_before=()) if first else options
     try:
         while not is_complete(core.frontier):
-            result = await scheduler.run_step(opts)
-            opts = options
+            result = await scheduler.run_step(options)
             if isinstance(result, Paused):
                 assert core.invocation is not None
                 raise InvocationPaused(core.session_id, core.invocation, result.reason)
@@ -215,6 +226,7 @@ class _Before:
 
     def restore(self, core: SessionCore) -> None:
         core.state = self.state
+        core.step = self.step
         core.frontier = self.frontier
         core.versions_seen = self.versions_seen
         core.join_state = self.join_state

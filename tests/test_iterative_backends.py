@@ -15,12 +15,15 @@ from iterative_apps import accumulator_app
 from treadle import (
     END,
     AppRunner,
+    Checkpoint,
+    CheckpointBackendError,
     Fresh,
     InvalidIterativeEntry,
     MockClock,
     NodePartial,
     NotIterative,
     Resumed,
+    SQLiteCheckpointer,
     VersionedState,
 )
 
@@ -111,3 +114,32 @@ async def test_a_stored_plain_session_cannot_be_opened_as_iterative(tmp_path: Pa
             assert runner.sessions() == []
             # Nothing was taken: it still opens as the plain session it is.
             assert await runner.create_session("plain") == Resumed(2)
+
+
+class BreakableStore(SQLiteCheckpointer):
+    """SQLite whose saves fail while ``broken`` is set (the disk is full, the server is gone)."""
+
+    broken = False
+
+    async def save(self, cp: Checkpoint) -> None:
+        if self.broken:
+            raise CheckpointBackendError("sqlite", "disk I/O error")
+        await super().save(cp)
+
+
+async def test_an_input_whose_first_step_is_not_stored_is_not_applied(tmp_path: Path) -> None:
+    store = BreakableStore(tmp_path / "breakable.db")
+    with trio.fail_after(30):
+        async with AppRunner(accumulator_app(), checkpointer=store, clock=MockClock(0)) as runner:
+            await runner.create_iterative_session("it", VersionedState())
+            await feed(runner, "it", [1])
+            before = await runner.get_session("it")
+            store.broken = True
+            with pytest.raises(CheckpointBackendError, match="disk I/O error"):
+                await runner.invoke_next("it", NodePartial(extra={"x": 50}))
+            assert await runner.get_session("it") == before
+            store.broken = False
+            state = await runner.invoke_next("it", NodePartial(extra={"x": 2}))
+            assert (state.extra["x"], state.extra["sum"]) == (2, 3)
+            steps = [info.step for info in await runner.get_state_history("it")]
+            assert steps == [0, 1, 2, 3, 4]
