@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import trio
+
 from treadle import END, START, GraphBuilder, Message, NodePartial
 
 
@@ -41,3 +43,18 @@ def accumulator_app(*, fail_on: int | None = None) -> Any:
         .add_edge("post", END)
         .compile()
     )
+
+
+def x(value: int) -> NodePartial:
+    """An input setting ``extra["x"]``."""
+    return NodePartial(extra={"x": value})
+
+
+def drain(stream: Any) -> list[Any]:
+    """Every event a subscription holds now, without waiting."""
+    events = []
+    while True:
+        try:
+            events.append(stream.receive_nowait())
+        except (trio.WouldBlock, trio.EndOfChannel):
+            return events

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import trio
-from iterative_apps import accumulator_app
+from iterative_apps import accumulator_app, drain, x
 
 from treadle import (
     END,
@@ -26,19 +26,6 @@ from treadle import (
     SessionNotFound,
     VersionedState,
 )
-
-
-def x(value: int) -> NodePartial:
-    return NodePartial(extra={"x": value})
-
-
-def drain(stream: Any) -> list[Any]:
-    events = []
-    while True:
-        try:
-            events.append(stream.receive_nowait())
-        except (trio.WouldBlock, trio.EndOfChannel):
-            return events
 
 
 async def test_identical_inputs_run_again_and_steps_keep_counting() -> None:

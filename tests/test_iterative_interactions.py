@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 import trio
-from iterative_apps import accumulator_app
+from iterative_apps import accumulator_app, drain, x
 
 from treadle import (
     END,
@@ -16,25 +16,11 @@ from treadle import (
     AppRunner,
     InvocationPaused,
     MockClock,
-    NodePartial,
     NodeRunError,
     Resumed,
     StepOptions,
     VersionedState,
 )
-
-
-def x(value: int) -> NodePartial:
-    return NodePartial(extra={"x": value})
-
-
-def drain(stream: Any) -> list[Any]:
-    events = []
-    while True:
-        try:
-            events.append(stream.receive_nowait())
-        except (trio.WouldBlock, trio.EndOfChannel):
-            return events
 
 
 def ends(events: list[Any]) -> list[tuple[str, str]]:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import trio
-from iterative_apps import accumulator_app
+from iterative_apps import accumulator_app, drain
 
 import treadle
 import treadle.testing
@@ -26,15 +26,6 @@ from treadle import (
 )
 
 INPUTS = [2, 7, 1, 8, 2, 8]
-
-
-def drain(stream: Any) -> list[Any]:
-    events = []
-    while True:
-        try:
-            events.append(stream.receive_nowait())
-        except (trio.WouldBlock, trio.EndOfChannel):
-            return events
 
 
 async def run_part(url: str, session: str, inputs: list[int], *, finish: bool) -> ReplayRun:
