@@ -121,10 +121,17 @@ class BreakableStore(SQLiteCheckpointer):
 
     broken = False
 
-    async def save(self, cp: Checkpoint) -> None:
+    def _check(self) -> None:
         if self.broken:
             raise CheckpointBackendError("sqlite", "disk I/O error")
+
+    async def save(self, cp: Checkpoint) -> None:
+        self._check()
         await super().save(cp)
+
+    async def save_with_concurrency_check(self, cp: Checkpoint, expected_step: int | None) -> None:
+        self._check()
+        await super().save_with_concurrency_check(cp, expected_step)
 
 
 async def test_an_input_whose_first_step_is_not_stored_is_not_applied(tmp_path: Path) -> None:
