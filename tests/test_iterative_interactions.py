@@ -147,3 +147,17 @@ async def test_every_subscriber_sees_every_invocation_end_and_one_stream_end() -
                 for n in range(1, 5)
             ] + [(STREAM_END_SCOPE, "session=it status=completed step=8")]
             assert seen_a == seen_b == expected
+
+
+async def test_a_retired_iterative_session_reloads_and_continues() -> None:
+    with trio.fail_after(10):
+        async with AppRunner(accumulator_app(), checkpointer="memory://") as runner:
+            await runner.create_iterative_session("it", VersionedState())
+            await runner.invoke_next("it", x(4))
+            await runner.close_session("it")
+            assert runner.sessions() == []
+            # Used again, it is reloaded from its checkpoint, still iterative.
+            state = await runner.invoke_next("it", x(5))
+            assert state.extra["sum"] == 9
+            view = await runner.get_session("it")
+            assert (view.step, view.invocation) == (4, 2)
