@@ -198,8 +198,10 @@ class PipeSafeStdOutSink(StdOutSink):
 
 
 def say(text: str = "") -> None:
-    """Print a line of progress now, even when stdout is a pipe."""
-    print(text, flush=True)
+    """Print a line of progress now, even when stdout is a pipe: in one write, so a sink printing
+    events from its worker thread cannot land in the middle of the line."""
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
 
 
 async def run_session(runner: Any, session_id: str, state: Any, progress: Progress) -> None:
