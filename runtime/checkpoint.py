@@ -108,14 +108,7 @@ class Checkpoint:
 
     def info(self) -> StepInfo:
         """This checkpoint's step-history entry."""
-        return StepInfo(
-            session_id=self.session_id,
-            step=self.step,
-            created_at=self.created_at,
-            ran_nodes=self.ran_nodes,
-            skipped_nodes=self.skipped_nodes,
-            updated_channels=self.updated_channels,
-        )
+        return StepInfo.of(self)
 
     def to_json_value(self) -> dict[str, Any]:
         """A plain JSON document (fresh dicts and lists) holding the whole checkpoint."""
@@ -179,6 +172,35 @@ class StepInfo:
     ran_nodes: tuple[str, ...] = attrs.field(default=(), converter=_names)
     skipped_nodes: tuple[str, ...] = attrs.field(default=(), converter=_names)
     updated_channels: tuple[str, ...] = attrs.field(default=(), converter=_names)
+
+    @classmethod
+    def of(cls, record: Checkpoint | _StepRecord) -> StepInfo:
+        """The history entry of a checkpoint, or of a stored step row that has the same fields."""
+        return cls(
+            session_id=record.session_id,
+            step=record.step,
+            created_at=record.created_at,
+            ran_nodes=record.ran_nodes,
+            skipped_nodes=record.skipped_nodes,
+            updated_channels=record.updated_channels,
+        )
+
+
+class _StepRecord(Protocol):
+    """What :meth:`StepInfo.of` reads: a checkpoint or a stored step row."""
+
+    @property
+    def session_id(self) -> str: ...
+    @property
+    def step(self) -> int: ...
+    @property
+    def created_at(self) -> int: ...
+    @property
+    def ran_nodes(self) -> tuple[str, ...]: ...
+    @property
+    def skipped_nodes(self) -> tuple[str, ...]: ...
+    @property
+    def updated_channels(self) -> tuple[str, ...]: ...
 
 
 # -- the protocol ----------------------------------------------------------------------------------

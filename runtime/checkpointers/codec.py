@@ -66,14 +66,7 @@ class StepRow:
     body: str
 
     def info(self) -> StepInfo:
-        return StepInfo(
-            session_id=self.session_id,
-            step=self.step,
-            created_at=self.created_at,
-            ran_nodes=self.ran_nodes,
-            skipped_nodes=self.skipped_nodes,
-            updated_channels=self.updated_channels,
-        )
+        return StepInfo.of(self)
 
 
 @attrs.frozen
