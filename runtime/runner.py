@@ -447,10 +447,17 @@ class AppRunner:
             16, name=f"{core.session_id}/scheduler", perturb=self._perturb
         )
         await self._nursery.start(scheduler.run, receive)
+        if fresh:
+            # A session whose first checkpoint is not stored is not opened: a caller who goes on
+            # after this failed (or was cancelled) creates it again instead of running a session
+            # with no step 0 in the store.
+            try:
+                await scheduler.save_initial()
+            except BaseException:
+                send.close()
+                raise
         self._sessions[core.session_id] = _OpenSession(send)
         self._went_idle(core.session_id)
-        if fresh:
-            await scheduler.save_initial()
         return scheduler
 
     async def run_step(self, session_id: str, options: StepOptions | None = None) -> StepResult:
