@@ -345,6 +345,11 @@ class EventBus:
         if buffer.blocking:
             self._blocking = tuple(b for b in self._blocking if b is not buffer)
 
+    @property
+    def lossless(self) -> bool:
+        """Whether a subscriber with ``overflow="block"`` is attached (publishers may wait)."""
+        return bool(self._blocking)
+
     async def wait_room(self, session_id: str | None) -> None:
         """Wait while a lossless (``overflow="block"``) subscriber that gets ``session_id``'s
         events has ``capacity`` of them unread; returns at once when there is none.

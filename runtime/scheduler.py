@@ -276,7 +276,7 @@ class Scheduler:
         core = self.core
         graph = self.config.graph
         bus = self.config.bus
-        if bus._blocking:
+        if bus.lossless:
             # A lossless subscriber is behind: the run waits for it before the next step, so
             # what the last one published synchronously (lifecycle events) is held back too.
             await bus.wait_room(core.session_id)
