@@ -129,6 +129,11 @@ from .runtime.stream import StreamStatistics as StreamStatistics
 from .runtime.viz import export_mermaid as export_mermaid
 from .runtime.viz import save_mermaid as save_mermaid
 from .runtime.viz import view_mermaid as view_mermaid
+from .runtime.workers.worker import WORKER_CLAIMED_SCOPE as WORKER_CLAIMED_SCOPE
+from .runtime.workers.worker import WORKER_FAILOVER_SCOPE as WORKER_FAILOVER_SCOPE
+from .runtime.workers.worker import WORKER_RELEASED_SCOPE as WORKER_RELEASED_SCOPE
+from .runtime.workers.worker import Worker as Worker
+from .runtime.workers.worker import WorkerStatistics as WorkerStatistics
 from .runtime.workflow import AsyncExecutor as AsyncExecutor
 from .runtime.workflow import JSONStateStore as JSONStateStore
 from .runtime.workflow import PostgresStateStore as PostgresStateStore

@@ -66,6 +66,7 @@ from .scheduler import (
 from .session import Fresh, Resumed, SessionInit, SessionView, StepOptions, StepResult
 from .state import VersionedState
 from .stream import Overflow
+from .workers import queue
 
 _log = logging.getLogger("treadle.runner")
 
@@ -667,6 +668,40 @@ class AppRunner:
         """
         await self._use(session_id, iterate, Finish())
 
+    # -- the work queue (SPEC 12; workers run what is enqueued) -----------------------------------
+
+    async def enqueue(
+        self, session_id: str, state: VersionedState | None = None, *, priority: int = 0
+    ) -> bool:
+        """Store ``session_id`` as pending, for a :class:`~treadle.runtime.workers.Worker` of this
+        graph to claim and run (needs a PostgreSQL checkpointer).
+
+        Idempotent per session id: an id already queued is left as it is (a ``paused`` one is made
+        pending again, which is how a paused session is handed back to the workers).
+
+        Args:
+            state: The session's initial state (ignored if the session is already stored).
+            priority: Higher runs first; equal priorities run oldest first.
+
+        Returns:
+            Whether the session is pending because of this call.
+
+        Raises:
+            CheckpointerError: The checkpointer is not PostgreSQL.
+        """
+        config = self._require_open()
+        if not _is_session_id(session_id):
+            raise ValueError(f"a session id must be a non-empty string, not {session_id!r}")
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise TypeError(f"priority must be an int, not {priority!r}")
+        store = queue.require_postgres(self._checkpointer, "enqueue")
+        initial = state if state is not None else VersionedState()
+        return await store.run_sync(
+            lambda conn: queue.enqueue(
+                conn, store.schema, session_id, config.graph_hash, initial, priority
+            )
+        )
+
     # -- time travel -------------------------------------------------------------------------------
 
     async def get_state_history(self, session_id: str) -> list[StepInfo]:
@@ -755,6 +790,11 @@ class AppRunner:
     def checkpointer(self) -> Checkpointer:
         """The storage backend (use :attr:`checkpoints` to reach it while the runner is open)."""
         return self._checkpointer
+
+    @property
+    def owner(self) -> str:
+        """This runner's name as a lease holder (``host:pid:random``), unique per runner."""
+        return self._owner
 
     @property
     def checkpoints(self) -> CheckpointerActor:

@@ -78,6 +78,7 @@ SPEC_NAMES = [
     "export_mermaid",
     "save_mermaid",
     "view_mermaid",
+    "Worker",
 ]
 
 

@@ -9,7 +9,7 @@ import hashlib
 import json
 import re
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from importlib import resources
 from types import ModuleType
@@ -169,6 +169,8 @@ class PostgresCheckpointer(BatchingStore):
         lock_timeout: Seconds a statement may wait for a lock (a session's write lock held by a
             hung writer) before it fails; set on the connection (``lock_timeout``).
         statement_timeout: Seconds any statement may run before the server cancels it.
+        application_name: How the connection names itself to the server (``pg_stat_activity``);
+            a worker names its owner id there.
 
     A call that is cancelled (a caller's deadline, Ctrl-C, the runner closing) cancels the
     statement on the server (``conn.cancel()``). When the server ends the connection (a restart),
@@ -191,6 +193,7 @@ class PostgresCheckpointer(BatchingStore):
         lease_ttl: float = 30.0,
         lock_timeout: float = 10.0,
         statement_timeout: float = 60.0,
+        application_name: str = "treadle",
     ) -> None:
         self.url, url_schema = _split_schema(url)
         self.schema = schema or url_schema or "treadle"
@@ -199,6 +202,7 @@ class PostgresCheckpointer(BatchingStore):
         self.lease_renew_interval = lease_ttl / 3
         self.lock_timeout = lock_timeout
         self.statement_timeout = statement_timeout
+        self.application_name = application_name[:63]  # the server's limit
         self._reconnects = 0  # failed reconnection attempts in a row
         self._next_reconnect = 0.0  # time.monotonic() before which no new attempt is made
         self._lost_leases: dict[str, str] = {}
@@ -354,7 +358,7 @@ class PostgresCheckpointer(BatchingStore):
                 self.url,
                 autocommit=True,
                 connect_timeout=max(1, round(self.connect_timeout)),
-                application_name="treadle",
+                application_name=self.application_name,
                 options=options,
             )
         except _db_error() as exc:
@@ -566,6 +570,28 @@ class PostgresCheckpointer(BatchingStore):
     def held_leases(self) -> dict[str, str]:
         """The sessions this checkpointer holds leases on, with their owners."""
         return dict(self._leases)
+
+    # -- other tables ------------------------------------------------------------------------------
+
+    async def run_sync(self, fn: Callable[[psycopg.Connection[tuple[Any, ...]]], T]) -> T:
+        """Run ``fn(conn)`` on this checkpointer's connection, in its thread, between its other
+        calls (the work queue shares the connection that holds the session leases).
+
+        ``conn`` is in autocommit mode with ``search_path`` at :attr:`schema`; a lost connection is
+        reconnected first, as for every call.
+
+        Raises:
+            CheckpointBackendError: ``fn`` raised a driver error, or the server cannot be reached.
+        """
+
+        def call() -> T:
+            conn = self._require_conn()
+            try:
+                return fn(conn)
+            except _db_error() as exc:
+                raise self._error("query failed on", exc) from exc
+
+        return await self._run(call)
 
     # -- inspection --------------------------------------------------------------------------------
 

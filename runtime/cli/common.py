@@ -54,6 +54,20 @@ def add_checkpointer_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_input_options(parser: argparse.ArgumentParser) -> None:
+    """``--input JSON`` or ``--message TEXT``: the initial state (see :func:`parse_input`)."""
+    start = parser.add_mutually_exclusive_group()
+    start.add_argument(
+        "--input",
+        default=None,
+        metavar="JSON",
+        help='initial state: {"messages": [{"role": …, "content": …}], "extra": {…}}',
+    )
+    start.add_argument(
+        "--message", default=None, metavar="TEXT", help="initial state: one user message"
+    )
+
+
 def checkpointer_arg(url: str | None) -> Any:
     """The ``--checkpointer`` value, or the embedded SQLite default."""
     from ..checkpoint import CheckpointerType

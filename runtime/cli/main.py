@@ -18,11 +18,11 @@ import trio
 
 from ...actors.errors import ActorGone
 from ..errors import TreadleError
-from . import demo, events, graph, run, sessions, view
+from . import demo, events, graph, run, sessions, submit, view, worker
 from .common import Progress, UsageError, open_store
 
 # Each command module adds its own sub-parser; a new command is a module and one entry here.
-COMMANDS = (demo, run, sessions, graph, view, events)
+COMMANDS = (demo, run, sessions, graph, view, events, submit, worker)
 
 # Exit codes (docs/cli.md lists them).
 EXIT_FAILED = (

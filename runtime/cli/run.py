@@ -10,6 +10,7 @@ from .common import (
     PipeSafeStdOutSink,
     UsageError,
     add_checkpointer_option,
+    add_input_options,
     checkpointer_arg,
     load_app,
     parse_input,
@@ -24,16 +25,7 @@ def add_parser(commands: Any) -> None:
         "target",
         help="MODULE:ATTR naming an App, a GraphBuilder, a Workflow or a function returning one",
     )
-    start = run.add_mutually_exclusive_group()
-    start.add_argument(
-        "--input",
-        default=None,
-        metavar="JSON",
-        help='initial state: {"messages": [{"role": …, "content": …}], "extra": {…}}',
-    )
-    start.add_argument(
-        "--message", default=None, metavar="TEXT", help="initial state: one user message"
-    )
+    add_input_options(run)
     run.add_argument(
         "--session", default=None, metavar="ID", help="session id (default: MODULE:ATTR itself)"
     )

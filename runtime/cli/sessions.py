@@ -47,8 +47,7 @@ async def sessions_command(args: argparse.Namespace) -> int:
 
 async def _session_action(store: Any, args: argparse.Namespace) -> None:
     if args.action == "list":
-        for session_id in await store.list_sessions():
-            say(session_id)
+        await _list(store)
     elif args.action == "prune":
         removed = await store.prune(
             older_than=args.older_than, keep_last=args.keep_last, session_id=args.session
@@ -72,3 +71,24 @@ async def _session_action(store: Any, args: argparse.Namespace) -> None:
         if not await store.delete_session(args.session):
             raise CheckpointNotFound(args.session)
         say(f"deleted session {args.session!r}")
+
+
+async def _list(store: Any) -> None:
+    """Stored session ids, one a line; on PostgreSQL, queued ones with their queue status and
+    owner (``ID  STATUS  owner=…  attempts=N``, and the last error of a retried or failed run)."""
+    from ..checkpointers.postgres import PostgresCheckpointer
+    from ..workers import queue
+
+    backend = store.checkpointer
+    queued = {}
+    if isinstance(backend, PostgresCheckpointer):
+        queued = await backend.run_sync(queue.rows)
+    for session_id in sorted({*await store.list_sessions(), *queued}):
+        row = queued.get(session_id)
+        if row is None:
+            say(session_id)
+            continue
+        line = f"{session_id}  {row.status}  owner={row.owner or '-'}  attempts={row.attempts}"
+        if row.last_error and row.status in ("pending", "failed"):
+            line += f"  last_error={row.last_error}"
+        say(line)
