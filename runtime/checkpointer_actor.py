@@ -40,6 +40,19 @@ class SavesBatches(Protocol):
 
 
 @runtime_checkable
+class SavesGroups(Protocol):
+    """A backend that can store the saves of several sessions in one transaction, each with its
+    own outcome (the group commit of ``durability="sync"`` saves)."""
+
+    async def save_group(
+        self, cps: Sequence[Checkpoint], expected_steps: Sequence[Expected]
+    ) -> list[outcome.Outcome[None]]:
+        """Store ``cps`` (one per session), each checked against its entry of ``expected_steps``;
+        each one's outcome, in order. A failed save stores nothing and is never acknowledged,
+        whatever became of the others."""
+
+
+@runtime_checkable
 class RenewsLeases(Protocol):
     """A backend whose session leases expire unless renewed (PostgreSQL)."""
 
@@ -63,6 +76,45 @@ class Call:
     # The asker cancels this scope when it stops waiting, so the operation it asked for stops too
     # (a write waiting for a lock on the server is cancelled there, not left to block the actor).
     abandon: trio.CancelScope = attrs.field(factory=trio.CancelScope, eq=False)
+
+
+@attrs.define(eq=False)
+class _Waiters:
+    """The askers of a group of saves that share one transaction: the group is cancelled only
+    once every one of them has stopped waiting."""
+
+    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    waiting: int = 0
+
+    def gone(self) -> None:
+        self.waiting -= 1
+        if self.waiting == 0:
+            self.scope.cancel(reason="every asker of the group stopped waiting")
+
+
+@attrs.frozen
+class Save:
+    """Write one session's checkpoint and answer once it is stored (``durability="sync"``).
+
+    Saves of several sessions queued together are committed together when the backend can
+    (:class:`SavesGroups`), each answered with its own outcome.
+    """
+
+    checkpoint: Checkpoint
+    # The latest stored step the writer builds on (UNCHECKED: a plain save).
+    expected_step: Expected
+    reply_to: ReplyTo[None]
+    # Cancelled when the asker stops waiting: the save stops too, unless it shares its
+    # transaction with other sessions' saves still awaited (then the last asker's leaving does).
+    abandon: trio.CancelScope = attrs.field(factory=trio.CancelScope, eq=False)
+    # Set by the actor when the save joins a group (a one-item list: the message is frozen).
+    group: list[_Waiters] = attrs.field(factory=list, eq=False)
+
+    def stop_waiting(self) -> None:
+        """The asker's last act, answered or not."""
+        self.abandon.cancel(reason="the asker stopped waiting")
+        if self.group:
+            self.group[0].gone()
 
 
 @attrs.frozen
@@ -90,7 +142,7 @@ class RenewLeases:
     """Sent by the heartbeat task: extend the leases the backend holds."""
 
 
-CheckpointerMsg: TypeAlias = Call | PipelinedSave | Flush | RenewLeases
+CheckpointerMsg: TypeAlias = Call | Save | PipelinedSave | Flush | RenewLeases
 
 
 @attrs.define(eq=False)
@@ -190,6 +242,7 @@ class CheckpointerActor:
         # Messages taken out of the mailbox early, to batch pipelined writes; served in order.
         taken: deque[CheckpointerMsg] = deque()
         batches = isinstance(self.checkpointer, SavesBatches)
+        groups = isinstance(self.checkpointer, SavesGroups)
         try:
             while True:
                 if taken:
@@ -209,12 +262,24 @@ class CheckpointerActor:
                         taken.popleft()
                         batch.append(head)
                     await self._save_pipelined_batch(batch)
+                elif groups and isinstance(msg, Save):
+                    taken.extend(receive.drain_nowait(_MAX_BATCH))
+                    group = [msg]
+                    sessions = {msg.checkpoint.session_id}
+                    while taken and len(group) < _MAX_BATCH:
+                        head = taken[0]
+                        if not isinstance(head, Save) or head.checkpoint.session_id in sessions:
+                            break
+                        taken.popleft()
+                        group.append(head)
+                        sessions.add(head.checkpoint.session_id)
+                    await self._save_group(group)
                 else:
                     await self._handle(msg)
         finally:
             # Requests taken but never served: their askers must learn that the actor is gone.
             for msg in taken:
-                if isinstance(msg, Call | Flush):
+                if isinstance(msg, Call | Save | Flush):
                     msg.reply_to.close()
             # Writers waiting for an earlier pipelined write must not wait for ever.
             inflight, self._inflight = self._inflight, {}
@@ -252,8 +317,56 @@ class CheckpointerActor:
                 if self._inflight.get(session_id) is msg.done:
                     del self._inflight[session_id]
 
+    async def _save_group(self, group: list[Save]) -> None:
+        """Store the saves of several sessions together (one transaction, one commit) and answer
+        each with its own outcome, once that transaction is over."""
+        if self._pending_error is not None or len(group) == 1:
+            # The first save after a failed pipelined write reports it, as a lone save does.
+            await self._handle(group[0])
+            group = group[1:]
+        # Askers that already stopped waiting are not stored (a lone save would be cancelled).
+        live = []
+        for msg in group:
+            if msg.abandon.cancel_called:
+                msg.reply_to.close()
+            else:
+                live.append(msg)
+        if len(live) <= 1:
+            for msg in live:
+                await self._handle(msg)
+            return
+        assert isinstance(self.checkpointer, SavesGroups)
+        waiters = _Waiters(waiting=len(live))
+        for msg in live:
+            msg.group.append(waiters)
+        outcomes: list[outcome.Outcome[None]] | None = None
+        try:
+            with waiters.scope:
+                outcomes = await self.checkpointer.save_group(
+                    [msg.checkpoint for msg in live], [msg.expected_step for msg in live]
+                )
+        except Exception as exc:
+            log.debug("checkpointer group save failed: %r", exc)
+            outcomes = [outcome.Error(exc)] * len(live)
+        finally:
+            for msg in live:
+                with msg.reply_to:  # unanswered (cancelled): the askers learn the actor is gone
+                    if outcomes is not None:
+                        reply(msg.reply_to, outcomes.pop(0))
+
     async def _handle(self, msg: CheckpointerMsg) -> None:
         match msg:
+            case Save(reply_to=reply_to, abandon=abandon):
+                with reply_to, abandon:
+                    try:
+                        # A pipelined failure that arrived after the asker's check still wins.
+                        self._raise_pending()
+                        await self._save_one(msg.checkpoint, msg.expected_step)
+                    except Exception as exc:
+                        log.debug("checkpointer save failed: %r", exc)
+                        reply(reply_to, outcome.Error(exc))
+                    else:
+                        reply(reply_to, outcome.Value(None))
             case Call(name=name, op=op, reply_to=reply_to, abandon=abandon):
                 with reply_to, abandon:
                     try:
@@ -310,12 +423,21 @@ class CheckpointerActor:
             CheckpointerError: This write failed, or an earlier pipelined one did.
         """
         self._raise_pending()
-        await self._call("save", lambda: self._save_after_pipeline(cp, UNCHECKED))
+        await self._ask_save(cp, UNCHECKED)
 
-    async def _save_after_pipeline(self, cp: Checkpoint, expected_step: Expected) -> None:
-        # Runs in the actor: a pipelined failure that arrived after the caller's check still wins.
-        self._raise_pending()
-        await self._save_one(cp, expected_step)
+    async def _ask_save(self, cp: Checkpoint, expected_step: Expected) -> None:
+        msg: Save | None = None
+
+        def make(reply_to: ReplyTo[None]) -> Save:
+            nonlocal msg
+            msg = Save(cp, expected_step, reply_to)
+            return msg
+
+        try:
+            await ask(self._send, make, actor="checkpointer")
+        finally:
+            if msg is not None:
+                msg.stop_waiting()
 
     async def _save_one(self, cp: Checkpoint, expected_step: Expected) -> None:
         if expected_step is UNCHECKED:
@@ -333,9 +455,7 @@ class CheckpointerActor:
             CheckpointerError: This write failed, or an earlier pipelined one did.
         """
         self._raise_pending()
-        await self._call(
-            "save_with_concurrency_check", lambda: self._save_after_pipeline(cp, expected_step)
-        )
+        await self._ask_save(cp, expected_step)
 
     async def save_pipelined(self, cp: Checkpoint, *, expected_step: Expected = UNCHECKED) -> None:
         """Queue a checkpoint write without waiting for it (``durability="async"``).

@@ -79,19 +79,26 @@ async def test_a_save_that_committed_but_reported_failure_is_recognised_on_retry
         )
         async with opened(make_backend(kind)) as store, opened(make_backend(kind)) as other:
             await store.load_latest("s")
-            commit = store._write_transaction
+            # Every way a store writes: a transaction, and (PostgreSQL) a drafted step's statement.
+            seams = [s for s in ("_write_transaction", "_drafted_transaction") if hasattr(store, s)]
+            commits = {seam: getattr(store, seam) for seam in seams}
 
-            @contextmanager
-            def ack_lost(session_ids: Any) -> Iterator[Any]:
-                # The transaction commits; then the connection drops before the answer arrives.
-                with commit(session_ids) as tx:
-                    yield tx
-                raise CheckpointBackendError(kind, "server closed the connection unexpectedly")
+            def ack_lost(commit: Any) -> Any:
+                @contextmanager
+                def write(*args: Any) -> Iterator[Any]:
+                    # The transaction commits; then the connection drops before the answer arrives.
+                    with commit(*args) as tx:
+                        yield tx
+                    raise CheckpointBackendError(kind, "server closed the connection unexpectedly")
 
-            store._write_transaction = ack_lost
+                return write
+
+            for seam, commit in commits.items():
+                setattr(store, seam, ack_lost(commit))
             with pytest.raises(CheckpointBackendError):
                 await store.save_with_concurrency_check(step2, 1)
-            store._write_transaction = commit
+            for seam, commit in commits.items():
+                setattr(store, seam, commit)
             # The retry re-ran the step (same content, a later time): recognised, not a conflict.
             retry = attrs.evolve(step2, created_at=step2.created_at + 5)
             await store.save_with_concurrency_check(retry, 1)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -16,9 +17,10 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import outcome
 import trio
 
-from ..checkpoint import Checkpoint, StepInfo, mask_url
+from ..checkpoint import UNCHECKED, Checkpoint, Expected, StepInfo, mask_url
 from ..errors import (
     CheckpointBackendError,
     CheckpointerError,
@@ -26,17 +28,20 @@ from ..errors import (
 )
 from .base import BatchingStore
 from .codec import (
+    Draft,
     StepCodec,
-    StepTx,
+    draft_steps,
     dumps,
     load_step,
     prune_session,
 )
 from .connection import ConnectionThread
-from .sql import ROW_COLUMNS, SqlStepTx
+from .sql import ROW_COLUMNS, SqlStepTx, dump_names
 
 if TYPE_CHECKING:
     import psycopg
+
+log = logging.getLogger("treadle.checkpointer")
 
 T = TypeVar("T")
 
@@ -74,6 +79,57 @@ _PUT_ROW = (
     "ran_nodes = EXCLUDED.ran_nodes, skipped_nodes = EXCLUDED.skipped_nodes, "
     "updated_channels = EXCLUDED.updated_channels, body = EXCLUDED.body"
 )
+_APPEND_MESSAGES = (
+    # The messages travel as one JSON array that the server splits: one parameter whatever the
+    # count, with no per-message work on the client (a new session may hold 100,000 of them).
+    "INSERT INTO messages (session_id, seq, message) "
+    "SELECT %(session_id)s, %(start)s + t.i - 1, t.message "
+    "FROM json_array_elements(%(messages)s::json) WITH ORDINALITY AS t(message, i) "
+    "ON CONFLICT (session_id, seq) DO UPDATE SET message = EXCLUDED.message"
+)
+_PUT_DRAFT = (
+    # A drafted step in one statement: take the session's write lock, move the head from the
+    # draft's base to the step (a compare-and-set on the session row, rechecked on the row's
+    # newest version if another writer changed it meanwhile), append its messages and insert its
+    # row, each only if the head moved. If the stored head is no longer the draft's base, the step
+    # row's session_id comes out NULL and the NOT NULL constraint fails the statement, and so the
+    # transaction: nothing is written, and the step is stored the long way (read, then write).
+    "WITH lock AS MATERIALIZED (SELECT pg_advisory_xact_lock(%(lock)s)), "
+    "head AS (UPDATE sessions SET latest_step = %(step)s, token = %(token)s, "
+    "log_end = %(log_end)s, updated_at = %(created_at)s FROM lock "
+    "WHERE session_id = %(session_id)s "
+    "AND latest_step = %(base_step)s AND token = %(base_token)s AND log_end = %(start)s "
+    "RETURNING session_id), "
+    "log AS (INSERT INTO messages (session_id, seq, message) "
+    "SELECT head.session_id, %(start)s + t.i - 1, t.message FROM head, "
+    "json_array_elements(%(messages)s::json) WITH ORDINALITY AS t(message, i) "
+    "ON CONFLICT (session_id, seq) DO UPDATE SET message = EXCLUDED.message) "
+    f"INSERT INTO steps ({ROW_COLUMNS}) "
+    "SELECT head.session_id, %(step)s, %(created_at)s, %(kind)s, %(row_base_step)s, "
+    "%(root_step)s, %(messages_start)s, %(messages_len)s, %(ran_nodes)s::jsonb, "
+    "%(skipped_nodes)s::jsonb, %(updated_channels)s::jsonb, %(body)s::json "
+    "FROM (VALUES (1)) AS one LEFT JOIN head ON true "
+    "ON CONFLICT (session_id, step) DO UPDATE SET created_at = EXCLUDED.created_at, "
+    "kind = EXCLUDED.kind, base_step = EXCLUDED.base_step, root_step = EXCLUDED.root_step, "
+    "messages_start = EXCLUDED.messages_start, messages_len = EXCLUDED.messages_len, "
+    "ran_nodes = EXCLUDED.ran_nodes, skipped_nodes = EXCLUDED.skipped_nodes, "
+    "updated_channels = EXCLUDED.updated_channels, body = EXCLUDED.body"
+)
+
+
+def _by_session(pair: tuple[Checkpoint, Draft]) -> str:
+    return pair[0].session_id
+
+
+def _is_head_moved(exc: BaseException) -> bool:
+    """Whether ``exc`` is :data:`_PUT_DRAFT`'s refusal (the step row's session_id left NULL)."""
+    diag = getattr(exc, "diag", None)
+    return (
+        getattr(exc, "sqlstate", None) == "23502"
+        and diag is not None
+        and diag.table_name == "steps"
+        and diag.column_name == "session_id"
+    )
 
 
 def migrations() -> list[tuple[int, str, str]]:
@@ -123,11 +179,38 @@ class _PostgresTx(SqlStepTx["psycopg.Connection[tuple[Any, ...]]"]):
     ) -> None:
         # One statement whatever the count: a resumed session may write its whole history at once.
         self.conn.execute(
-            "INSERT INTO messages (session_id, seq, message) "
-            "SELECT %s, %s + t.i - 1, t.message::json "
-            "FROM unnest(%s::text[]) WITH ORDINALITY AS t(message, i) "
-            "ON CONFLICT (session_id, seq) DO UPDATE SET message = EXCLUDED.message",
-            (session_id, start, [dumps(m) for m in messages]),
+            _APPEND_MESSAGES,
+            {"session_id": session_id, "start": start, "messages": dumps(messages)},
+        )
+
+    def put_draft(self, cp: Checkpoint, draft: Draft, *, lock: int) -> None:
+        """Store ``cp`` as drafted, in one statement that takes the write lock ``lock``, if the
+        stored head is still the draft's base; otherwise the transaction fails
+        (:func:`_is_head_moved`)."""
+        encoded, row = draft.encoded, draft.encoded.row
+        self.conn.execute(
+            _PUT_DRAFT,
+            {
+                "lock": lock,
+                "session_id": cp.session_id,
+                "step": cp.step,
+                "token": draft.token,
+                "log_end": draft.log_end + len(encoded.log_messages),
+                "created_at": cp.created_at,
+                "base_step": draft.base.step,
+                "base_token": draft.base.token,
+                "start": draft.log_end,
+                "messages": dumps(encoded.log_messages),
+                "kind": row.kind,
+                "row_base_step": row.base_step,
+                "root_step": row.root_step,
+                "messages_start": row.messages_start,
+                "messages_len": row.messages_len,
+                "ran_nodes": dump_names(row.ran_nodes),
+                "skipped_nodes": dump_names(row.skipped_nodes),
+                "updated_channels": dump_names(row.updated_channels),
+                "body": row.body,
+            },
         )
 
     def messages(self, session_id: str, start: int, count: int) -> list[dict[str, Any]]:
@@ -154,7 +237,9 @@ class PostgresCheckpointer(BatchingStore):
     connection is used from worker threads only, one call at a time (``CapacityLimiter(1)``).
 
     Writers of one session are serialised by a transaction-scoped advisory lock, so of two writers
-    expecting the same latest step exactly one wins. A *lease* (:meth:`acquire_lease`) is a
+    expecting the same latest step exactly one wins. A step encoded on the head this store last
+    wrote is saved by one statement, in one round trip (a compare-and-set of the head; see
+    ``_PUT_DRAFT``); :meth:`save_group` stores several sessions' steps in one transaction. A *lease* (:meth:`acquire_lease`) is a
     session-level advisory lock held by this connection: another process asking for it fails at once
     with ``SessionLeased``, and the server frees it the moment this connection ends, so a crashed
     process never blocks the resume. The ``session_leases`` table names each owner and carries its
@@ -436,10 +521,112 @@ class PostgresCheckpointer(BatchingStore):
 
     # -- writes ------------------------------------------------------------------------------------
 
-    def _write_transaction(self, session_ids: Sequence[str]) -> AbstractContextManager[StepTx]:
+    def _write_transaction(self, session_ids: Sequence[str]) -> AbstractContextManager[_PostgresTx]:
         if self._pipelines:
             return self._pipelined_transaction(session_ids)
         return self._transaction(session_ids)
+
+    @contextmanager
+    def _drafted_transaction(self, count: int) -> Iterator[_PostgresTx]:
+        """Where ``count`` drafted steps are stored (:meth:`_PostgresTx.put_draft`, one statement
+        each, which takes its session's write lock itself). One step's statement is a transaction
+        of its own: one round trip, no ``BEGIN`` or ``COMMIT``. Several go in one transaction,
+        pipelined when the driver can."""
+        if count > 1:
+            with self._write_transaction(()) as tx:
+                yield tx
+            return
+        conn = self._require_conn()
+        try:
+            yield _PostgresTx(conn)
+        except _db_error() as exc:
+            raise self._error("query failed on", exc) from exc
+
+    def _ready(self, cp: Checkpoint, draft: Draft | None, expected: Expected) -> Draft | None:
+        """``draft`` if ``cp`` can be stored by its one statement (:meth:`_PostgresTx.put_draft`):
+        it builds on the step the writer expects, and the session's lease is not lost."""
+        if draft is None or cp.session_id in self._lost_leases:
+            return None
+        if expected is not UNCHECKED and expected != draft.base.step:
+            return None  # the long way raises the conflict (or recognises a committed retry)
+        return draft
+
+    def _save_drafted(self, cps: Sequence[Checkpoint], drafts: Sequence[Draft]) -> bool:
+        """Store ``cps`` as drafted in one transaction: ``BEGIN``, the locks, one statement per
+        step and ``COMMIT`` in one round trip. False, with nothing written, if a stored head is no
+        longer the draft's base."""
+        for cp, draft in zip(cps, drafts, strict=True):
+            self._codec.wrote(cp.session_id, cp.step, draft.token)
+        try:
+            with self._drafted_transaction(len(cps)) as tx:
+                # In session order: two processes' groups then take the rows in the same order.
+                for cp, draft in sorted(zip(cps, drafts, strict=True), key=_by_session):
+                    tx.put_draft(cp, draft, lock=_lock_key("write", self.schema, cp.session_id))
+        except CheckpointBackendError as exc:
+            if exc.__cause__ is not None and _is_head_moved(exc.__cause__):
+                return False
+            raise
+        for draft in drafts:
+            self._codec.remember(draft.encoded.tip)
+        return True
+
+    def _save_sync(
+        self,
+        cps: Sequence[Checkpoint],
+        drafts: Sequence[Draft | None],
+        expected: Sequence[Expected] | None,
+    ) -> None:
+        # The short way when every step is drafted on the stored head; else (or if the head moved
+        # meanwhile) the long way: read the head, check, encode again if needed, write.
+        checks = expected if expected is not None else [UNCHECKED] * len(cps)
+        ready = [self._ready(cp, d, e) for cp, d, e in zip(cps, drafts, checks, strict=True)]
+        if all(ready):
+            try:
+                if self._save_drafted(cps, [d for d in ready if d is not None]):
+                    return
+            except BaseException:
+                self._forget([cp.session_id for cp in cps])
+                raise
+        super()._save_sync(cps, drafts, expected)
+
+    def _save_group_sync(
+        self,
+        cps: Sequence[Checkpoint],
+        drafts: Sequence[Draft | None],
+        expected: Sequence[Expected],
+    ) -> list[outcome.Outcome[None]]:
+        outcomes: list[outcome.Outcome[None] | None] = [None] * len(cps)
+        ready = [self._ready(cp, d, e) for cp, d, e in zip(cps, drafts, expected, strict=True)]
+        together = [i for i, draft in enumerate(ready) if draft is not None]
+        if len(together) > 1:
+            group = [cps[i] for i in together]
+            try:
+                stored = self._save_drafted(group, [d for d in ready if d is not None])
+            except Exception as exc:
+                # Each is tried again alone below, so that one session's failure is its own.
+                log.debug("a group commit of %d steps failed: %s", len(group), exc)
+                self._forget([cp.session_id for cp in group])
+            else:
+                if stored:
+                    for i in together:
+                        outcomes[i] = outcome.Value(None)
+        for i, cp in enumerate(cps):
+            if outcomes[i] is None:
+                outcomes[i] = outcome.capture(self._save_sync, [cp], [drafts[i]], [expected[i]])
+        return [o for o in outcomes if o is not None]
+
+    async def save_group(
+        self, cps: Sequence[Checkpoint], expected_steps: Sequence[Expected]
+    ) -> list[outcome.Outcome[None]]:
+        """Store the steps of several sessions (one each), each checked against its entry of
+        ``expected_steps``, and return each one's outcome (the checkpointer actor's group commit).
+
+        Steps drafted on their stored heads go out together: one transaction, one commit, one
+        round trip. Any other step, and every step of a group whose transaction fails, is stored
+        alone, so one session's failure (a conflict, a lost lease, an error) is never another's.
+        """
+        drafts = draft_steps(self._codec, cps)
+        return await self._run(lambda: self._save_group_sync(cps, drafts, expected_steps))
 
     # -- reads -------------------------------------------------------------------------------------
 
