@@ -69,6 +69,38 @@ async def test_files_are_readable_json_and_no_temporary_file_remains(
     await store.aclose()
 
 
+@pytest.mark.parametrize("indent", [2, None])
+async def test_a_big_snapshot_is_written_with_its_body_on_one_line_and_reads_back(
+    tmp_path: Path, nursery: trio.Nursery, indent: int | None
+) -> None:
+    # 100,000 messages: indenting them would take the json module's Python encoder seconds.
+    store = JSONCheckpointer(tmp_path, indent=indent)
+    await store.open(nursery)
+    big = Checkpoint(
+        session_id="s",
+        step=0,
+        state=VersionedState(
+            messages=[Message.user(f"m{i} \u00e9") for i in range(100_000)], extra={"k": [1.5]}
+        ),
+        frontier=("a",),
+        versions_seen={},
+        join_state={},
+        concurrency_limit=1,
+        created_at=0,
+    )
+    await store.save(big)
+    text = step_file(tmp_path, 0).read_text(encoding="utf-8")
+    assert len(text.splitlines()) < 20
+    doc = json.loads(text)
+    assert doc["body"]["messages"][99_999] == {"role": "user", "content": "m99999 \u00e9"}
+    assert doc["step"] == 0
+    await store.aclose()
+    again = JSONCheckpointer(tmp_path, indent=indent)
+    await again.open(nursery)
+    assert await again.load("s", 0) == big
+    await again.aclose()
+
+
 @pytest.mark.parametrize(
     ("damage", "reason"),
     [

@@ -193,6 +193,10 @@ class _FilesTx:
         raise AssertionError("the JSON store keeps messages inline")
 
 
+_INDENTED_BODY = 1 << 20
+"""The longest body (in characters of compact JSON) that a file shows indented."""
+
+
 class JSONCheckpointer(ThreadedStore):
     """Checkpoints as JSON files you can read: ``<directory>/<session>/<step>.json``.
 
@@ -211,7 +215,8 @@ class JSONCheckpointer(ThreadedStore):
     Args:
         directory: Where the session directories live (created by :meth:`open`).
         max_chain: The most deltas stored between two snapshots of a session.
-        indent: JSON indentation of the files (``None`` for compact files).
+        indent: JSON indentation of the files (``None`` for compact files). A body over 1 MiB
+            (a snapshot of a big state) is written on one line whatever the indentation.
     """
 
     backend = "json"
@@ -306,8 +311,8 @@ class JSONCheckpointer(ThreadedStore):
             body=json.dumps(body),
         )
 
-    def _write_row(self, row: StepRow) -> None:
-        doc = {
+    def _file_text(self, row: StepRow) -> str:
+        doc: dict[str, Any] = {
             "format": FILE_FORMAT,
             "session_id": row.session_id,
             "step": row.step,
@@ -319,9 +324,18 @@ class JSONCheckpointer(ThreadedStore):
             "ran_nodes": list(row.ran_nodes),
             "skipped_nodes": list(row.skipped_nodes),
             "updated_channels": list(row.updated_channels),
-            "body": json.loads(row.body),
         }
-        text = json.dumps(doc, ensure_ascii=False, indent=self.indent) + "\n"
+        if self.indent is not None and len(row.body) <= _INDENTED_BODY:
+            doc["body"] = json.loads(row.body)
+            return json.dumps(doc, ensure_ascii=False, indent=self.indent) + "\n"
+        # The body as the codec wrote it, on one line: indenting it goes through the json
+        # module's Python encoder, seconds for a body of 100,000 messages.
+        head = json.dumps(doc, ensure_ascii=False, indent=self.indent)
+        gap, end = ("\n" + " " * self.indent, "\n") if self.indent is not None else (" ", "")
+        return f'{head[:-1].rstrip()},{gap}"body": {row.body}{end}}}\n'
+
+    def _write_row(self, row: StepRow) -> None:
+        text = self._file_text(row)
         folder = self._session_path(row.session_id)
         folder.mkdir(exist_ok=True)
         final = folder / _step_file_name(row.step)

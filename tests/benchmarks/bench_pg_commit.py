@@ -7,10 +7,12 @@ every superstep is stored before the next starts (treadle ``durability="sync"``,
 the order swapped every round (the machine is shared and its speed drifts), each on a fresh schema
 (treadle) or fresh tables (LangGraph). Steps/s counts every stored superstep of every session over the
 wall time from the first session's creation to the last one's completion, runner start and close
-excluded. The table shows min/median/max over the rounds and the median of the per-round ratios.
+excluded. Each measurement runs in a fresh process. The table shows min/median/max over the rounds
+and the per-round ratio treadle / LangGraph. ``--before DIR`` adds another treadle (``DIR`` holds a
+``treadle`` folder, or a link to an older checkout) to every round, for before/after figures.
 
 Run: ``python tests/benchmarks/bench_pg_commit.py [--sessions 1,100] [--steps 200,20] [--rounds 5]
-[--postgres URL]``. Needs ``langgraph==1.2.22``, ``langgraph-checkpoint-postgres`` and
+[--before DIR] [--postgres URL]``. Needs ``langgraph==1.2.22``, ``langgraph-checkpoint-postgres`` and
 ``psycopg[binary,pool]`` installed beside treadle.
 """
 
@@ -19,8 +21,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import statistics
+import subprocess
+import sys
 import time
 import uuid
 from typing import Any, TypedDict
@@ -116,24 +121,46 @@ def drop_bench_schemas(url: str) -> None:
             conn.execute(f'DROP SCHEMA "{name}" CASCADE'.encode())
 
 
+def measure(args: argparse.Namespace) -> None:
+    """One measurement in this process (the driver runs each in a fresh one): seconds on stdout."""
+    if args.one == "langgraph":
+        seconds = asyncio.run(langgraph_run(args.postgres, args.sessions, args.steps))
+    else:
+        seconds = trio.run(treadle_run, args.postgres, args.sessions, args.steps)
+    print(json.dumps({"seconds": seconds}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", default="1,100", help="comma-separated session counts")
     parser.add_argument("--steps", default="200,20", help="supersteps per session, per count")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument(
+        "--before",
+        metavar="DIR",
+        default=None,
+        help="a directory holding another treadle (a `treadle` folder or link to a checkout): "
+        "measured too, as 'before'",
+    )
+    parser.add_argument(
         "--postgres",
         default=os.environ.get(
             "TREADLE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
         ),
     )
+    parser.add_argument("--one", choices=["treadle", "langgraph"], help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.one is not None:
+        args.sessions, args.steps = int(args.sessions), int(args.steps)
+        measure(args)
+        return
     counts = [int(x) for x in args.sessions.split(",")]
     steps_for = [int(x) for x in args.steps.split(",")]
     if len(steps_for) != len(counts):
         raise SystemExit("--steps needs one value per --sessions value")
     if any(steps % 2 for steps in steps_for):
         raise SystemExit("--steps must be even (the loop ends after B)")
+    libs = ["treadle", "langgraph"] + (["before"] if args.before else [])
     loads: list[float] = []
     rates: dict[tuple[int, str], list[float]] = {}
     ratios: dict[int, list[float]] = {}
@@ -141,19 +168,39 @@ def main() -> None:
         for round_no in range(args.rounds):
             for sessions, steps in zip(counts, steps_for, strict=True):
                 loads.append(os.getloadavg()[0])
-                order = ["treadle", "langgraph"][:: 1 if round_no % 2 == 0 else -1]
                 got: dict[str, float] = {}
-                for lib in order:
-                    if lib == "treadle":
-                        seconds = trio.run(treadle_run, args.postgres, sessions, steps)
-                    else:
-                        seconds = asyncio.run(langgraph_run(args.postgres, sessions, steps))
+                for lib in libs[round_no % len(libs) :] + libs[: round_no % len(libs)]:
+                    env = dict(os.environ)
+                    if lib == "before":
+                        env["PYTHONPATH"] = args.before
+                    done = subprocess.run(
+                        [
+                            sys.executable,
+                            __file__,
+                            "--one",
+                            "langgraph" if lib == "langgraph" else "treadle",
+                            "--sessions",
+                            str(sessions),
+                            "--steps",
+                            str(steps),
+                            "--postgres",
+                            args.postgres,
+                        ],
+                        capture_output=True,
+                        text=True,
+                        env=env,
+                        check=False,
+                    )
+                    if done.returncode != 0:
+                        raise SystemExit(f"{lib} failed:\n{done.stderr.strip()}")
+                    seconds = json.loads(done.stdout.strip().splitlines()[-1])["seconds"]
                     got[lib] = sessions * steps / seconds
                     rates.setdefault((sessions, lib), []).append(got[lib])
                 ratios.setdefault(sessions, []).append(got["treadle"] / got["langgraph"])
                 print(
-                    f"round {round_no} sessions={sessions}: treadle {got['treadle']:.0f}, "
-                    f"LangGraph {got['langgraph']:.0f} steps/s",
+                    f"round {round_no} sessions={sessions}: "
+                    + ", ".join(f"{lib} {rate:.0f}" for lib, rate in got.items())
+                    + " steps/s",
                     flush=True,
                 )
     finally:
@@ -164,7 +211,7 @@ def main() -> None:
     )
     print(f"{'sessions':>8} {'library':<10} {'min':>7} {'median':>7} {'max':>7}  steps/s")
     for sessions in counts:
-        for lib in ("treadle", "langgraph"):
+        for lib in libs:
             values = rates[(sessions, lib)]
             print(
                 f"{sessions:>8} {lib:<10} {min(values):>7.0f} {statistics.median(values):>7.0f} "
