@@ -13,8 +13,9 @@ import attrs
 
 from .frozen import JSON, FrozenDict, _trusted, freeze, strict_equal
 from .partial import FrontierCommand, NodePartial
+from .persistent import DELETED, FrozenMap, Log, log_items
 from .reducers import ReducerRegistry, add_errors, add_messages, map_merge
-from .state import ErrorEvent, Message, VersionedState
+from .state import ErrorEvent, Message, VersionedState, frozen_extra
 
 
 @attrs.frozen
@@ -149,73 +150,65 @@ def _collect_writes(writes: dict[str, JSON], node: str, extra: Mapping[str, obje
 
 
 # Each merge below returns the current value itself when nothing changed, so the caller can
-# detect a change (and bump the version) with one identity check.
-
-
-def _merge_log(
-    reducer: Any,
-    default: Any,
-    current: tuple[Any, ...],
-    update: tuple[Any, ...],
-    item: type,
-    channel: str,
-) -> tuple[Any, ...]:
-    """Merge an append-only channel (messages, errors): concatenation unless a custom reducer."""
-    if reducer is default:
-        return current + update
-    result: tuple[Any, ...] = _check_tuple(reducer.apply(current, update), item, channel, reducer)
-    if result is current or (len(result) == len(current) and result == current):
-        return current
-    return result
+# detect a change (and bump the version) with one identity check. The built-in reducers touch only
+# what the step wrote: the message log is extended in place, extra is updated key by key.
 
 
 def _merge_messages(
-    reducers: ReducerRegistry, current: tuple[Message, ...], update: tuple[Message, ...]
-) -> tuple[Message, ...]:
-    return _merge_log(reducers.messages, add_messages, current, update, Message, "messages")
+    reducers: ReducerRegistry, current: Log[Message], update: tuple[Message, ...]
+) -> Log[Message]:
+    reducer = reducers.messages
+    if reducer is add_messages:
+        return current.extended(update)
+    result = _check_tuple(reducer.apply(current, update), Message, "messages", reducer)
+    if result is current or (len(result) == len(current) and result == current):
+        return current
+    return log_items(result)
 
 
 def _merge_errors(
     reducers: ReducerRegistry, current: tuple[ErrorEvent, ...], update: tuple[ErrorEvent, ...]
 ) -> tuple[ErrorEvent, ...]:
-    return _merge_log(reducers.errors, add_errors, current, update, ErrorEvent, "errors")
+    reducer = reducers.errors
+    if reducer is add_errors:
+        return current + update
+    result: tuple[ErrorEvent, ...] = tuple(
+        _check_tuple(reducer.apply(current, update), ErrorEvent, "errors", reducer)
+    )
+    if result is current or (len(result) == len(current) and result == current):
+        return current
+    return result
 
 
 def _merge_extra(
-    reducers: ReducerRegistry, current: FrozenDict, writes: dict[str, JSON]
-) -> FrozenDict:
+    reducers: ReducerRegistry, current: FrozenMap, writes: dict[str, JSON]
+) -> FrozenMap:
     reducer = reducers.extra
     if reducer is not map_merge:
         result = reducer.apply(current, _trusted(writes))
-        if type(result) is not FrozenDict:
+        if type(result) is not FrozenMap:
             if not isinstance(result, Mapping):
                 raise TypeError(
                     f"the extra reducer {reducer.definition_label!r} returned a "
                     f"{type(result).__name__}; it must return a mapping"
                 )
-            result = freeze(result, path="extra")
+            result = frozen_extra(result)
         return current if strict_equal(result, current) else result
     # Built-in shallow merge: only the written keys can change, so only they are compared.
-    changes: dict[str, JSON] = {}
+    changes: dict[str, Any] = {}
     for key, value in writes.items():
         if value is None:
             if key in current:
-                changes[key] = None
+                changes[key] = DELETED
         elif key not in current or not strict_equal(current[key], value):
             changes[key] = value
     if not changes:
         return current
-    merged = dict(current)
-    for key, value in changes.items():
-        if value is None:
-            del merged[key]
-        else:
-            merged[key] = value
-    return _trusted(merged)
+    return current.updated(changes)
 
 
 def _check_tuple(result: Any, item_type: type[Any], channel: str, reducer: Any) -> Any:
-    if type(result) is not tuple:
+    if type(result) is not tuple and type(result) is not Log:
         if not isinstance(result, list):
             raise TypeError(
                 f"the {channel} reducer {reducer.definition_label!r} returned a "

@@ -9,6 +9,8 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any, NoReturn, TypeAlias, cast
 
+from .persistent import FrozenMap
+
 JSON: TypeAlias = "bool | int | float | str | tuple[JSON, ...] | FrozenDict | None"
 """A frozen JSON value: scalars, tuples for arrays and :class:`FrozenDict` for objects."""
 
@@ -194,10 +196,10 @@ def _not_json(value: object, path: str) -> NoReturn:
     raise TypeError(f"{path} is {article} {name}, which is not a JSON value")
 
 
-def thaw(value: JSON) -> Any:
+def thaw(value: JSON | FrozenMap) -> Any:
     """Return a plain, mutable deep copy of a frozen value (``dict`` and ``list`` containers)."""
     # Loops, not comprehensions: one Python frame per level, so MAX_DEPTH nesting thaws.
-    if isinstance(value, dict):
+    if isinstance(value, dict | FrozenMap):
         mapping = {}
         for key, item in value.items():
             mapping[key] = thaw(item)
@@ -228,7 +230,7 @@ def strict_equal(a: object, b: object) -> bool:
             if not strict_equal(x, y):
                 return False
         return True
-    if isinstance(a, dict) and isinstance(b, dict):
+    if isinstance(a, dict | FrozenMap) and isinstance(b, dict | FrozenMap):
         if len(a) != len(b):
             return False
         for key, item in a.items():  # noqa: SIM110  # a loop keeps one frame per level

@@ -5,12 +5,12 @@ Built-ins: :data:`add_messages`, :data:`map_merge` (shallow, ``None`` deletes), 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import attrs
 
-from .frozen import FrozenDict, _trusted
+from .persistent import DELETED, FrozenMap, log_items
 from .state import ErrorEvent, Message
 
 CHANNELS = ("messages", "extra", "errors")
@@ -20,9 +20,11 @@ CHANNELS = ("messages", "extra", "errors")
 class Reducer(Protocol):
     """Combines a channel's current value with the merged update of one barrier.
 
-    ``apply`` receives and returns the channel's frozen types: a tuple of :class:`Message` for
-    ``messages``, a :class:`FrozenDict` for ``extra`` (a ``None`` value in the update means
-    "delete"), a tuple of :class:`ErrorEvent` for ``errors``. It is only called when the update is
+    ``apply`` receives the channel's frozen types: for ``messages`` the current
+    :class:`~treadle.runtime.persistent.Log` (a read-only sequence) and a tuple of :class:`Message`,
+    for ``extra`` the current :class:`~treadle.runtime.persistent.FrozenMap` and a
+    :class:`FrozenDict` update (a ``None`` value in the update means "delete"), for ``errors`` two
+    tuples of :class:`ErrorEvent`. It returns a sequence or a mapping of the same items. It is only called when the update is
     non-empty. (Typed with ``Any`` because each channel has its own value type.)
     ``definition_label`` names the reducer in the graph hash, so changing it marks a new graph.
     """
@@ -58,10 +60,9 @@ def reducer(fn: Callable[[Any, Any], Any], *, label: str) -> Reducer:
     return FunctionReducer(fn, label)
 
 
-def _concat_messages(
-    current: tuple[Message, ...], update: tuple[Message, ...]
-) -> tuple[Message, ...]:
-    return current + update
+def _concat_messages(current: Sequence[Message], update: tuple[Message, ...]) -> Sequence[Message]:
+    # A Log appends in place of copying; a plain tuple concatenates.
+    return log_items(current).extended(update)
 
 
 def _concat_errors(
@@ -70,14 +71,9 @@ def _concat_errors(
     return current + update
 
 
-def _merge_maps(current: FrozenDict, update: FrozenDict) -> FrozenDict:
-    merged = dict(current)
-    for key, value in update.items():
-        if value is None:
-            merged.pop(key, None)
-        else:
-            merged[key] = value
-    return _trusted(merged)
+def _merge_maps(current: Mapping[str, Any], update: Mapping[str, Any]) -> FrozenMap:
+    base = current if type(current) is FrozenMap else FrozenMap(current)
+    return base.updated({key: DELETED if value is None else value for key, value in update.items()})
 
 
 add_messages: Reducer = FunctionReducer(_concat_messages, "add_messages")

@@ -11,6 +11,7 @@ import attrs
 
 from .errors import StateSlotMissing
 from .frozen import EMPTY, FrozenDict, freeze, thaw
+from .persistent import EMPTY_MAP, FrozenMap, Log
 
 if TYPE_CHECKING:
     from .slots import StateKey
@@ -221,8 +222,8 @@ class ErrorEvent:
 # -- state -----------------------------------------------------------------------------------------
 
 
-def _messages(value: Iterable[Message]) -> tuple[Message, ...]:
-    items = tuple(value)
+def _messages(value: Iterable[Message]) -> Log[Message]:
+    items = value if type(value) is Log else Log(value)
     for i, item in enumerate(items):
         if not isinstance(item, Message):
             raise TypeError(
@@ -232,13 +233,20 @@ def _messages(value: Iterable[Message]) -> tuple[Message, ...]:
     return items
 
 
-def _extra(value: Mapping[str, object]) -> FrozenDict:
+def frozen_extra(value: Mapping[str, object]) -> FrozenMap:
+    """``value`` as the ``extra`` channel's type: a :class:`FrozenMap` of frozen JSON values.
+
+    Raises:
+        TypeError: ``value`` is not a mapping of str to JSON values.
+    """
+    if type(value) is FrozenMap:
+        return value
     frozen = freeze(value, path="extra")
     if not isinstance(frozen, FrozenDict):
         raise TypeError(
             f"extra must be a mapping of str to JSON values, got {type(value).__name__}"
         )
-    return frozen
+    return FrozenMap(frozen) if frozen else EMPTY_MAP
 
 
 def _errors(value: Iterable[ErrorEvent]) -> tuple[ErrorEvent, ...]:
@@ -259,8 +267,8 @@ class _StateView:
 
     __slots__ = ()
 
-    messages: tuple[Message, ...]
-    extra: FrozenDict
+    messages: Log[Message]
+    extra: FrozenMap
     errors: tuple[ErrorEvent, ...]
     messages_version: int
     extra_version: int
@@ -269,8 +277,8 @@ class _StateView:
     @classmethod
     def _trusted(
         cls: type[_S],
-        messages: tuple[Message, ...],
-        extra: FrozenDict,
+        messages: Log[Message],
+        extra: FrozenMap,
         errors: tuple[ErrorEvent, ...],
         messages_version: int,
         extra_version: int,
@@ -343,11 +351,11 @@ class _StateView:
             return v
 
         return cls._trusted(
-            tuple(
+            Log(
                 Message.from_json_value(m)
                 for m in _expect_list(obj.get("messages", ()), "state['messages']")
             ),
-            _extra(_expect_mapping(obj.get("extra", EMPTY), "state['extra']")),
+            frozen_extra(_expect_mapping(obj.get("extra", EMPTY), "state['extra']")),
             tuple(
                 ErrorEvent.from_json_value(e)
                 for e in _expect_list(obj.get("errors", ()), "state['errors']")
@@ -362,8 +370,8 @@ class _StateView:
 class StateSnapshot(_StateView):
     """The immutable state a node reads: tuples, read-only mappings and frozen nested JSON."""
 
-    messages: tuple[Message, ...] = attrs.field(default=(), converter=_messages)
-    extra: FrozenDict = attrs.field(default=EMPTY, converter=_extra)
+    messages: Log[Message] = attrs.field(default=(), converter=_messages)
+    extra: FrozenMap = attrs.field(default=EMPTY_MAP, converter=frozen_extra)
     errors: tuple[ErrorEvent, ...] = attrs.field(default=(), converter=_errors)
     messages_version: int = attrs.field(default=1, validator=_version)
     extra_version: int = attrs.field(default=1, validator=_version)
@@ -379,8 +387,8 @@ class VersionedState(_StateView):
     new one that shares everything it did not change.
     """
 
-    messages: tuple[Message, ...] = attrs.field(default=(), converter=_messages)
-    extra: FrozenDict = attrs.field(default=EMPTY, converter=_extra)
+    messages: Log[Message] = attrs.field(default=(), converter=_messages)
+    extra: FrozenMap = attrs.field(default=EMPTY_MAP, converter=frozen_extra)
     errors: tuple[ErrorEvent, ...] = attrs.field(default=(), converter=_errors)
     messages_version: int = attrs.field(default=1, validator=_version)
     extra_version: int = attrs.field(default=1, validator=_version)

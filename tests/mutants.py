@@ -79,10 +79,26 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "barrier-refreezes-extra",
         "runtime/barrier.py",
-        "    return _trusted(merged)\n",
-        "    return FrozenDict(merged)\n",
+        "    return current.updated(changes)\n",
+        "    return frozen_extra(dict(current.updated(changes)))\n",
         ("tests/test_step_cost.py",),
         "a step's work follows its writes, not the size of the state",
+    ),
+    Mutant(
+        "barrier-copies-messages",
+        "runtime/barrier.py",
+        "        return current.extended(update)\n",
+        "        return Log((*current, *update))\n",
+        ("tests/test_step_cost.py",),
+        "a step's work follows its writes, not the size of the state",
+    ),
+    Mutant(
+        "codec-compares-whole-history",
+        "runtime/checkpointers/codec.py",
+        "        return new.since(old)\n",
+        "        return new.since(tuple(old))\n",
+        ("tests/test_step_cost.py",),
+        "encoding a step follows its writes, not the size of the state",
     ),
     # SessionCore.from_checkpoint: one field of the resume at a time.
     _from_checkpoint(
@@ -156,8 +172,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "extra-delete-keeps-none",
         "runtime/barrier.py",
-        "            del merged[key]\n",
-        "            merged[key] = None\n",
+        "                changes[key] = DELETED\n",
+        "                changes[key] = None\n",
         ("tests/test_state_barrier.py",),
         "writing None to an extra key deletes it",
     ),

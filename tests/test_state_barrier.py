@@ -15,6 +15,7 @@ from strategies import error_events, messages, node_partials, versioned_states
 from treadle.runtime.barrier import BarrierOutcome, apply_barrier
 from treadle.runtime.frozen import FrozenDict, thaw
 from treadle.runtime.partial import Append, NodePartial
+from treadle.runtime.persistent import FrozenMap
 from treadle.runtime.reducers import ReducerRegistry
 from treadle.runtime.state import ErrorEvent, ErrorScope, Message, VersionedState
 
@@ -81,8 +82,7 @@ def test_barrier_matches_the_reference_fold(
     new, outcome = apply_barrier(state, nodes, partials, DEFAULT)
     expected = reference_fold(state, partials)
     assert canonical(new.to_json_value()) == canonical(expected)
-    # The insertion order of extra keys is deterministic too: first write position wins.
-    assert type(new.extra) is FrozenDict
+    assert type(new.extra) is FrozenMap
     assert outcome.updated_channels == tuple(
         ch
         for ch in ("messages", "extra", "errors")

@@ -11,6 +11,7 @@ from strategies import error_events, node_partials, versioned_states
 
 from treadle.runtime.frozen import FrozenDict
 from treadle.runtime.partial import Append, NodePartial, Replace
+from treadle.runtime.persistent import FrozenMap
 from treadle.runtime.state import ErrorEvent, ErrorScope, Message, StateSnapshot, VersionedState
 
 # -- messages and errors ---------------------------------------------------------------------------
@@ -80,7 +81,7 @@ def test_constructor_freezes_and_versions_start_at_one() -> None:
         errors=[],
     )
     assert state.messages == (Message.user("hi"),)
-    assert type(state.extra) is FrozenDict
+    assert type(state.extra) is FrozenMap
     assert state.extra["a"] == (1, {"b": 2})
     assert (state.messages_version, state.extra_version, state.errors_version) == (1, 1, 1)
     assert VersionedState.with_user_message("x").messages == (Message.user("x"),)

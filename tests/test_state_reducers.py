@@ -12,6 +12,7 @@ from strategies import extra_keys, extra_values
 from treadle.runtime.barrier import apply_barrier
 from treadle.runtime.frozen import FrozenDict, freeze
 from treadle.runtime.partial import NodePartial
+from treadle.runtime.persistent import FrozenMap
 from treadle.runtime.reducers import (
     ReducerRegistry,
     add_errors,
@@ -30,7 +31,7 @@ def test_builtins() -> None:
     assert add_errors.apply((), (boom,)) == (boom,)
     merged = map_merge.apply(freeze({"a": 1, "b": 2}), freeze({"a": None, "c": 3, "z": None}))
     assert merged == {"b": 2, "c": 3}
-    assert type(merged) is FrozenDict
+    assert type(merged) is FrozenMap
     assert [r.definition_label for r in (add_messages, map_merge, add_errors)] == [
         "add_messages",
         "map_merge",
@@ -122,7 +123,7 @@ def test_custom_extra_reducer_gets_frozen_writes_and_is_compared_as_a_whole() ->
         registry, state, NodePartial(extra={"cfg": {"b": [2]}}), NodePartial(extra={"x": None})
     )
     assert new.extra == {"cfg": {"a": 1, "b": (2,)}}
-    assert type(new.extra) is FrozenDict
+    assert type(new.extra) is FrozenMap
     assert type(new.extra["cfg"]) is FrozenDict
     assert seen == [{"cfg": {"b": (2,)}, "x": None}]
     assert type(seen[0]) is FrozenDict

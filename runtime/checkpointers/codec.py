@@ -16,7 +16,8 @@ import attrs
 
 from ..checkpoint import UNCHECKED, Checkpoint, Expected, StepInfo, parse_invocation
 from ..errors import CheckpointerError, ConcurrencyConflict
-from ..frozen import strict_equal, thaw
+from ..frozen import strict_equal
+from ..persistent import DELETED, FrozenMap, Log
 from ..state import ErrorEvent, Message, VersionedState
 
 SNAPSHOT: Final = "snapshot"
@@ -24,6 +25,12 @@ DELTA: Final = "delta"
 
 FORMAT: Final = 1
 """Version of the body layout below; bumped if it ever changes incompatibly."""
+
+DEFAULT_CHAIN: Final = 64
+"""The fewest deltas a chain may hold when ``max_chain`` is not set."""
+
+LINK_BYTES: Final = 1024
+"""Without ``max_chain``, a chain may also hold one delta per this many bytes of its snapshot."""
 
 
 class BrokenHistory(CheckpointerError):
@@ -193,26 +200,46 @@ def _message_json(message: Message) -> dict[str, str]:
     return {"role": message.role, "content": message.content}
 
 
-def _appended(old: tuple[Message, ...], new: tuple[Message, ...]) -> tuple[Message, ...] | None:
-    """The messages added to ``old`` to make ``new``, or ``None`` if history was rewritten."""
+def _appended(old: Sequence[Message], new: Sequence[Message]) -> tuple[Message, ...] | None:
+    """The messages added to ``old`` to make ``new``, or ``None`` if history was rewritten.
+
+    O(appended) when both are views of one :class:`Log` (a step extends its state's log).
+    """
+    if type(new) is Log:
+        return new.since(old)
     n = len(old)
     if old is new:
         return ()
-    if len(new) < n or new[:n] != old:  # tuple comparison tries identity first: O(n) pointer checks
+    if len(new) < n or tuple(new[:n]) != tuple(old):
         return None
-    return new[n:]
+    return tuple(new[n:])
 
 
 def _extra_delta(
     old: Mapping[str, Any], new: Mapping[str, Any]
 ) -> tuple[dict[str, Any], list[str]]:
+    """The keys set and the keys deleted between ``old`` and ``new``. The values stay frozen:
+    :func:`dumps` writes tuples and frozen mappings as JSON arrays and objects.
+
+    When ``new`` was made from ``old`` by a few updates, only the keys they wrote are looked at;
+    otherwise every key is compared.
+    """
     if old is new:
         return {}, []
+    if type(new) is FrozenMap and type(old) is FrozenMap:
+        changes = new.changes_since(old)
+        if changes is not None:
+            changed: dict[str, Any] = {}
+            deleted: list[str] = []
+            for key, value in changes.items():
+                if value is DELETED:
+                    deleted.append(key)
+                else:
+                    changed[key] = value
+            return changed, deleted
     missing = object()
     changed = {
-        key: thaw(value)
-        for key, value in new.items()
-        if not strict_equal(old.get(key, missing), value)
+        key: value for key, value in new.items() if not strict_equal(old.get(key, missing), value)
     }
     deleted = [key for key in old if key not in new]
     return changed, deleted
@@ -228,18 +255,24 @@ class StepCodec:
 
     A step is written as a delta against the session's previous stored step when this codec wrote
     or read that step (its *tip*, checked against the stored head token so a foreign write forces
-    a snapshot), the chain is shorter than ``max_chain``, and the deltas since the last snapshot are
+    a snapshot), the chain is shorter than its limit, and the deltas since the last snapshot are
     still smaller than that snapshot. So total storage stays within about twice what the deltas
-    hold, and rebuilding a step replays at most ``max_chain`` deltas.
+    hold.
+
+    The chain limit is ``max_chain`` when given. Otherwise it grows with the snapshot: 64 deltas,
+    or one per KiB the snapshot holds when that is more. Writing a snapshot costs its size, so
+    with a fixed limit a big state would cost a share of its size every step; with the scaled one
+    that share stays about one KiB of encoding per step, and rebuilding a step reads about as
+    many delta rows as the snapshot holds KiB.
 
     Args:
         inline_messages: Keep messages in the bodies (JSON files) instead of a separate log.
-        max_chain: The most deltas between two snapshots.
+        max_chain: The most deltas between two snapshots (``None``: scaled, as above).
         cache_size: How many sessions' tips to remember (least recently used are forgotten).
     """
 
     inline_messages: bool = False
-    max_chain: int = 64
+    max_chain: int | None = None
     cache_size: int = 256
     _tips: OrderedDict[str, Tip] = attrs.field(factory=OrderedDict, init=False)
     # Per session, the (step, head token) this codec last wrote as the latest: a write whose
@@ -288,6 +321,12 @@ class StepCodec:
 
     # -- encoding ----------------------------------------------------------------------------------
 
+    def chain_limit(self, tip: Tip) -> int:
+        """How many deltas may follow the snapshot that ``tip``'s chain starts from."""
+        if self.max_chain is not None:
+            return self.max_chain
+        return max(DEFAULT_CHAIN, tip.snapshot_bytes // LINK_BYTES)
+
     def encode(self, cp: Checkpoint, tip: Tip | None, *, log_end: int, token: str) -> Encoded:
         """Encode ``cp`` as a delta against ``tip`` when worthwhile, else as a snapshot.
 
@@ -303,7 +342,7 @@ class StepCodec:
         is_delta = (
             tip is not None
             and cp.step > tip.step
-            and tip.depth < self.max_chain
+            and tip.depth < self.chain_limit(tip)
             and tip.delta_bytes < tip.snapshot_bytes
             # A rewritten history (custom reducer) restarts the chain.
             and appended is not None
@@ -335,7 +374,7 @@ class StepCodec:
             if self.inline_messages:
                 body["messages_appended"] = [_message_json(m) for m in appended]
         else:
-            body["extra"] = thaw(state.extra)
+            body["extra"] = dict(state.extra.items())
             body["errors"] = _errors_json(state.errors)
             if self.inline_messages:
                 body["messages"] = [_message_json(m) for m in state.messages]

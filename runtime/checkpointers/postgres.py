@@ -248,7 +248,8 @@ class PostgresCheckpointer(BatchingStore):
     Args:
         url: A ``postgresql://`` (or ``postgres://``) URL; its password never appears in errors.
         schema: The schema holding treadle's tables (created if missing).
-        max_chain: The most deltas stored between two snapshots of a session.
+        max_chain: The most deltas stored between two snapshots of a session (``None``: 64,
+            or one per KiB of the snapshot when that is more; see :class:`StepCodec`).
         connect_timeout: Seconds to wait for the server on ``open()``.
         lease_ttl: Seconds a lease row stays current without a heartbeat.
         lock_timeout: Seconds a statement may wait for a lock (a session's write lock held by a
@@ -273,7 +274,7 @@ class PostgresCheckpointer(BatchingStore):
         url: str,
         *,
         schema: str | None = None,
-        max_chain: int = 64,
+        max_chain: int | None = None,
         connect_timeout: float = 10.0,
         lease_ttl: float = 30.0,
         lock_timeout: float = 10.0,

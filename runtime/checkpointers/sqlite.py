@@ -138,7 +138,8 @@ class SQLiteCheckpointer(BatchingStore):
     Args:
         path: The database file (``":memory:"`` for a private in-memory database).
         synchronous: SQLite's ``synchronous`` setting: ``"normal"`` or ``"full"``.
-        max_chain: The most deltas stored between two snapshots of a session.
+        max_chain: The most deltas stored between two snapshots of a session (``None``: 64,
+            or one per KiB of the snapshot when that is more; see :class:`StepCodec`).
         busy_timeout: Seconds to wait for another process's write lock before failing.
     """
 
@@ -149,7 +150,7 @@ class SQLiteCheckpointer(BatchingStore):
         path: str | os.PathLike[str],
         *,
         synchronous: Literal["normal", "full"] = "normal",
-        max_chain: int = 64,
+        max_chain: int | None = None,
         busy_timeout: float = 10.0,
     ) -> None:
         if synchronous not in ("normal", "full"):
