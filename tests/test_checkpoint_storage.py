@@ -172,3 +172,32 @@ async def test_rebuilding_any_step_replays_a_bounded_chain(
     assert deltas > 2000  # the big blob makes deltas worthwhile: most steps are deltas
     assert longest <= 17  # a snapshot plus at most max_chain deltas
     await store.aclose()
+
+
+@pytest.mark.parametrize(("max_chain", "snapshots"), [(None, 1), (64, 3)])
+async def test_a_big_state_is_snapshotted_once_per_kib_of_deltas_by_default(
+    tmp_path: Path, nursery: trio.Nursery, max_chain: int | None, snapshots: int
+) -> None:
+    """Without ``max_chain`` a 200 KiB state allows a chain of about 200 deltas, so it is not
+    written whole every 64 steps; an explicit ``max_chain`` still bounds the chain."""
+    store = SQLiteCheckpointer(tmp_path / "big.db", max_chain=max_chain)
+    await store.open(nursery)
+    state = VersionedState(extra={f"big{i}": "z" * 1000 for i in range(200)})
+    for step in range(150):
+        state = VersionedState(
+            extra={**state.extra, "n": step}, extra_version=state.extra_version + 1
+        )
+        await store.save(record(step, state))
+
+    def kinds() -> int:
+        from treadle.runtime.checkpointers.sqlite import _SQLiteTx
+
+        assert store._db is not None
+        rows = _SQLiteTx(store._db).rows("s", 0, 10**9)
+        return sum(row.kind != DELTA for row in rows.values())
+
+    assert await store._run(kinds) == snapshots
+    latest = await store.load_latest("s")
+    assert latest is not None
+    assert latest.state == state
+    await store.aclose()
