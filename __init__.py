@@ -129,6 +129,7 @@ from .runtime.stream import StreamStatistics as StreamStatistics
 from .runtime.viz import export_mermaid as export_mermaid
 from .runtime.viz import save_mermaid as save_mermaid
 from .runtime.viz import view_mermaid as view_mermaid
+from .runtime.workers.queue import QueueRow as QueueRow
 from .runtime.workers.worker import WORKER_CLAIMED_SCOPE as WORKER_CLAIMED_SCOPE
 from .runtime.workers.worker import WORKER_FAILOVER_SCOPE as WORKER_FAILOVER_SCOPE
 from .runtime.workers.worker import WORKER_RELEASED_SCOPE as WORKER_RELEASED_SCOPE

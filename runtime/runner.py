@@ -702,6 +702,14 @@ class AppRunner:
             )
         )
 
+    async def queued_sessions(self) -> dict[str, queue.QueueRow]:
+        """Every session in the work queue (any graph's), by id: status, owner, priority, attempts
+        and last error, as ``treadle sessions list`` shows them (needs a PostgreSQL checkpointer).
+        """
+        self._require_open()
+        store = queue.require_postgres(self._checkpointer, "queued_sessions")
+        return await store.run_sync(queue.rows)
+
     # -- time travel -------------------------------------------------------------------------------
 
     async def get_state_history(self, session_id: str) -> list[StepInfo]:

@@ -15,7 +15,9 @@ import datetime
 import itertools
 import os
 import random
+import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -91,10 +93,10 @@ def test_a_sigkilled_workers_sessions_are_resumed_elsewhere(fleet: Fleet, seed: 
 
 @pytest.mark.slow
 def test_sigterm_drains_a_worker_and_others_finish_its_sessions(fleet: Fleet) -> None:
-    count = 120
+    count = 60
     trio.run(fleet.prepare, count)
     first, *_ = fleet.start(3)
-    fleet.wait_for(20, timeout=120)
+    fleet.wait_for(10, timeout=120)
     held = running_on(fleet, first.owner)
     assert held
     sent = time.monotonic()
@@ -121,7 +123,7 @@ def test_a_server_restart_mid_batch_and_the_batch_completes(
     fleet: Fleet,
     server_left_running: None,  # noqa: F811
 ) -> None:
-    count = 100
+    count = 60
     trio.run(fleet.prepare, count)
     fleet.start(2)
     fleet.wait_for(15, timeout=120)
@@ -178,3 +180,42 @@ def test_submit_and_sessions_list_from_the_command_line(fleet: Fleet) -> None:
     assert wrong.returncode == 1
     assert wrong.stderr.startswith("treadle: enqueue needs a PostgreSQL checkpointer")
     assert len(wrong.stderr.splitlines()) == 1
+
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "scale_out.py"
+
+
+def test_the_scale_out_example_runs_two_workers_through_a_failover(
+    postgres_url: str, pg_schema: str, tmp_path: Path
+) -> None:
+    env = {**os.environ, "TREADLE_POSTGRES_URL": f"{postgres_url}?schema={pg_schema}"}
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLE)], capture_output=True, text=True, timeout=120, env=env,
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "queued 24 sessions of 6 steps",
+        "two workers started",
+        "first worker killed while it ran sessions: True",
+        "all 24 sessions completed within 15 s of the kill: True",
+        "second worker exit code after SIGTERM: 0",
+        "killed worker's sessions finished by the second worker: True",
+        "every result equals a single-process run, every history is steps 0..6: True",
+    ]
+
+
+def test_a_second_ctrl_c_stops_a_draining_worker_at_once(fleet: Fleet) -> None:
+    trio.run(fleet.prepare, 40)
+    fleet.delay_ms = 400  # long steps: the first Ctrl-C leaves the worker draining for a while
+    (worker,) = fleet.start(1)
+    while not running_on(fleet, worker.owner):
+        time.sleep(0.05)
+    worker.signal(signal.SIGINT)
+    while "Ctrl-C: draining" not in worker.output():
+        time.sleep(0.05)
+    worker.signal(signal.SIGINT)
+    assert worker.wait(10) == 130
+    assert worker.output().splitlines()[-1] == "treadle: interrupted"
+    # Cancelled mid-step: its sessions were handed back (not left running for a failover).
+    assert running_on(fleet, worker.owner) == set()

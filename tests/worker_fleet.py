@@ -80,12 +80,13 @@ class Fleet:
     def url(self) -> str:
         return f"{self.base_url}?schema={self.schema}"
 
-    async def prepare(self, count: int) -> None:
+    async def prepare(self, count: int, *, audit: bool = True) -> None:
         """Create the schema (by opening it), install the audit trigger, enqueue ``count``
         sessions ``s0…`` of :func:`worker_apps.initial`."""
         async with AppRunner(worker_apps.build(0), checkpointer=self.url) as runner:
-            with connect(self.base_url, self.schema) as conn:
-                conn.execute(AUDIT.format(schema=f'"{self.schema}"').encode())
+            if audit:
+                with connect(self.base_url, self.schema) as conn:
+                    conn.execute(AUDIT.format(schema=f'"{self.schema}"').encode())
             for i in range(count):
                 await runner.enqueue(f"s{i}", worker_apps.initial(i))
 

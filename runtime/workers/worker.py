@@ -167,6 +167,9 @@ class Worker:
         self._app_hash = app.graph_metadata().graph_hash
         self._counts = _Counts()
         self._active: set[str] = set()
+        # The claimed sessions whose outcome is not recorded yet: the heartbeat renews (and takes
+        # back) only these, so that it never reclaims a row this worker has just given up.
+        self._held: set[str] = set()
         self._wake = trio.Event()
         self._draining = False
         self._drained = trio.Event()
@@ -252,6 +255,7 @@ class Worker:
                     delay = 0.1
                     for claim in claims:
                         self._active.add(claim.session_id)
+                        self._held.add(claim.session_id)
                         self._counts.claimed += 1
                         sessions.start_soon(self._run_session, claim, name=claim.session_id)
                     if claims:
@@ -287,9 +291,11 @@ class Worker:
                 await self.runner.close_session(sid)  # stored, and its lease released
             except Exception as exc:
                 _log.warning("%r could not close session %r: %s", self, sid, exc)
+            self._held.discard(sid)
             await self._record(sid, outcome, error)
             recorded = True
         finally:
+            self._held.discard(sid)
             if not recorded:
                 # Cancelled (a hard stop): hand the session back at once if the server answers,
                 # rather than leave it to be found dead (which would count an attempt).
@@ -387,7 +393,7 @@ class Worker:
         while True:
             await trio.sleep(interval)
             try:
-                await self._heartbeat(sorted(self._active))
+                await self._heartbeat(sorted(self._held))
                 found = await self._db(
                     lambda conn: queue.recover(
                         conn, self._store.schema, self._app_hash, self.lease_ttl, self.max_attempts
