@@ -48,7 +48,7 @@ from treadle import AppRunner  # noqa: E402
 
 
 def throughput(url: str, workers: int, sessions: int, delay_ms: float, concurrency: int) -> float:
-    schema = f"bench_workers_{uuid.uuid4().hex[:8]}"
+    schema = f"workers_bench_{uuid.uuid4().hex[:8]}"  # not bench_%: bench_checkpoint.py drops those
     with tempfile.TemporaryDirectory() as tmp:
         fleet = Fleet(url, schema, Path(tmp), delay_ms=delay_ms, concurrency=concurrency)
         try:
@@ -68,7 +68,7 @@ def throughput(url: str, workers: int, sessions: int, delay_ms: float, concurren
 
 
 def claim_latency(url: str, sessions: int, delay_ms: float, interval: float) -> list[float]:
-    schema = f"bench_workers_{uuid.uuid4().hex[:8]}"
+    schema = f"workers_bench_{uuid.uuid4().hex[:8]}"  # not bench_%: bench_checkpoint.py drops those
     with tempfile.TemporaryDirectory() as tmp:
         fleet = Fleet(url, schema, Path(tmp), delay_ms=delay_ms)
         try:
