@@ -414,12 +414,16 @@ class EventBus:
         self._deliver(sid, stamped)
         return stamped
 
-    def publish_fresh_nowait(self, event: Event) -> None:
+    def publish_fresh_nowait(self, event: Event) -> bool:
         """Publish an event that nobody else holds yet, stamping its ``seq`` in place.
 
         For the runtime's own hot path (``ctx.emit``): the event was just built with its
         ``session_id`` set and has not been shared, so the copy :meth:`publish_nowait` makes to
         keep a caller's event unchanged is unnecessary.
+
+        Returns:
+            Whether an async publisher should now :meth:`settle` (a consumer is falling behind,
+            or a lossless one is attached).
         """
         sid = event.session_id
         seqs = self._seqs
@@ -427,15 +431,21 @@ class EventBus:
         seqs[sid] = seq + 1
         type(event)._set_seq(event, seq)
         self._deliver(sid, event)
+        return self._pressure or bool(self._blocking)
 
     async def publish_fresh(self, event: Event) -> None:
         """:meth:`publish_fresh_nowait` with :meth:`publish`'s scheduling behaviour."""
         await trio.lowlevel.checkpoint_if_cancelled()
-        self.publish_fresh_nowait(event)
+        if self.publish_fresh_nowait(event):
+            await self.settle(event.session_id)
+
+    async def settle(self, session_id: str | None) -> None:
+        """What an async publish does after delivering: yield to the consumers if one is over
+        half full (see :meth:`publish`), and wait for room in a lossless subscriber's buffer."""
         if self._pressure:
             await trio.lowlevel.cancel_shielded_checkpoint()
         if self._blocking:
-            await self.wait_room(event.session_id)
+            await self.wait_room(session_id)
 
     def _deliver(self, sid: str | None, stamped: Event) -> None:
         self._published += 1
@@ -482,10 +492,7 @@ class EventBus:
         """
         await trio.lowlevel.checkpoint_if_cancelled()
         stamped = self.publish_nowait(session_id, event)
-        if self._pressure:
-            await trio.lowlevel.cancel_shielded_checkpoint()
-        if self._blocking:
-            await self.wait_room(stamped.session_id)
+        await self.settle(stamped.session_id)
         return stamped
 
     # -- the actor ---------------------------------------------------------------------------------

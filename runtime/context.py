@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import attrs
 import trio
@@ -44,6 +44,19 @@ class NodeContext:
     _bus: EventBus = attrs.field(alias="bus", repr=False)
     _clock: Clock | None = attrs.field(alias="clock", default=None, repr=False)
     _seq: int = attrs.field(default=0, init=False, repr=False)
+    # The metadata every event of this execution carries (but ``node_seq``), built once.
+    _own: FrozenDict = attrs.field(init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        own = _new_frozen(FrozenDict)
+        _update(
+            own,
+            node_id=self.node_id,
+            step=self.step,
+            invocation_id=self.invocation_id,
+            frontier_index=self.frontier_index,
+        )
+        self._own = own
 
     def now_unix_ms(self) -> int:
         """The run's clock (a :class:`MockClock` when one was given) in Unix milliseconds."""
@@ -54,20 +67,14 @@ class NodeContext:
     def _metadata(self, extra: dict[str, Any]) -> FrozenDict:
         self._seq += 1
         # Built in place as a FrozenDict (one dict per event): only the caller's values need
-        # checking and freezing; the context's own are str and int.
-        meta = dict.__new__(FrozenDict)
+        # checking and freezing; the context's own are str and int, copied from ``_own``.
+        meta = _new_frozen(FrozenDict)
         if extra:
-            dict.update(meta, freeze(extra, path="metadata"))  # type: ignore[arg-type]
-        dict.update(
-            meta,
-            node_id=self.node_id,
-            step=self.step,
-            invocation_id=self.invocation_id,
-            frontier_index=self.frontier_index,
-            node_seq=self._seq,
-        )
+            _fill(meta, extra)
+        _update(meta, self._own)
+        _set(meta, "node_seq", self._seq)
         if self._clock is not None:
-            dict.__setitem__(meta, "now_unix_ms", self._clock.now_unix_ms())
+            _set(meta, "now_unix_ms", self._clock.now_unix_ms())
         return meta
 
     def _timestamp(self) -> float:
@@ -76,15 +83,31 @@ class NodeContext:
         return self._clock.now_seconds()
 
     def _node_event(self, scope: str, message: str, metadata: dict[str, Any]) -> NodeEvent:
-        _check_text(scope, message)
+        if type(scope) is not str or type(message) is not str:
+            _not_text(scope, message)
+        if metadata or self._clock is not None:
+            return NodeEvent._fresh(
+                self.node_id,
+                self.step,
+                scope,
+                message,
+                self._metadata(metadata),
+                self._timestamp(),
+                self.session_id,
+            )
+        # Nothing of the caller's to add: the event's metadata is ``_own`` and ``node_seq``,
+        # built only if someone reads it.
+        self._seq += 1
         return NodeEvent._fresh(
             self.node_id,
             self.step,
             scope,
             message,
-            self._metadata(metadata),
-            self._timestamp(),
+            None,
+            time.time(),
             self.session_id,
+            self._own,
+            self._seq,
         )
 
     async def emit(self, scope: str, message: str, **metadata: Any) -> None:
@@ -93,7 +116,12 @@ class NodeContext:
         Metadata values must be JSON values; ``node_id``, ``step``, ``invocation_id``,
         ``frontier_index``, ``node_seq`` (and ``now_unix_ms`` with a clock) are added.
         """
-        await self._bus.publish_fresh(self._node_event(scope, message, metadata))
+        # bus.publish_fresh, unrolled: one coroutine less for every event a node emits.
+        event = self._node_event(scope, message, metadata)
+        await trio.lowlevel.checkpoint_if_cancelled()
+        bus = self._bus
+        if bus.publish_fresh_nowait(event):
+            await bus.settle(self.session_id)
 
     def emit_nowait(self, scope: str, message: str, **metadata: Any) -> None:
         """Like :meth:`emit`, for plain ``def`` nodes, inline or in a worker thread."""
@@ -152,19 +180,37 @@ class NodeContext:
         await self._bus.publish(self.session_id, event)
 
 
+# FrozenDict refuses mutation; these fill a new one before anyone else holds it.
+_new_frozen = dict.__new__
+_update = dict.update
+_set = dict.__setitem__
+
+
+def _fill(meta: FrozenDict, extra: dict[str, Any]) -> None:
+    """Add the caller's metadata to ``meta``, frozen; plain scalars (the usual case) as they are."""
+    for key, value in extra.items():
+        kind = type(value)
+        if (kind is int or kind is bool or value is None or (kind is str and value.isascii())) and (
+            key.isascii()
+        ):
+            _set(meta, key, value)
+        else:
+            # The general path checks the key and the value, and names them in its errors.
+            _update(meta, freeze({key: value}, path="metadata"))  # type: ignore[arg-type]
+
+
 def trio_wall_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def _check_text(scope: object, message: object) -> None:
-    if type(scope) is not str or type(message) is not str:
-        raise TypeError(
-            f"ctx.emit(scope, message) takes two strings, not {type(scope).__name__} and "
-            f"{type(message).__name__}"
-        )
+def _not_text(scope: object, message: object) -> NoReturn:
+    raise TypeError(
+        f"ctx.emit(scope, message) takes two strings, not {type(scope).__name__} and "
+        f"{type(message).__name__}"
+    )
 
 
-def _call_on_trio_thread(fn: Callable[[NodeEvent], None], event: NodeEvent) -> None:
+def _call_on_trio_thread(fn: Callable[[NodeEvent], object], event: NodeEvent) -> None:
     try:
         trio.lowlevel.current_task()
     except RuntimeError:

@@ -9,7 +9,7 @@ import json
 import math
 import time
 from collections.abc import Iterable, Mapping
-from typing import Any, ClassVar, Final, Self, TypeAlias
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Self, TypeAlias
 
 import attrs
 
@@ -135,6 +135,7 @@ class Event:
         # The bus stamps every event, so copy the slots directly: the fields were validated
         # when ``self`` was built, and __init__ would cost twice as much.
         cls = type(self)
+        self.metadata  # noqa: B018  (built now if it was deferred, so that the copy has it)
         new = object.__new__(cls)
         for get, put in cls._copied_slots:
             put(new, get(self))
@@ -153,6 +154,7 @@ class NodeEvent(Event):
 
     json_type: ClassVar[str] = "node"
     _slot_setters: ClassVar[tuple[Any, ...]] = ()
+    _set_metadata: ClassVar[Any]
 
     node_id: str
     step: int
@@ -162,6 +164,23 @@ class NodeEvent(Event):
     timestamp: float = attrs.field(factory=time.time)
     session_id: str | None = None
     seq: int | None = None
+    # An event built by ``ctx.emit`` without metadata of its own defers building ``metadata``
+    # until it is first read (see _fresh): most sinks and streams never read it, and the event
+    # then costs one object less to build and for the garbage collector to keep track of.
+    _shared: FrozenDict | None = attrs.field(default=None, init=False, eq=False, repr=False)
+    _node_seq: int = attrs.field(default=0, init=False, eq=False, repr=False)
+
+    if not TYPE_CHECKING:  # no catch-all attribute for type checkers
+
+        def __getattr__(self, name: str) -> Any:
+            # Python calls this only for a slot that was never set: a deferred ``metadata``.
+            if name != "metadata":
+                raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+            metadata = dict.__new__(FrozenDict)
+            dict.update(metadata, self._shared)
+            dict.__setitem__(metadata, "node_seq", self._node_seq)
+            NodeEvent._set_metadata(self, metadata)
+            return metadata
 
     def __attrs_post_init__(self) -> None:
         md = self.metadata
@@ -180,14 +199,18 @@ class NodeEvent(Event):
         step: int,
         scope: str,
         message: str,
-        metadata: FrozenDict,
+        metadata: FrozenDict | None,
         timestamp: float,
         session_id: str,
+        shared: FrozenDict | None = None,
+        node_seq: int = 0,
     ) -> NodeEvent:
         """Build an event from values the runtime already checked and froze (``ctx.emit``).
 
-        ``metadata`` must be a FrozenDict already holding ``node_id`` and ``step``; the event is new,
-        so the bus may stamp its ``seq`` in place (:meth:`EventBus.publish_fresh`).
+        ``metadata`` must be a FrozenDict already holding ``node_id`` and ``step``, or None to
+        defer it: it is then ``shared`` (which holds them) with ``node_seq`` added, built when
+        first read. The event is new, so the bus may stamp its ``seq`` in place
+        (:meth:`EventBus.publish_fresh`).
         """
         new = object.__new__(cls)
         # Slot descriptors set directly: this runs for every event a node emits.
@@ -196,10 +219,13 @@ class NodeEvent(Event):
         set_[1](new, step)
         set_[2](new, scope)
         set_[3](new, message)
-        set_[4](new, metadata)
+        if metadata is not None:
+            set_[4](new, metadata)
         set_[5](new, timestamp)
         set_[6](new, session_id)
         set_[7](new, None)
+        set_[8](new, shared)
+        set_[9](new, node_seq)
         return new
 
 
@@ -274,6 +300,7 @@ def _enable_stamping(*classes: type[Any]) -> None:
 
 _enable_stamping(NodeEvent, DiagnosticEvent, LLMEvent)
 NodeEvent._slot_setters = tuple(getattr(NodeEvent, f.name).__set__ for f in attrs.fields(NodeEvent))
+NodeEvent._set_metadata = NodeEvent.__dict__["metadata"].__set__
 
 AnyEvent: TypeAlias = NodeEvent | DiagnosticEvent | LLMEvent
 """The closed union of event variants, for exhaustive ``match`` with ``assert_never``."""

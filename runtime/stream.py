@@ -253,12 +253,32 @@ class BufferedStream(ClosesSynchronously, trio.abc.ReceiveChannel[T]):
         buffer = self._buffer
         if buffer.items and not self._closed and self._streak < YIELD_EVERY:
             await trio.lowlevel.checkpoint_if_cancelled()
-            self._streak += 1
-            item = buffer.items.popleft()
-            if buffer.blocking:
-                buffer.taken()
-            return item
+            return self._pop()
+        return await self._wait_and_receive()
+
+    async def __anext__(self) -> T:
+        # receive()'s fast path again: ``async for`` takes most events without a second
+        # coroutine per event.
+        buffer = self._buffer
+        if buffer.items and not self._closed and self._streak < YIELD_EVERY:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            return self._pop()
+        try:
+            return await self._wait_and_receive()
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
+
+    def _pop(self) -> T:
+        self._streak += 1
+        buffer = self._buffer
+        item = buffer.items.popleft()
+        if buffer.blocking:
+            buffer.taken()
+        return item
+
+    async def _wait_and_receive(self) -> T:
         self._streak = 0
+        buffer = self._buffer
         while True:
             await buffer.wait_readable()
             try:
