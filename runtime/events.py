@@ -46,6 +46,13 @@ SINK_ERROR_SCOPE: Final = "sink.error"
 
 _SENTINEL_SCOPES: Final = frozenset({STREAM_END_SCOPE, INVOCATION_END_SCOPE})
 
+# The encoder of to_json_string (stateless once built, so one serves every call), and the
+# functions it uses for strings, floats and ints, so the fast path writes the same text.
+_COMPACT: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+_string: Final = json.encoder.encode_basestring
+_float: Final = float.__repr__
+_int: Final = int.__repr__
+
 
 def _metadata(value: Mapping[str, object] | None) -> FrozenDict:
     # Fast path: the runtime hands over metadata it already froze.
@@ -114,7 +121,31 @@ class Event:
 
     def to_json_string(self) -> str:
         """Compact one-line JSON (no newline), as written to JSON Lines files and WebSockets."""
-        return json.dumps(self.to_json_value(), separators=(",", ":"), ensure_ascii=False)
+        scope, message, timestamp, sid, seq = (
+            self.scope,
+            self.message,
+            self.timestamp,
+            self.session_id,
+            self.seq,
+        )
+        if (
+            type(scope) is not str
+            or type(message) is not str
+            or type(timestamp) is not float
+            or not math.isfinite(timestamp)
+            or not (sid is None or type(sid) is str)
+            or not (seq is None or type(seq) is int)
+        ):
+            return _COMPACT.encode(self.to_json_value())
+        # The same text as encoding to_json_value() whole, written field by field: a sink that
+        # encodes every event (a WebSocket server) spends a third of the time.
+        return (
+            f'{{"type":"{self.json_type}","scope":{_string(scope)},"message":{_string(message)},'
+            f'"timestamp":{_float(timestamp)},'
+            f'"session_id":{"null" if sid is None else _string(sid)},'
+            f'"seq":{"null" if seq is None else _int(seq)},'
+            f'"metadata":{_COMPACT.encode(self.metadata)}}}'
+        )
 
     def to_json_pretty(self) -> str:
         """Indented JSON for humans."""

@@ -44,6 +44,8 @@ _QUICK_CLOSE: Final = 0.1
 # At most this many frames, or about this many bytes, go out in one socket write.
 _BATCH_FRAMES: Final = 256
 _BATCH_BYTES: Final = 65_536
+# What a trio-websocket connection must have for a batch to go out in one write (_send_many).
+_BATCH_PARTS: Final = ("_wsproto", "_stream_lock", "_stream", "_abort_web_socket")
 # Sessions whose events are kept for replay at most (the oldest session's are forgotten first).
 _MAX_REPLAY_SESSIONS: Final = 1024
 
@@ -634,14 +636,19 @@ def _take(source: deque[_Frame], per_session: bool) -> list[_Frame]:
 
 
 async def _send_many(connection: WebSocketConnection, texts: tuple[str, ...]) -> None:
-    """Send several text frames in one socket write.
+    """Send several text frames, in one socket write where the connection allows it.
 
     trio-websocket sends one frame per write; on loopback the write (and its schedule point) is
     most of what a frame costs, so a client that is behind gets its backlog in batches. This is
     what ``send_message`` does for each frame (encode with the connection's wsproto state, write
-    under its send lock, treat a broken stream as a closed connection), done once per batch; it
-    reaches into trio-websocket 0.12's connection, which has no public batch send.
+    under its send lock, treat a broken stream as a closed connection), done once per batch. It
+    uses trio-websocket 0.12's connection, which has no public batch send (the dependency is
+    pinned below 0.13); a connection without those parts gets one ``send_message`` per frame.
     """
+    if not _can_batch(connection):
+        for text in texts:
+            await connection.send_message(text)
+        return
     if connection.closed is not None:
         raise ConnectionClosed(connection.closed)
     wsproto = connection._wsproto
@@ -655,6 +662,11 @@ async def _send_many(connection: WebSocketConnection, texts: tuple[str, ...]) ->
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             await connection._abort_web_socket()
             raise ConnectionClosed(connection.closed) from None
+
+
+def _can_batch(connection: WebSocketConnection) -> bool:
+    """Whether ``connection`` has the trio-websocket 0.12 parts :func:`_send_many` writes with."""
+    return all(hasattr(connection, part) for part in _BATCH_PARTS)
 
 
 def _route(target: str) -> tuple[str | None, int | None]:

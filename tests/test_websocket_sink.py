@@ -22,6 +22,7 @@ from trio_websocket import (
 from treadle import END, START, AppRunner, EventBus, GraphBuilder, MemorySink, VersionedState
 from treadle.actors.supervisor import RestartPolicy
 from treadle.runtime.remote.connection import open_websocket
+from treadle.sinks import websocket as websocket_module
 from treadle.sinks.websocket import WebSocketError, WebSocketSink
 
 pytestmark = pytest.mark.watchdog(60)
@@ -100,6 +101,36 @@ async def test_a_session_streams_the_memory_sink_events_then_closes_1000() -> No
         assert frames[-1]["scope"] == "__treadle_stream_end__"
         assert code == 1000
         assert sink.statistics().dropped == 0
+
+
+@pytest.mark.parametrize("batched", [True, False])
+async def test_a_backlog_arrives_whole_in_batches_or_one_frame_at_a_time(
+    batched: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client that reads only after the run gets its backlog in batches (one write for many
+    frames, through trio-websocket 0.12's connection); a connection without those parts gets
+    the same frames one ``send_message`` at a time."""
+    asked: list[bool] = []
+    can_batch = websocket_module._can_batch
+
+    def spy(connection: WebSocketConnection) -> bool:
+        asked.append(can_batch(connection) if batched else False)
+        return asked[-1]
+
+    monkeypatch.setattr(websocket_module, "_can_batch", spy)
+    with trio.fail_after(20):
+        sink = WebSocketSink(queue_size=1000)
+        async with (
+            serving(talker(600), sink) as (runner, memory),
+            open_websocket(sink.url("s")) as ws,
+        ):
+            await run_session(runner, "s")
+            frames, code = await read_all(ws)
+    assert frames == expected(memory, "s")
+    assert code == 1000
+    # The installed trio-websocket has what a batch needs (else it silently gets slower).
+    assert asked
+    assert all(asked) if batched else not any(asked)
 
 
 async def test_events_path_carries_concurrent_sessions() -> None:

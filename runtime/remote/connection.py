@@ -23,12 +23,15 @@ async def open_websocket(
     extra_headers: list[tuple[bytes, bytes]] | None = None,
     message_queue_size: int = 1,
     connect_timeout: float = 10.0,
+    receive_buffer_size: int = 65_536,
 ) -> AsyncIterator[WebSocketConnection]:
     """Connect to ``url`` (``ws://`` or ``wss://``) and yield the connection.
 
     Like ``trio_websocket.open_websocket_url``, except that this side owns the TCP stream and
     closes it on exit: trio-websocket's client leaves its socket open when the server closes
-    first (as servers should), until the garbage collector finds it.
+    first (as servers should), until the garbage collector finds it. It also reads the socket
+    ``receive_buffer_size`` bytes at a time (trio-websocket's default is 4 KiB), so a fast
+    stream of small frames takes fewer reads.
 
     Raises:
         ConnectionRejected: The server answered the handshake with an HTTP error.
@@ -58,6 +61,7 @@ async def open_websocket(
                         resource,
                         extra_headers=extra_headers,
                         message_queue_size=message_queue_size,
+                        receive_buffer_size=receive_buffer_size,
                     )
                 try:
                     yield connection
