@@ -361,6 +361,18 @@ class EventBus:
             if buffer.session_id is None or buffer.session_id == session_id:
                 await buffer.wait_room()
 
+    def _must_wait(self, session_id: str | None) -> bool:
+        """Whether :meth:`wait_room` would wait now (without a coroutine per event to find out)."""
+        for buffer in self._blocking:
+            # buffer.full(), inline: this runs for every event while a lossless stream is open.
+            if (
+                len(buffer.items) >= buffer.capacity
+                and not buffer.ended
+                and (buffer.session_id is None or buffer.session_id == session_id)
+            ):
+                return True
+        return False
+
     def diagnostics(self) -> DiagnosticStream:
         """A stream of the sink failures from now on; it ends when the bus closes."""
         config = self.diagnostics_config
@@ -423,7 +435,7 @@ class EventBus:
 
         Returns:
             Whether an async publisher should now :meth:`settle` (a consumer is falling behind,
-            or a lossless one is attached).
+            or a lossless one is full).
         """
         sid = event.session_id
         seqs = self._seqs
@@ -431,7 +443,7 @@ class EventBus:
         seqs[sid] = seq + 1
         type(event)._set_seq(event, seq)
         self._deliver(sid, event)
-        return self._pressure or bool(self._blocking)
+        return self._pressure or (bool(self._blocking) and self._must_wait(sid))
 
     async def publish_fresh(self, event: Event) -> None:
         """:meth:`publish_fresh_nowait` with :meth:`publish`'s scheduling behaviour."""
@@ -444,7 +456,7 @@ class EventBus:
         half full (see :meth:`publish`), and wait for room in a lossless subscriber's buffer."""
         if self._pressure:
             await trio.lowlevel.cancel_shielded_checkpoint()
-        if self._blocking:
+        if self._blocking and self._must_wait(session_id):
             await self.wait_room(session_id)
 
     def _deliver(self, sid: str | None, stamped: Event) -> None:
