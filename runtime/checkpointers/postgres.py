@@ -82,10 +82,11 @@ _PUT_ROW = (
 _APPEND_MESSAGES = (
     # The messages travel as one JSON array that the server splits: one parameter whatever the
     # count, with no per-message work on the client (a new session may hold 100,000 of them).
+    # Positions from the head's log_end on are never stored (a write that did not commit left
+    # nothing, and deleting a session deletes its log), so a plain insert is enough.
     "INSERT INTO messages (session_id, seq, message) "
     "SELECT %(session_id)s, %(start)s + t.i - 1, t.message "
-    "FROM json_array_elements(%(messages)s::json) WITH ORDINALITY AS t(message, i) "
-    "ON CONFLICT (session_id, seq) DO UPDATE SET message = EXCLUDED.message"
+    "FROM json_array_elements(%(messages)s::json) WITH ORDINALITY AS t(message, i)"
 )
 _PUT_DRAFT = (
     # A drafted step in one statement: take the session's write lock, move the head from the
@@ -102,8 +103,7 @@ _PUT_DRAFT = (
     "RETURNING session_id), "
     "log AS (INSERT INTO messages (session_id, seq, message) "
     "SELECT head.session_id, %(start)s + t.i - 1, t.message FROM head, "
-    "json_array_elements(%(messages)s::json) WITH ORDINALITY AS t(message, i) "
-    "ON CONFLICT (session_id, seq) DO UPDATE SET message = EXCLUDED.message) "
+    "json_array_elements(%(messages)s::json) WITH ORDINALITY AS t(message, i)) "
     f"INSERT INTO steps ({ROW_COLUMNS}) "
     "SELECT head.session_id, %(step)s, %(created_at)s, %(kind)s, %(row_base_step)s, "
     "%(root_step)s, %(messages_start)s, %(messages_len)s, %(ran_nodes)s::jsonb, "

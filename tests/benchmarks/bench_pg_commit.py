@@ -173,26 +173,32 @@ def main() -> None:
                     env = dict(os.environ)
                     if lib == "before":
                         env["PYTHONPATH"] = args.before
-                    done = subprocess.run(
-                        [
-                            sys.executable,
-                            __file__,
-                            "--one",
-                            "langgraph" if lib == "langgraph" else "treadle",
-                            "--sessions",
-                            str(sessions),
-                            "--steps",
-                            str(steps),
-                            "--postgres",
-                            args.postgres,
-                        ],
-                        capture_output=True,
-                        text=True,
-                        env=env,
-                        check=False,
-                    )
-                    if done.returncode != 0:
-                        raise SystemExit(f"{lib} failed:\n{done.stderr.strip()}")
+                    for attempt in range(3):
+                        done = subprocess.run(
+                            [
+                                sys.executable,
+                                __file__,
+                                "--one",
+                                "langgraph" if lib == "langgraph" else "treadle",
+                                "--sessions",
+                                str(sessions),
+                                "--steps",
+                                str(steps),
+                                "--postgres",
+                                args.postgres,
+                            ],
+                            capture_output=True,
+                            text=True,
+                            env=env,
+                            check=False,
+                        )
+                        if done.returncode == 0:
+                            break
+                        # The server is shared: another program may restart it or end connections.
+                        last = done.stderr.strip().splitlines()[-1:]
+                        print(f"{lib} failed (attempt {attempt + 1}): {last}", flush=True)
+                    else:
+                        raise SystemExit(f"{lib} failed 3 times:\n{done.stderr.strip()}")
                     seconds = json.loads(done.stdout.strip().splitlines()[-1])["seconds"]
                     got[lib] = sessions * steps / seconds
                     rates.setdefault((sessions, lib), []).append(got[lib])
