@@ -197,6 +197,7 @@ def main() -> None:
                         # The server is shared: another program may restart it or end connections.
                         last = done.stderr.strip().splitlines()[-1:]
                         print(f"{lib} failed (attempt {attempt + 1}): {last}", flush=True)
+                        time.sleep(5)  # a restarting server takes a few seconds to come back
                     else:
                         raise SystemExit(f"{lib} failed 3 times:\n{done.stderr.strip()}")
                     seconds = json.loads(done.stdout.strip().splitlines()[-1])["seconds"]
