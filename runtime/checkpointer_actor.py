@@ -207,7 +207,9 @@ class CheckpointerActor:
             queued behind it are skipped until then, so that the stored history has no gap.
 
         Pipelined writes queued back to back are stored together in one transaction when the
-        backend supports it (:class:`SavesBatches`): one commit, one thread hop.
+        backend supports it (:class:`SavesBatches`): one commit, one thread hop. So are ``sync``
+        saves of different sessions queued back to back (:class:`SavesGroups`), each answered
+        with its own outcome once the transaction is over.
         """
         receive = self._receive
         if receive is None:
