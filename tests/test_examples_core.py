@@ -101,6 +101,14 @@ EXPECTED: dict[str, list[str]] = {
         "direct: step 3 ran ['draft']",
         "direct: step 4 ran ['draft']",
     ],
+    "big_state.py": [
+        "final: 50100 messages, 50101 extra keys",
+        "last message: note 100",
+        "stored steps: 101",
+        "first snapshot: 50000 messages, count=0",
+        "messages read like a tuple: True",
+        "extra as JSON: 50101 keys, note100 = {'step': 100}",
+    ],
     "blocking_entry.py": [
         "CycleDetected: unconditional edges form a cycle: split -> count -> report -> split; "
         "loop through a conditional edge or a frontier command instead",
