@@ -22,8 +22,7 @@ from trio_websocket import (
     WebSocketRequest,
     wrap_server_stream,
 )
-from wsproto.events import TextMessage
-from wsproto.utilities import LocalProtocolError
+from wsproto.connection import ConnectionState
 
 from ..actors.errors import TreadleError
 from ..runtime.events import STREAM_END_SCOPE, Event, is_sentinel
@@ -32,8 +31,9 @@ __all__ = ["WebSocketError", "WebSocketSink", "WebSocketStatistics"]
 
 log = logging.getLogger("treadle.websocket")
 
-# (session_id, seq, JSON text, ends the session's stream): one encoded event, shared by clients.
-_Frame: TypeAlias = tuple[str | None, int, str, bool]
+# (session_id, seq, JSON text, ends the session's stream, the text frame on the wire): one
+# encoded event, shared by every client and the replay buffer.
+_Frame: TypeAlias = tuple[str | None, int, str, bool, bytes]
 
 _SESSION_PATH: Final = re.compile(r"/sessions/([^/]+)/events")
 _PONG: Final = '{"type":"pong"}'
@@ -44,7 +44,7 @@ _QUICK_CLOSE: Final = 0.1
 # At most this many frames, or about this many bytes, go out in one socket write.
 _BATCH_FRAMES: Final = 256
 _BATCH_BYTES: Final = 65_536
-# What a trio-websocket connection must have for a batch to go out in one write (_send_many).
+# What a trio-websocket connection must have for a batch to go out in one write (_send_wire).
 _BATCH_PARTS: Final = ("_wsproto", "_stream_lock", "_stream", "_abort_web_socket")
 # Sessions whose events are kept for replay at most (the oldest session's are forgotten first).
 _MAX_REPLAY_SESSIONS: Final = 1024
@@ -304,7 +304,8 @@ class WebSocketSink:
         sid = event.session_id
         seq = event.seq if event.seq is not None else -1
         end = event.scope == STREAM_END_SCOPE and is_sentinel(event)
-        frame: _Frame = (sid, seq, event.to_json_string(), end)
+        text = event.to_json_string()
+        frame: _Frame = (sid, seq, text, end, _text_frame(text))
         dropped = 0
         for client in self._everything:
             dropped += client.put(frame)
@@ -572,19 +573,29 @@ class WebSocketSink:
                     client.wake = trio.Event()
                     await client.wake.wait()
                     continue
-                await self._send(connection, client, *(frame[2] for frame in batch))
+                await self._send_frames(connection, client, batch)
                 if batch[-1][3] and client.session_id is not None:
                     return CLOSE_NORMAL, "the session's stream ended"
         except ConnectionClosed:
             client.gone = True
             return None
 
-    async def _send(self, connection: WebSocketConnection, client: _Client, *texts: str) -> None:
+    async def _send(self, connection: WebSocketConnection, client: _Client, text: str) -> None:
         client.sending_since = trio.current_time()
-        if len(texts) == 1:
-            await connection.send_message(texts[0])
+        await connection.send_message(text)
+        client.sending_since = None
+
+    async def _send_frames(
+        self, connection: WebSocketConnection, client: _Client, batch: list[_Frame]
+    ) -> None:
+        """Send a batch of events: their frames, encoded once for every client, in one write
+        (see :func:`_send_wire`), or one ``send_message`` each where that cannot be done."""
+        client.sending_since = trio.current_time()
+        if _can_batch(connection):
+            await _send_wire(connection, b"".join(frame[4] for frame in batch))
         else:
-            await _send_many(connection, texts)
+            for frame in batch:
+                await connection.send_message(frame[2])
         client.sending_since = None
 
     async def _send_dropped(self, connection: WebSocketConnection, client: _Client) -> None:
@@ -635,27 +646,20 @@ def _take(source: deque[_Frame], per_session: bool) -> list[_Frame]:
     return batch
 
 
-async def _send_many(connection: WebSocketConnection, texts: tuple[str, ...]) -> None:
-    """Send several text frames, in one socket write where the connection allows it.
+async def _send_wire(connection: WebSocketConnection, data: bytes) -> None:
+    """Write text frames made by :func:`_text_frame` to ``connection`` in one socket write.
 
-    trio-websocket sends one frame per write; on loopback the write (and its schedule point) is
-    most of what a frame costs, so a client that is behind gets its backlog in batches. This is
-    what ``send_message`` does for each frame (encode with the connection's wsproto state, write
-    under its send lock, treat a broken stream as a closed connection), done once per batch. It
-    uses trio-websocket 0.12's connection, which has no public batch send (the dependency is
-    pinned below 0.13); a connection without those parts gets one ``send_message`` per frame.
+    trio-websocket sends one frame per write and encodes it for each connection; on loopback the
+    write (and its schedule point) is most of what a frame costs, and with many clients so is
+    encoding the same frame for each. This does what ``send_message`` does (refuse a connection
+    that is closing, write under its send lock, treat a broken stream as a closed connection)
+    once per batch, with frames encoded once per event. It uses trio-websocket 0.12's
+    connection, which has no public batch send (the dependency is pinned below 0.13); its
+    server connections negotiate no extension, so a text frame is the same bytes for every
+    client.
     """
-    if not _can_batch(connection):
-        for text in texts:
-            await connection.send_message(text)
-        return
-    if connection.closed is not None:
+    if connection.closed is not None or connection._wsproto.state is not ConnectionState.OPEN:
         raise ConnectionClosed(connection.closed)
-    wsproto = connection._wsproto
-    try:
-        data = b"".join(wsproto.send(TextMessage(data=text)) for text in texts)
-    except LocalProtocolError:
-        raise ConnectionClosed(connection.closed) from None
     async with connection._stream_lock:
         try:
             await connection._stream.send_all(data)
@@ -664,8 +668,21 @@ async def _send_many(connection: WebSocketConnection, texts: tuple[str, ...]) ->
             raise ConnectionClosed(connection.closed) from None
 
 
+def _text_frame(text: str) -> bytes:
+    """``text`` as one unmasked, final WebSocket text frame (RFC 6455 5.2), as a server sends."""
+    payload = text.encode()
+    size = len(payload)
+    if size < 126:
+        header = bytes((0x81, size))
+    elif size < 65_536:
+        header = b"\x81\x7e" + size.to_bytes(2, "big")
+    else:
+        header = b"\x81\x7f" + size.to_bytes(8, "big")
+    return header + payload
+
+
 def _can_batch(connection: WebSocketConnection) -> bool:
-    """Whether ``connection`` has the trio-websocket 0.12 parts :func:`_send_many` writes with."""
+    """Whether ``connection`` has the trio-websocket 0.12 parts :func:`_send_wire` writes with."""
     return all(hasattr(connection, part) for part in _BATCH_PARTS)
 
 

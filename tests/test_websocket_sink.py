@@ -18,6 +18,8 @@ from trio_websocket import (
     WebSocketConnection,
     wrap_client_stream,
 )
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, Request, TextMessage
 
 from treadle import END, START, AppRunner, EventBus, GraphBuilder, MemorySink, VersionedState
 from treadle.actors.supervisor import RestartPolicy
@@ -131,6 +133,26 @@ async def test_a_backlog_arrives_whole_in_batches_or_one_frame_at_a_time(
     # The installed trio-websocket has what a batch needs (else it silently gets slower).
     assert asked
     assert all(asked) if batched else not any(asked)
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65_535, 65_536, 70_000])
+def test_a_frame_encoded_once_reads_back_in_a_wsproto_client(size: int) -> None:
+    """The frames the server encodes once per event (for every client) are what wsproto's client
+    expects of a server text frame, at every length boundary, with multi-byte text too."""
+    client = WSConnection(ConnectionType.CLIENT)
+    server = WSConnection(ConnectionType.SERVER)
+    server.receive_data(client.send(Request(host="localhost", target="/events")))
+    assert isinstance(next(server.events()), Request)
+    client.receive_data(server.send(AcceptConnection()))
+    assert isinstance(next(client.events()), AcceptConnection)
+    text = ("é" * size)[: max(size - size // 3, 0)] + "x" * (size // 3)
+    assert len(text.encode()) >= size * 2 // 3
+    wire = websocket_module._text_frame(text)
+    assert wire == server.send(TextMessage(data=text))
+    client.receive_data(wire + wire)
+    received = [event for event in client.events() if isinstance(event, TextMessage)]
+    assert [event.data for event in received] == [text, text]
+    assert all(event.message_finished for event in received)
 
 
 async def test_events_path_carries_concurrent_sessions() -> None:
