@@ -142,17 +142,22 @@ def main() -> None:
         print(f"events={n}, rounds={args.rounds}; load averages: {load.read().split()[:3]}")
     for clients in (0, 1, args.clients):
         rows = [trio.run(serve_once, n, clients, args.client_procs) for _ in range(args.rounds)]
-        runtime = sorted(r["runtime_s"] for r in rows)[len(rows) // 2]
-        line = f"  {clients:3d} clients: runtime {n / runtime:9,.0f} events/s"
+        line = (
+            f"  {clients:3d} clients: runtime {spread(n, [r['runtime_s'] for r in rows])} events/s"
+        )
         if clients:
-            delivery = sorted(r["delivery_s"] for r in rows)[len(rows) // 2]
             ok = all(r["all_frames"] and r["in_order"] and r["dropped"] == 0 for r in rows)
             line += (
-                f"; delivered {n * clients / delivery:9,.0f} events/s to the clients "
-                f"({n / delivery:7,.0f} per client); every client got all {n + 1} frames "
-                f"in order, none dropped: {ok}"
+                f"; delivered {spread(n * clients, [r['delivery_s'] for r in rows])} events/s "
+                f"to the clients; every client got all {n + 1} frames in order, none dropped: {ok}"
             )
         print(line, flush=True)
+
+
+def spread(count: int, seconds: list[float]) -> str:
+    """``count`` per second over each of ``seconds``, as min / median / max."""
+    rates = sorted(count / s for s in seconds)
+    return f"{rates[0]:,.0f} / {rates[len(rates) // 2]:,.0f} / {rates[-1]:,.0f}"
 
 
 if __name__ == "__main__":
