@@ -11,7 +11,7 @@ import signal
 import sys
 import threading
 import traceback
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import NoReturn
 
 import trio
@@ -70,7 +70,7 @@ def _main(argv: Sequence[str] | None) -> int:
         verbose = args.verbose
         progress.checkpointer = getattr(args, "checkpointer", None)
         args.progress = progress
-        result: int = trio.run(args.command_fn, args)
+        result: int = trio.run(_interruptible, args.command_fn, args)
         held.report()
         return result
     except (SystemExit, GeneratorExit):
@@ -85,6 +85,44 @@ def _main(argv: Sequence[str] | None) -> int:
     finally:
         logger.removeHandler(held)
         logger.propagate = propagate
+
+
+async def _interruptible(
+    command: Callable[[argparse.Namespace], Awaitable[int]], args: argparse.Namespace
+) -> int:
+    """Run ``command`` with Ctrl-C turned into cancellation, then report it as ``KeyboardInterrupt``.
+
+    The command winds down through its own ``finally`` blocks and shielded writes at its next
+    checkpoint, instead of a ``KeyboardInterrupt`` raised at whatever bytecode was running (which
+    can leave a coroutine made but never awaited, and a warning on stderr). A second Ctrl-C while
+    it winds down raises at once. A command that handles Ctrl-C itself (``worker``) opens its own
+    receiver, which takes the signal instead.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return await command(args)  # only the main thread can take signals
+    command_scope = trio.CancelScope()
+
+    async def watch(signals: AsyncIterator[int]) -> None:
+        async for _ in signals:
+            if command_scope.cancel_called:
+                raise KeyboardInterrupt
+            command_scope.cancel(reason="Ctrl-C")
+
+    with trio.open_signal_receiver(signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch, signals)
+            try:
+                with command_scope:
+                    result = await command(args)
+            except Exception as error:
+                if command_scope.cancel_called:
+                    raise KeyboardInterrupt from error  # what the cancellation made it raise
+                raise
+            finally:
+                nursery.cancel_scope.cancel()
+    if command_scope.cancelled_caught:
+        raise KeyboardInterrupt
+    return result
 
 
 class _HeldLog(logging.Handler):
