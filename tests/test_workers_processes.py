@@ -211,9 +211,12 @@ def test_the_scale_out_example_runs_two_workers_through_a_failover(
 
 def test_a_second_ctrl_c_stops_a_draining_worker_at_once(fleet: Fleet) -> None:
     trio.run(fleet.prepare, 40)
-    fleet.delay_ms = 400  # long steps: the first Ctrl-C leaves the worker draining for a while
+    # Long steps (nodes wait up to 5 s; the longest of eight running sessions almost surely more
+    # than 1 s): the first Ctrl-C leaves the worker draining while the second arrives.
+    fleet.delay_ms = 5000
     (worker,) = fleet.start(1)
-    while not running_on(fleet, worker.owner):
+    # Every slot mid-run: eight sessions have stored a step and are in the next one.
+    while fleet.sessions_past_step(0) < 8:
         time.sleep(0.05)
     worker.signal(signal.SIGINT)
     while "Ctrl-C: draining" not in worker.output():

@@ -164,6 +164,14 @@ class Fleet:
             time.sleep(0.1)
         return time.monotonic() - start
 
+    def sessions_past_step(self, step: int) -> int:
+        """How many sessions have stored a step after ``step``."""
+        with connect(self.base_url, self.schema) as conn:
+            row = conn.execute(
+                "SELECT count(DISTINCT session_id) FROM steps WHERE step > %s", (step,)
+            ).fetchone()
+        return int(row[0]) if row else 0
+
     def _completed(self) -> int:
         try:
             return self.counts().get("completed", 0)
