@@ -140,6 +140,9 @@ class AppRunner:
             next use. ``None`` keeps sessions open until the runner closes. Only sessions that
             can be reloaded are retired on their own (``autosave=True``);
             :meth:`close_session` retires one at once in any case.
+        max_idle_sessions: how many idle sessions stay open at most, whatever their TTL: past it
+            the one idle longest is retired at once, so a runner that serves sessions faster than
+            ``idle_session_ttl`` retires them still holds a bounded number. ``None`` sets no bound.
     """
 
     def __init__(
@@ -156,6 +159,7 @@ class AppRunner:
         max_threads: int = 8,
         lifecycle_events: bool = False,
         idle_session_ttl: float | None = 60.0,
+        max_idle_sessions: int | None = 1000,
     ) -> None:
         if not isinstance(app, App):
             raise TypeError(
@@ -181,6 +185,9 @@ class AppRunner:
             raise ValueError(
                 f"idle_session_ttl must be a finite number of seconds >= 0, or None, not {ttl!r}"
             )
+        cap: object = max_idle_sessions
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 0):
+            raise ValueError(f"max_idle_sessions must be an int >= 0, or None, not {cap!r}")
         self.app = app
         self.bus = event_bus if event_bus is not None else EventBus()
         self.clock = clock
@@ -194,9 +201,11 @@ class AppRunner:
         self.lifecycle_events = lifecycle_events
         self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.idle_session_ttl = idle_session_ttl
+        self.max_idle_sessions = max_idle_sessions
         self._sessions: dict[str, _OpenSession] = {}
         # Sessions no call is using, with the time each is due to be retired, soonest first
-        # (a session that goes idle again moves to the end, and the TTL is the same for all).
+        # (a session that goes idle again moves to the end, and the TTL is the same for all), so
+        # the first is also the one idle longest, retired first past max_idle_sessions.
         self._idle: dict[str, float] = {}
         self._reaper_wake = trio.Event()
         # Sessions being opened (reloaded) or retired: a call for one waits until it is done.
@@ -221,7 +230,7 @@ class AppRunner:
             await stack.aclose()
             raise
         self._nursery = nursery
-        if self.idle_session_ttl is not None and self.autosave:
+        if self._retires:
             nursery.start_soon(self._reap_idle_sessions, name="treadle session reaper")
         thread_limiter = trio.CapacityLimiter(self._max_threads)
         self._config = SchedulerConfig(
@@ -518,8 +527,19 @@ class AppRunner:
             del self._changing[session_id]
             changing.set()
 
+    @property
+    def _retires(self) -> bool:
+        """Whether idle sessions are retired on their own (they must be reloadable)."""
+        bounded = self.idle_session_ttl is not None or self.max_idle_sessions is not None
+        return bounded and self.autosave
+
+    def _too_many_idle(self) -> bool:
+        cap = self.max_idle_sessions
+        return cap is not None and len(self._idle) > cap
+
     async def _reap_idle_sessions(self) -> None:
-        """Retire sessions that stayed idle for ``idle_session_ttl`` seconds.
+        """Retire sessions that stayed idle for ``idle_session_ttl`` seconds, and the ones idle
+        longest while more than ``max_idle_sessions`` are idle.
 
         Cancellation: ends with the runner's nursery. Errors: a session that cannot be retired
         (its checkpoint cannot be written) is logged and stays open; the reaper goes on.
@@ -530,8 +550,10 @@ class AppRunner:
                 await self._reaper_wake.wait()
                 continue
             session_id, due = next(iter(self._idle.items()))
-            if trio.current_time() < due:
-                await trio.sleep_until(due)
+            if trio.current_time() < due and not self._too_many_idle():
+                self._reaper_wake = trio.Event()
+                with trio.move_on_at(due):
+                    await self._reaper_wake.wait()
                 continue
             del self._idle[session_id]
             entry = self._sessions.get(session_id)
@@ -577,12 +599,13 @@ class AppRunner:
                     self._went_idle(session_id)
 
     def _went_idle(self, session_id: str) -> None:
-        ttl = self.idle_session_ttl
-        if ttl is None or not self.autosave:
+        if not self._retires:
             return
+        ttl = self.idle_session_ttl
         self._idle.pop(session_id, None)
-        self._idle[session_id] = trio.current_time() + ttl
-        self._reaper_wake.set()
+        self._idle[session_id] = math.inf if ttl is None else trio.current_time() + ttl
+        if len(self._idle) == 1 or self._too_many_idle():
+            self._reaper_wake.set()  # a sooner deadline, or one too many
 
     async def _settled(self, session_id: str) -> None:
         """Wait while ``session_id`` is being opened or retired."""

@@ -164,3 +164,50 @@ async def test_without_autosave_sessions_stay_open(autojump_clock: Any) -> None:
 def test_a_bad_idle_session_ttl_is_rejected(bad: Any) -> None:
     with pytest.raises(ValueError, match="idle_session_ttl"):
         AppRunner(counter_app(), idle_session_ttl=bad)
+
+
+async def test_past_max_idle_sessions_the_longest_idle_is_retired_at_once(
+    autojump_clock: Any,
+) -> None:
+    with trio.fail_after(60):
+        async with AppRunner(
+            counter_app(limit=2, pause=0), idle_session_ttl=3600, max_idle_sessions=3
+        ) as runner:
+            for i in range(10):
+                await runner.create_session(f"s{i}", VersionedState())
+                await runner.run_until_complete(f"s{i}")
+                await trio.testing.wait_all_tasks_blocked()
+                # Long before the TTL: only the three sessions idle the shortest stay open.
+                assert runner.sessions() == [f"s{j}" for j in range(max(0, i - 2), i + 1)]
+            # A retired one reloads at the step it reached, and is now the newest idle one.
+            view = await runner.get_session("s0")
+            assert (view.step, dict(view.state.extra)) == (2, {"n": 2})
+            await trio.testing.wait_all_tasks_blocked()
+            assert runner.sessions() == ["s8", "s9", "s0"]
+
+
+async def test_max_idle_sessions_without_a_ttl_still_bounds_the_open_sessions(
+    autojump_clock: Any,
+) -> None:
+    with trio.fail_after(60):
+        async with AppRunner(
+            counter_app(limit=2, pause=0), idle_session_ttl=None, max_idle_sessions=0
+        ) as runner:
+            await runner.create_session("s", VersionedState())
+            await runner.run_until_complete("s")
+            await trio.testing.wait_all_tasks_blocked()
+            assert runner.sessions() == []
+        async with AppRunner(
+            counter_app(limit=2, pause=0), idle_session_ttl=None, max_idle_sessions=None
+        ) as runner:
+            for i in range(5):
+                await runner.create_session(f"s{i}", VersionedState())
+                await runner.run_until_complete(f"s{i}")
+            await trio.sleep(50)
+            assert len(runner.sessions()) == 5
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "10", True])
+def test_a_bad_max_idle_sessions_is_rejected(bad: Any) -> None:
+    with pytest.raises(ValueError, match="max_idle_sessions"):
+        AppRunner(counter_app(), max_idle_sessions=bad)

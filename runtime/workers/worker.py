@@ -158,7 +158,12 @@ class Worker:
         self.poll_interval = float(poll_interval)
         self.step_options = step_options if step_options is not None else StepOptions()
         self.runner = AppRunner(
-            app, checkpointer=store, event_bus=event_bus, idle_session_ttl=None, **runner_options
+            app,
+            checkpointer=store,
+            event_bus=event_bus,
+            idle_session_ttl=None,  # the worker retires each session itself, once recorded
+            max_idle_sessions=None,
+            **runner_options,
         )
         self.owner = self.runner.owner
         # Operators see which worker a connection is (pg_stat_activity); tests audit writers by it.

@@ -4,7 +4,8 @@ Run: ``python tests/benchmarks/bench_sessions.py [--sessions 100000] [--batch 10
 Each session runs the 10-step two-node loop of ``probe_e_seq_sessions.py``; per batch it prints ms
 per session, current RSS and the tasks alive. Modes: ``close`` calls ``close_session`` after each
 run; ``ttl`` relies on ``idle_session_ttl=0`` (retired by the runner as soon as it is idle);
-``open`` keeps every session open (``idle_session_ttl=None``), the behaviour before retirement.
+``open`` keeps every session open (``idle_session_ttl=None, max_idle_sessions=None``), the
+behaviour before retirement.
 The in-memory checkpointer keeps each session's latest checkpoint, so with ``--ckpt memory`` the
 store itself grows; ``--ckpt none`` (``autosave=False``) measures the runner alone.
 """
@@ -61,7 +62,10 @@ def build() -> Any:
 
 async def main(sessions: int, batch: int, mode: str, ckpt: str) -> None:
     ttl = {"close": None, "ttl": 0.0, "open": None}[mode]
-    async with AppRunner(build(), autosave=ckpt != "none", idle_session_ttl=ttl) as runner:
+    cap = None if mode == "open" else 1000
+    async with AppRunner(
+        build(), autosave=ckpt != "none", idle_session_ttl=ttl, max_idle_sessions=cap
+    ) as runner:
         started = time.perf_counter()
         for i in range(sessions):
             sid = f"s{i}"
