@@ -122,8 +122,10 @@ def main() -> None:
             rate = throughput(args.postgres, n, args.sessions, args.delay_ms, args.concurrency)
             rates[n].append(rate)
             print(f"round {round_ + 1}: {n} worker(s): {rate:.1f} sessions/s", flush=True)
-    latencies = claim_latency(
-        args.postgres, args.latency_sessions, args.delay_ms, args.latency_interval
+    latencies = (
+        claim_latency(args.postgres, args.latency_sessions, args.delay_ms, args.latency_interval)
+        if args.latency_sessions
+        else []
     )
     print(f"load after: {os.getloadavg()[0]:.1f}")
     print()
@@ -135,6 +137,8 @@ def main() -> None:
     for n in args.workers:
         median = statistics.median(rates[n])
         print(f"| {n} | {spread(rates[n])} | {median / base:.2f}x |")
+    if not latencies:
+        return
     p99 = latencies[min(len(latencies) - 1, round(0.99 * (len(latencies) - 1)))]
     print()
     print(
