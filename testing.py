@@ -15,12 +15,10 @@ import trio.testing
 from hypothesis import strategies as st
 
 from .actors.perturb import Perturbation, perturbation_from_plan
-from .runtime.app import App
-from .runtime.clock import MockClock
 from .runtime.errors import NodeRunError
-from .runtime.events import DiagnosticEvent, Event, LLMEvent, NodeEvent, canonical_order
-from .runtime.frozen import EMPTY, FrozenDict
-from .runtime.replay import (
+from .runtime.events.types import DiagnosticEvent, Event, LLMEvent, NodeEvent, canonical_order
+from .runtime.execution.clock import MockClock
+from .runtime.execution.replay import (
     ReplayComparison,
     ReplayRun,
     compare_event_sequences_with,
@@ -30,9 +28,11 @@ from .runtime.replay import (
     normalize_event_default,
     normalize_state,
 )
-from .runtime.runner import AppRunner
-from .runtime.session import Completed
-from .runtime.state import VersionedState
+from .runtime.execution.runner import AppRunner
+from .runtime.execution.session import Completed
+from .runtime.graph.app import App
+from .runtime.graph.frozen import EMPTY, FrozenDict
+from .runtime.graph.state import VersionedState
 
 __all__ = [
     "EventRecord",

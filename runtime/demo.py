@@ -6,11 +6,11 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from .app import App
-from .context import NodeContext
-from .graph import END, START, GraphBuilder
-from .partial import NodePartial
-from .state import Message, StateSnapshot
+from .execution.context import NodeContext
+from .graph.app import App
+from .graph.builder import END, START, GraphBuilder
+from .graph.partial import NodePartial
+from .graph.state import Message, StateSnapshot
 
 TOPICS = ("storage", "scheduling", "streaming")
 ROUNDS = 2

@@ -13,7 +13,7 @@ from ..actors.errors import ActorGone as ActorGone
 from ..actors.errors import TreadleError as TreadleError
 
 if TYPE_CHECKING:
-    from .session import PauseReason
+    from .execution.session import PauseReason
 
 # -- graph compilation ---------------------------------------------------------------------------
 

@@ -6,8 +6,8 @@ from collections.abc import Awaitable
 from typing import Protocol, runtime_checkable
 
 from ..actors.errors import TreadleError
-from ..runtime.events import Event
-from ..runtime.sink_calls import sink_name
+from ..runtime.events.sink_calls import sink_name
+from ..runtime.events.types import Event
 
 __all__ = ["Sink", "SinkError", "sink_name"]
 

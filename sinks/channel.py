@@ -6,7 +6,7 @@ from collections.abc import Awaitable
 
 import trio
 
-from ..runtime.events import Event
+from ..runtime.events.types import Event
 from .base import SinkError
 
 __all__ = ["ChannelSink"]

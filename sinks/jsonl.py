@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import IO
 
-from ..runtime.events import Event
+from ..runtime.events.types import Event
 
 __all__ = ["JsonLinesSink"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from ..runtime.events import Event
+from ..runtime.events.types import Event
 
 __all__ = ["MemorySink"]
 

@@ -6,7 +6,7 @@ import os
 import sys
 from typing import TextIO
 
-from ..runtime.events import DiagnosticEvent, Event, LLMEvent, NodeEvent, is_sentinel
+from ..runtime.events.types import DiagnosticEvent, Event, LLMEvent, NodeEvent, is_sentinel
 
 __all__ = ["StdOutSink", "format_event"]
 

@@ -25,7 +25,7 @@ from trio_websocket import (
 from wsproto.connection import ConnectionState
 
 from ..actors.errors import TreadleError
-from ..runtime.events import STREAM_END_SCOPE, Event, is_sentinel
+from ..runtime.events.types import STREAM_END_SCOPE, Event, is_sentinel
 
 __all__ = ["WebSocketError", "WebSocketSink", "WebSocketStatistics"]
 

@@ -47,7 +47,7 @@ class Mutant:
 def _from_checkpoint(field: str, old: str, new: str) -> Mutant:
     return Mutant(
         f"resume-{field}",
-        "runtime/scheduler.py",
+        "runtime/execution/scheduler.py",
         old,
         new,
         (FIELDS_TEST,),
@@ -70,7 +70,7 @@ MUTANTS: tuple[Mutant, ...] = (
     # The two that survived every test before the rich graph and the step-cost test existed.
     Mutant(
         "resume-join-state-empty",
-        "runtime/scheduler.py",
+        "runtime/execution/scheduler.py",
         "join_state={k: tuple(v) for k, v in cp.join_state.items()},",
         "join_state={},",
         (FIELDS_TEST, CRASH_TEST),
@@ -78,7 +78,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "barrier-refreezes-extra",
-        "runtime/barrier.py",
+        "runtime/execution/barrier.py",
         "    return current.updated(changes)\n",
         "    return frozen_extra(dict(current.updated(changes)))\n",
         ("tests/test_step_cost.py",),
@@ -86,7 +86,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "barrier-copies-messages",
-        "runtime/barrier.py",
+        "runtime/execution/barrier.py",
         "        return current.extended(update)\n",
         "        return Log((*current, *update))\n",
         ("tests/test_step_cost.py",),
@@ -139,7 +139,7 @@ MUTANTS: tuple[Mutant, ...] = (
     # Scheduling, routing and merging.
     Mutant(
         "gating-off",
-        "runtime/scheduler.py",
+        "runtime/execution/scheduler.py",
         "if node in (END, START) or core.versions_seen.get(node) == versions:",
         "if node in (END, START):",
         (FIELDS_TEST, "tests/test_runtime_steps.py"),
@@ -147,7 +147,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "join-never-resets",
-        "runtime/frontier.py",
+        "runtime/execution/frontier.py",
         "        seen.clear()\n        return True",
         "        return True",
         (FIELDS_TEST, "tests/test_runtime_steps.py"),
@@ -155,7 +155,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "frontier-keeps-duplicates",
-        "runtime/frontier.py",
+        "runtime/execution/frontier.py",
         "            if target in seen:\n                continue\n",
         "",
         ("tests/test_runtime_steps.py", "tests/test_determinism.py"),
@@ -163,7 +163,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "extra-version-always-rises",
-        "runtime/barrier.py",
+        "runtime/execution/barrier.py",
         "state.extra_version + (extra is not state.extra),",
         "state.extra_version + 1,",
         ("tests/test_state_barrier.py",),
@@ -171,7 +171,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "extra-delete-keeps-none",
-        "runtime/barrier.py",
+        "runtime/execution/barrier.py",
         "                changes[key] = DELETED\n",
         "                changes[key] = None\n",
         ("tests/test_state_barrier.py",),
@@ -179,7 +179,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "merge-in-arrival-order",
-        "runtime/scheduler.py",
+        "runtime/execution/scheduler.py",
         "                results[done.index] = done.partial\n",
         "                results[sum(p is not _EMPTY for p in results)] = done.partial\n",
         ("tests/test_determinism.py",),
@@ -187,7 +187,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "shutdown-skips-flush",
-        "runtime/runner.py",
+        "runtime/execution/runner.py",
         "            if not self._checkpoints.volatile:\n                await self._checkpoints.flush()",
         "            if False:\n                await self._checkpoints.flush()",
         (CANCEL_TEST,),
@@ -195,7 +195,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "step-applied-before-stored",
-        "runtime/scheduler.py",
+        "runtime/execution/scheduler.py",
         "        config = self.config\n        if config.checkpoints is not None and config.autosave:",
         "        config = self.config\n"
         "        core = self.core\n"
@@ -207,7 +207,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "abandoned-step-advances",
-        "runtime/scheduler.py",
+        "runtime/execution/scheduler.py",
         "            except trio.Cancelled:\n",
         "            except trio.Cancelled:\n                self.core.step = step\n",
         (CANCEL_TEST,),

@@ -15,9 +15,15 @@ import attrs
 import trio
 
 from treadle.runtime.errors import NodeTimeoutError
-from treadle.runtime.graph import END, START, GraphBuilder, RetryPolicy
-from treadle.runtime.partial import Append, NodePartial, Replace
-from treadle.runtime.state import ErrorEvent, ErrorScope, Message, StateSnapshot, VersionedState
+from treadle.runtime.graph.builder import END, START, GraphBuilder, RetryPolicy
+from treadle.runtime.graph.partial import Append, NodePartial, Replace
+from treadle.runtime.graph.state import (
+    ErrorEvent,
+    ErrorScope,
+    Message,
+    StateSnapshot,
+    VersionedState,
+)
 from treadle.testing import EventRecord, RunError, RunResult, StepTrace
 
 # A node that "hangs" sleeps far longer than its timeout, whatever the schedule adds.
@@ -466,7 +472,7 @@ def reference_run(
 
 
 def _emit_record(node: str, step: int, index: int, i: int, session_id: str) -> EventRecord:
-    from treadle.runtime.frozen import FrozenDict
+    from treadle.runtime.graph.frozen import FrozenDict
 
     metadata = {
         "index": i,

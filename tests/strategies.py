@@ -6,9 +6,9 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from treadle.runtime.frozen import JSON, freeze
-from treadle.runtime.partial import Append, NodePartial, Replace
-from treadle.runtime.state import ErrorEvent, ErrorScope, Message, VersionedState
+from treadle.runtime.graph.frozen import JSON, freeze
+from treadle.runtime.graph.partial import Append, NodePartial, Replace
+from treadle.runtime.graph.state import ErrorEvent, ErrorScope, Message, VersionedState
 
 # A small key alphabet so that different nodes often write the same keys.
 extra_keys = st.sampled_from(["a", "b", "c", "d", "ns:slot:v1"])
@@ -112,8 +112,8 @@ from reference import (  # noqa: E402  # (see above)
     Value as GraphValue,
 )
 
-from treadle.runtime.graph import END as _END  # noqa: E402  # (see above)
-from treadle.runtime.graph import START as _START  # noqa: E402  # (see above)
+from treadle.runtime.graph.builder import END as _END  # noqa: E402  # (see above)
+from treadle.runtime.graph.builder import START as _START  # noqa: E402  # (see above)
 
 # The keys generated nodes write and routers read: few, so writes collide and counters matter.
 graph_keys = st.sampled_from(["k0", "k1", "k2"])

@@ -18,7 +18,7 @@ from treadle import (
     NodeTimeoutError,
     VersionedState,
 )
-from treadle.runtime import scheduler
+from treadle.runtime.execution import scheduler
 
 
 def gated_counter(gate: threading.Event, calls: list[int]) -> Any:

@@ -12,8 +12,8 @@ import trio
 import trio.testing
 
 from treadle.actors.supervisor import RestartPolicy
-from treadle.runtime.bus import EventBus
-from treadle.runtime.events import (
+from treadle.runtime.events.bus import EventBus
+from treadle.runtime.events.types import (
     DiagnosticEvent,
     Event,
     NodeEvent,
@@ -197,7 +197,7 @@ async def test_backoff_happens_at_exact_virtual_times(autojump_clock: trio.abc.C
 async def test_emit_to_events_reports_failures_to_the_other_consumers(
     autojump_clock: trio.abc.Clock,
 ) -> None:
-    from treadle.runtime.bus import DiagnosticsConfig
+    from treadle.runtime.events.bus import DiagnosticsConfig
 
     with trio.fail_after(30):
         memory, flaky = MemorySink(), FlakySink()
@@ -225,7 +225,7 @@ async def test_emit_to_events_reports_failures_to_the_other_consumers(
 async def test_diagnostics_disabled_keeps_health_but_streams_nothing(
     autojump_clock: trio.abc.Clock,
 ) -> None:
-    from treadle.runtime.bus import DiagnosticsConfig
+    from treadle.runtime.events.bus import DiagnosticsConfig
 
     with trio.fail_after(30):
         bus = EventBus([FlakySink()], diagnostics=DiagnosticsConfig(enabled=False))
@@ -491,7 +491,7 @@ async def test_add_sink_while_running_and_after_close(autojump_clock: trio.abc.C
 def test_bad_arguments_are_named() -> None:
     with pytest.raises(ValueError, match="capacity must be at least 1"):
         EventBus(capacity=0)
-    from treadle.runtime.bus import DiagnosticsConfig
+    from treadle.runtime.events.bus import DiagnosticsConfig
 
     with pytest.raises(ValueError, match="buffer_capacity must be at least 1"):
         DiagnosticsConfig(buffer_capacity=0)

@@ -11,8 +11,9 @@ import trio.testing
 from hypothesis import given, register_random, settings
 from hypothesis import strategies as st
 
-from treadle.runtime.bus import EventBus
-from treadle.runtime.events import (
+from treadle.runtime.events.bus import EventBus
+from treadle.runtime.events.stream import Buffer
+from treadle.runtime.events.types import (
     DiagnosticEvent,
     Event,
     NodeEvent,
@@ -20,7 +21,6 @@ from treadle.runtime.events import (
     is_sentinel,
     stream_end,
 )
-from treadle.runtime.stream import Buffer
 from treadle.sinks import MemorySink
 
 # trio shuffles each batch of runnable tasks with this Random; registering it lets Hypothesis seed it

@@ -35,7 +35,7 @@ from treadle import (
     Resumed,
     VersionedState,
 )
-from treadle.runtime.checkpoint import InMemoryCheckpointer, StepInfo
+from treadle.runtime.checkpointers.checkpoint import InMemoryCheckpointer, StepInfo
 from treadle.runtime.errors import CheckpointNotFound
 from treadle.testing import Schedule, schedules
 

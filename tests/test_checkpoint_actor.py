@@ -12,10 +12,10 @@ import trio
 import trio.testing
 
 from treadle.actors.errors import ActorGone
-from treadle.runtime.checkpoint import Checkpoint, InMemoryCheckpointer
-from treadle.runtime.checkpointer_actor import CheckpointerActor
+from treadle.runtime.checkpointers.actor import CheckpointerActor
+from treadle.runtime.checkpointers.checkpoint import Checkpoint, InMemoryCheckpointer
 from treadle.runtime.errors import CheckpointBackendError, CheckpointNotFound
-from treadle.runtime.state import VersionedState
+from treadle.runtime.graph.state import VersionedState
 
 
 @asynccontextmanager

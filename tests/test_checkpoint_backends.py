@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 import trio
 
-from treadle.runtime.checkpoint import Checkpoint, InMemoryCheckpointer, StepInfo
+from treadle.runtime.checkpointers.checkpoint import Checkpoint, InMemoryCheckpointer, StepInfo
 from treadle.runtime.checkpointers.codec import StepCodec
 from treadle.runtime.errors import CheckpointNotFound, ConcurrencyConflict
-from treadle.runtime.state import ErrorEvent, ErrorScope, Message, VersionedState
+from treadle.runtime.graph.state import ErrorEvent, ErrorScope, Message, VersionedState
 
 pytest_plugins = ["pg_fixtures"]
 

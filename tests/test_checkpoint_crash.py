@@ -147,7 +147,7 @@ async def history(url: str, session: str) -> tuple[Any, list[str]]:
     """The latest checkpoint and every stored checkpoint of a session, as exact JSON text."""
     from pg_fixtures import opened
 
-    from treadle.runtime.checkpoint import resolve_checkpointer
+    from treadle.runtime.checkpointers.checkpoint import resolve_checkpointer
 
     async with opened(resolve_checkpointer(checkpointer(url))) as store:
         steps = await store.list_steps(session)
@@ -163,7 +163,7 @@ async def history(url: str, session: str) -> tuple[Any, list[str]]:
 async def latest_steps(url: str, sessions: list[str]) -> dict[str, int | None]:
     from pg_fixtures import opened
 
-    from treadle.runtime.checkpoint import resolve_checkpointer
+    from treadle.runtime.checkpointers.checkpoint import resolve_checkpointer
 
     async with opened(resolve_checkpointer(checkpointer(url))) as store:
         found = {s: await store.load_latest(s) for s in sessions}

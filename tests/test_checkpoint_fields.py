@@ -28,7 +28,7 @@ from treadle import (
     StepReport,
     VersionedState,
 )
-from treadle.runtime.checkpoint import InMemoryCheckpointer
+from treadle.runtime.checkpointers.checkpoint import InMemoryCheckpointer
 
 pytest_plugins = ["pg_fixtures"]
 

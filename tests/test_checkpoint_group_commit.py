@@ -21,8 +21,8 @@ from treadle import (
     ConcurrencyConflict,
     VersionedState,
 )
-from treadle.runtime.checkpointer_actor import CheckpointerActor
 from treadle.runtime.checkpointers import PostgresCheckpointer
+from treadle.runtime.checkpointers.actor import CheckpointerActor
 from treadle.runtime.checkpointers.postgres import _lock_key
 
 pytest_plugins = ["pg_fixtures"]

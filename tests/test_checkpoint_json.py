@@ -12,10 +12,10 @@ import trio
 from apps import counter_app
 
 from treadle import AppRunner, Resumed, VersionedState
-from treadle.runtime.checkpoint import Checkpoint
 from treadle.runtime.checkpointers import JSONCheckpointer
+from treadle.runtime.checkpointers.checkpoint import Checkpoint
 from treadle.runtime.errors import CheckpointBackendError, CheckpointNotFound
-from treadle.runtime.state import Message
+from treadle.runtime.graph.state import Message
 
 
 def checkpoint(step: int, session: str = "s") -> Checkpoint:

@@ -12,11 +12,11 @@ import trio
 from apps import counter_app
 
 from treadle import AppRunner
-from treadle.runtime.checkpoint import Checkpoint
 from treadle.runtime.checkpointers import PostgresCheckpointer
+from treadle.runtime.checkpointers.checkpoint import Checkpoint
 from treadle.runtime.checkpointers.postgres import _PostgresTx, migrations
 from treadle.runtime.errors import CheckpointBackendError, SessionLeased
-from treadle.runtime.state import VersionedState
+from treadle.runtime.graph.state import VersionedState
 
 pytest_plugins = ["pg_fixtures"]
 

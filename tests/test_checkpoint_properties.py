@@ -21,11 +21,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pg_fixtures import drop_schema, require_postgres_url
 
-from treadle.runtime.checkpoint import Checkpoint
+from treadle.runtime.checkpointers.checkpoint import Checkpoint
 from treadle.runtime.checkpointers.json_files import JSONCheckpointer
 from treadle.runtime.checkpointers.postgres import PostgresCheckpointer
 from treadle.runtime.checkpointers.sqlite import SQLiteCheckpointer
-from treadle.runtime.state import ErrorEvent, ErrorScope, Message, VersionedState
+from treadle.runtime.graph.state import ErrorEvent, ErrorScope, Message, VersionedState
 
 scalars = (
     st.none()

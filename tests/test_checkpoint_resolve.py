@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from treadle.runtime.checkpoint import (
+from treadle.runtime.checkpointers import JSONCheckpointer, PostgresCheckpointer, SQLiteCheckpointer
+from treadle.runtime.checkpointers.checkpoint import (
     Checkpoint,
     CheckpointerType,
     InMemoryCheckpointer,
@@ -20,8 +21,7 @@ from treadle.runtime.checkpoint import (
     read_dotenv,
     resolve_checkpointer,
 )
-from treadle.runtime.checkpointers import JSONCheckpointer, PostgresCheckpointer, SQLiteCheckpointer
-from treadle.runtime.state import ErrorEvent, ErrorScope, Message, VersionedState
+from treadle.runtime.graph.state import ErrorEvent, ErrorScope, Message, VersionedState
 
 
 def test_none_and_memory_urls_give_in_memory() -> None:

@@ -13,8 +13,8 @@ import pytest
 import trio
 
 from treadle import END, START, AppRunner, GraphBuilder, Message, NodePartial, VersionedState
-from treadle.runtime.checkpoint import Checkpoint
 from treadle.runtime.checkpointers import PostgresCheckpointer, SQLiteCheckpointer
+from treadle.runtime.checkpointers.checkpoint import Checkpoint
 from treadle.runtime.checkpointers.codec import DELTA, chain_to
 
 pytest_plugins = ["pg_fixtures"]

@@ -24,10 +24,10 @@ from strategies import graph_initial_states, graph_specs
 
 from treadle import AppRunner, InvalidIterativeEntry, MockClock, NoStartNodes, testing
 from treadle.runtime.errors import NodeRunError
-from treadle.runtime.graph import END, START, GraphBuilder
-from treadle.runtime.lifecycle import LIFECYCLE_SCOPES
-from treadle.runtime.partial import NodePartial
-from treadle.runtime.state import ErrorEvent, ErrorScope, Message, VersionedState
+from treadle.runtime.events.lifecycle import LIFECYCLE_SCOPES
+from treadle.runtime.graph.builder import END, START, GraphBuilder
+from treadle.runtime.graph.partial import NodePartial
+from treadle.runtime.graph.state import ErrorEvent, ErrorScope, Message, VersionedState
 from treadle.testing import (
     RunError,
     RunnerFactory,

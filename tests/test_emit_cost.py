@@ -29,9 +29,9 @@ from treadle import (
     VersionedState,
     is_sentinel,
 )
-from treadle.runtime.context import NodeContext
-from treadle.runtime.frozen import FrozenDict
-from treadle.runtime.stream import Overflow
+from treadle.runtime.events.stream import Overflow
+from treadle.runtime.execution.context import NodeContext
+from treadle.runtime.graph.frozen import FrozenDict
 
 RUNTIME = tuple(str(Path(treadle.__file__).parent / room) + "/" for room in ("runtime", "actors"))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from treadle.runtime.events import (
+from treadle.runtime.events.types import (
     DiagnosticEvent,
     Event,
     LLMEvent,
@@ -13,7 +13,7 @@ from treadle.runtime.events import (
     canonical_order,
     stream_end,
 )
-from treadle.runtime.frozen import FrozenDict
+from treadle.runtime.graph.frozen import FrozenDict
 
 
 def _node_meta(node: str, step: int, index: int, seq: int) -> FrozenDict:

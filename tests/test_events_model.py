@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from strategies import json_values
 
-from treadle.runtime.events import (
+from treadle.runtime.events.types import (
     INVOCATION_END_SCOPE,
     LLM_FINAL_SCOPE,
     STREAM_END_SCOPE,
@@ -25,7 +25,7 @@ from treadle.runtime.events import (
     is_sentinel,
     stream_end,
 )
-from treadle.runtime.frozen import FrozenDict
+from treadle.runtime.graph.frozen import FrozenDict
 
 # Metadata keys other than the ones the event fields own.
 metadata_dicts = st.dictionaries(

@@ -238,9 +238,14 @@ def test_architecture_names_real_actors_and_messages() -> None:
     for actor in ("AppRunner", "Scheduler", "node actor", "CheckpointerActor", "EventBus", "sink"):
         assert actor in actors, f"the actor diagram does not show {actor}"
     modules = {
-        "treadle.runtime.scheduler": ("RunStep", "RunToEnd", "GetView", "FlushCheckpoint"),
-        "treadle.runtime.messages": ("Execute", "NodeDone", "StepCancel"),
-        "treadle.runtime.checkpointer_actor": ("Call", "PipelinedSave", "Flush"),
+        "treadle.runtime.execution.scheduler": (
+            "RunStep",
+            "RunToEnd",
+            "GetView",
+            "FlushCheckpoint",
+        ),
+        "treadle.runtime.execution.messages": ("Execute", "NodeDone", "StepCancel"),
+        "treadle.runtime.checkpointers.actor": ("Call", "PipelinedSave", "Flush"),
     }
     for module_name, names in modules.items():
         module = importlib.import_module(module_name)

@@ -23,9 +23,9 @@ from reference import Behaviour, GraphSpec, Value, build_app
 from strategies import graph_specs
 
 from treadle import AppRunner, CheckpointBackendError, NodePartial, NodeRunError, VersionedState
-from treadle.runtime.checkpoint import Checkpoint
+from treadle.runtime.checkpointers.checkpoint import Checkpoint
 from treadle.runtime.checkpointers.sqlite import SQLiteCheckpointer
-from treadle.runtime.events import STREAM_END_SCOPE
+from treadle.runtime.events.types import STREAM_END_SCOPE
 
 MAX_STEPS = 12
 KINDS = ("exception", "invalid_output", "save_failure", "cancellation")

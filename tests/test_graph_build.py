@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from treadle.runtime.app import App
-from treadle.runtime.graph import (
+from treadle.runtime.graph.app import App
+from treadle.runtime.graph.builder import (
     END,
     START,
     CompiledGraph,

@@ -21,7 +21,7 @@ from treadle.runtime.errors import (
     UnknownNode,
     UnreachableNodes,
 )
-from treadle.runtime.graph import END, START, GraphBuilder, InvalidJoin
+from treadle.runtime.graph.builder import END, START, GraphBuilder, InvalidJoin
 
 
 async def node(snapshot: Any, ctx: Any) -> None:

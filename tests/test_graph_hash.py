@@ -9,7 +9,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from treadle.runtime.graph import END, START, GraphBuilder, RetryPolicy
+from treadle.runtime.graph.builder import END, START, GraphBuilder, RetryPolicy
 
 
 async def node(snapshot: Any, ctx: Any) -> None:

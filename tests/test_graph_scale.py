@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from treadle.runtime.errors import CycleDetected
-from treadle.runtime.graph import END, START, GraphBuilder
+from treadle.runtime.graph.builder import END, START, GraphBuilder
 
 N = 10_000
 
@@ -154,8 +154,8 @@ def test_one_back_edge_is_always_a_cycle(
 
 
 def test_routing_through_a_wide_join_hashes_each_source_a_bounded_number_of_times() -> None:
-    from treadle.runtime.frontier import route
-    from treadle.runtime.state import VersionedState
+    from treadle.runtime.execution.frontier import route
+    from treadle.runtime.graph.state import VersionedState
 
     width = 400
     names = [CountingName(f"w{i}") for i in range(width)]

@@ -82,7 +82,7 @@ async def stored(url: str, session: str) -> tuple[Any, list[str]]:
     """The latest checkpoint of a session and every stored one, as exact JSON text."""
     from pg_fixtures import opened
 
-    from treadle.runtime.checkpoint import resolve_checkpointer
+    from treadle.runtime.checkpointers.checkpoint import resolve_checkpointer
 
     async with opened(resolve_checkpointer(checkpointer(url))) as store:
         latest = await store.load_latest(session)

@@ -24,8 +24,8 @@ from treadle import (
     RetryPolicy,
     VersionedState,
 )
-from treadle.runtime.events import NodeEvent, canonical_order
-from treadle.runtime.lifecycle import LIFECYCLE_SCOPES
+from treadle.runtime.events.lifecycle import LIFECYCLE_SCOPES
+from treadle.runtime.events.types import NodeEvent, canonical_order
 from treadle.testing import EventRecord, Schedule, run_with_schedule, schedules
 
 

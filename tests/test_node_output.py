@@ -20,7 +20,7 @@ from treadle import (
     RetryPolicy,
     VersionedState,
 )
-from treadle.runtime.events import STREAM_END_SCOPE
+from treadle.runtime.events.types import STREAM_END_SCOPE
 
 
 def _nested(depth: int) -> list[Any]:

@@ -16,7 +16,7 @@ from treadle import AppRunner, CheckpointBackendError, InMemoryCheckpointer, Ver
 from treadle.actors.errors import ActorGone
 from treadle.actors.request import ask
 from treadle.runtime.checkpointers import JSONCheckpointer, SQLiteCheckpointer
-from treadle.runtime.scheduler import FlushCheckpoint
+from treadle.runtime.execution.scheduler import FlushCheckpoint
 
 pytest_plugins = ["pg_fixtures"]
 

@@ -13,7 +13,7 @@ import trio
 
 from treadle import END, START, AppRunner, EventBus, GraphBuilder, NodePartial, VersionedState
 from treadle.actors.supervisor import RestartPolicy
-from treadle.runtime.events import DiagnosticEvent, Event
+from treadle.runtime.events.types import DiagnosticEvent, Event
 from treadle.sinks import MemorySink
 
 

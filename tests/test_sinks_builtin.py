@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from treadle.runtime.events import (
+from treadle.runtime.events.types import (
     DiagnosticEvent,
     Event,
     LLMEvent,

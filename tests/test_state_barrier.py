@@ -12,12 +12,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 from strategies import error_events, messages, node_partials, versioned_states
 
-from treadle.runtime.barrier import BarrierOutcome, apply_barrier
-from treadle.runtime.frozen import FrozenDict, thaw
-from treadle.runtime.partial import Append, NodePartial
-from treadle.runtime.persistent import FrozenMap
-from treadle.runtime.reducers import ReducerRegistry
-from treadle.runtime.state import ErrorEvent, ErrorScope, Message, VersionedState
+from treadle.runtime.execution.barrier import BarrierOutcome, apply_barrier
+from treadle.runtime.graph.frozen import FrozenDict, thaw
+from treadle.runtime.graph.partial import Append, NodePartial
+from treadle.runtime.graph.persistent import FrozenMap
+from treadle.runtime.graph.reducers import ReducerRegistry
+from treadle.runtime.graph.state import ErrorEvent, ErrorScope, Message, VersionedState
 
 DEFAULT = ReducerRegistry.default()
 RANK = {"node": 0, "scheduler": 1, "runner": 2, "app": 3}

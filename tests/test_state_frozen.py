@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from strategies import frozen_values, json_values
 
-from treadle.runtime.frozen import EMPTY, FrozenDict, freeze, strict_equal, thaw
+from treadle.runtime.graph.frozen import EMPTY, FrozenDict, freeze, strict_equal, thaw
 
 MUTATORS: list[tuple[str, Callable[[FrozenDict], object]]] = [
     ("__setitem__", lambda d: d.__setitem__("a", 2)),

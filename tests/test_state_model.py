@@ -9,10 +9,16 @@ import pytest
 from hypothesis import given
 from strategies import error_events, node_partials, versioned_states
 
-from treadle.runtime.frozen import FrozenDict
-from treadle.runtime.partial import Append, NodePartial, Replace
-from treadle.runtime.persistent import FrozenMap
-from treadle.runtime.state import ErrorEvent, ErrorScope, Message, StateSnapshot, VersionedState
+from treadle.runtime.graph.frozen import FrozenDict
+from treadle.runtime.graph.partial import Append, NodePartial, Replace
+from treadle.runtime.graph.persistent import FrozenMap
+from treadle.runtime.graph.state import (
+    ErrorEvent,
+    ErrorScope,
+    Message,
+    StateSnapshot,
+    VersionedState,
+)
 
 # -- messages and errors ---------------------------------------------------------------------------
 

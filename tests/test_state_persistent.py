@@ -15,12 +15,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 from strategies import extra_keys, messages, node_partials, tricky_scalars, versioned_states
 
-from treadle.runtime.barrier import apply_barrier
 from treadle.runtime.checkpointers import SQLiteCheckpointer
-from treadle.runtime.frozen import FrozenDict
-from treadle.runtime.persistent import DELETED, FrozenMap, Log
-from treadle.runtime.reducers import ReducerRegistry
-from treadle.runtime.state import Message, VersionedState
+from treadle.runtime.execution.barrier import apply_barrier
+from treadle.runtime.graph.frozen import FrozenDict
+from treadle.runtime.graph.persistent import DELETED, FrozenMap, Log
+from treadle.runtime.graph.reducers import ReducerRegistry
+from treadle.runtime.graph.state import Message, VersionedState
 
 DEFAULT = ReducerRegistry.default()
 
@@ -143,7 +143,7 @@ def test_a_step_run_again_from_an_older_state_does_not_disturb_the_newer_one(
 ) -> None:
     """A step whose save failed is run again from the state before it (a branch): the abandoned
     state and the new one keep their own messages."""
-    from treadle.runtime.partial import NodePartial
+    from treadle.runtime.graph.partial import NodePartial
 
     first, _ = apply_barrier(state, ["a"], [NodePartial(messages=written)], DEFAULT)
     before = first.to_json_value()

@@ -9,18 +9,18 @@ from hypothesis import given
 from hypothesis import strategies as st
 from strategies import extra_keys, extra_values
 
-from treadle.runtime.barrier import apply_barrier
-from treadle.runtime.frozen import FrozenDict, freeze
-from treadle.runtime.partial import NodePartial
-from treadle.runtime.persistent import FrozenMap
-from treadle.runtime.reducers import (
+from treadle.runtime.execution.barrier import apply_barrier
+from treadle.runtime.graph.frozen import FrozenDict, freeze
+from treadle.runtime.graph.partial import NodePartial
+from treadle.runtime.graph.persistent import FrozenMap
+from treadle.runtime.graph.reducers import (
     ReducerRegistry,
     add_errors,
     add_messages,
     map_merge,
     reducer,
 )
-from treadle.runtime.state import ErrorEvent, ErrorScope, Message, VersionedState
+from treadle.runtime.graph.state import ErrorEvent, ErrorScope, Message, VersionedState
 
 HI, BYE = Message.user("hi"), Message.assistant("bye")
 

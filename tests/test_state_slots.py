@@ -9,18 +9,18 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from treadle.runtime.barrier import apply_barrier
 from treadle.runtime.errors import (
     StateSlotDeserialize,
     StateSlotError,
     StateSlotMissing,
     StateSlotSerialize,
 )
-from treadle.runtime.frozen import FrozenDict
-from treadle.runtime.partial import NodePartial
-from treadle.runtime.reducers import ReducerRegistry
-from treadle.runtime.slots import StateKey
-from treadle.runtime.state import VersionedState
+from treadle.runtime.execution.barrier import apply_barrier
+from treadle.runtime.graph.frozen import FrozenDict
+from treadle.runtime.graph.partial import NodePartial
+from treadle.runtime.graph.reducers import ReducerRegistry
+from treadle.runtime.graph.slots import StateKey
+from treadle.runtime.graph.state import VersionedState
 
 
 @attrs.frozen

@@ -17,9 +17,9 @@ from treadle import (
     NodeRunError,
     VersionedState,
 )
-from treadle.runtime.checkpoint import Checkpoint
+from treadle.runtime.checkpointers.checkpoint import Checkpoint
 from treadle.runtime.checkpointers.sqlite import SQLiteCheckpointer
-from treadle.runtime.events import STREAM_END_SCOPE, Event
+from treadle.runtime.events.types import STREAM_END_SCOPE, Event
 
 
 class FailingStore(SQLiteCheckpointer):

@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 
 from treadle import testing
 from treadle.actors.perturb import MailboxOp
-from treadle.runtime.graph import END, START, GraphBuilder
-from treadle.runtime.partial import NodePartial
-from treadle.runtime.state import Message, VersionedState
+from treadle.runtime.graph.builder import END, START, GraphBuilder
+from treadle.runtime.graph.partial import NodePartial
+from treadle.runtime.graph.state import Message, VersionedState
 from treadle.testing import (
     EventRecord,
     RunError,

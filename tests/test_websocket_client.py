@@ -16,7 +16,7 @@ from treadle import (
     MemorySink,
     open_event_stream,
 )
-from treadle.runtime.events import Event
+from treadle.runtime.events.types import Event
 from treadle.sinks.websocket import WebSocketSink
 
 pytestmark = pytest.mark.watchdog(60)

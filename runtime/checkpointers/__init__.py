@@ -1,5 +1,5 @@
-"""The durable checkpointer backends: SQLite, PostgreSQL and JSON files (``runtime.checkpoint`` has
-the protocol, the record and the in-memory backend)."""
+"""Checkpoints: the record, the protocol and the in-memory backend (``checkpoint``), the actor that
+serialises a runner's saves (``actor``), and the durable backends SQLite, PostgreSQL and JSON files."""
 
 from .json_files import CorruptFile, JSONCheckpointer
 from .postgres import PostgresCheckpointer

@@ -3,7 +3,7 @@
 A store keeps its driver in one :class:`.ConnectionThread` and implements the blocking halves
 (``_write_transaction``, ``_load_sync``, ``_list_sessions_sync``, ``_list_steps_sync``,
 ``_delete_sync``, ``_prune_sync``); :class:`ThreadedStore` turns them into the async
-:class:`~treadle.runtime.checkpoint.Checkpointer` methods, each one call into the thread.
+:class:`~treadle.runtime.checkpointers.checkpoint.Checkpointer` methods, each one call into the thread.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Any, TypeVar
 
 import trio
 
-from ..checkpoint import Checkpoint, Expected, StepInfo, prune_cutoff_ms
 from ..errors import CheckpointerError, CheckpointNotFound
+from .checkpoint import Checkpoint, Expected, StepInfo, prune_cutoff_ms
 from .codec import Draft, StepCodec, StepTx, draft_steps, save_steps
 from .connection import ConnectionThread
 

@@ -14,11 +14,11 @@ from typing import Any, Final, Protocol
 
 import attrs
 
-from ..checkpoint import UNCHECKED, Checkpoint, Expected, StepInfo, parse_invocation
 from ..errors import CheckpointerError, ConcurrencyConflict
-from ..frozen import strict_equal
-from ..persistent import DELETED, FrozenMap, Log
-from ..state import ErrorEvent, Message, VersionedState
+from ..graph.frozen import strict_equal
+from ..graph.persistent import DELETED, FrozenMap, Log
+from ..graph.state import ErrorEvent, Message, VersionedState
+from .checkpoint import UNCHECKED, Checkpoint, Expected, StepInfo, parse_invocation
 
 SNAPSHOT: Final = "snapshot"
 DELTA: Final = "delta"

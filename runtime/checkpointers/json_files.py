@@ -20,9 +20,9 @@ from urllib.parse import quote, unquote
 import attrs
 import trio
 
-from ..checkpoint import Checkpoint, StepInfo
 from ..errors import CheckpointBackendError, CheckpointerError
 from .base import ThreadedStore
+from .checkpoint import Checkpoint, StepInfo
 from .codec import (
     BrokenHistory,
     Head,

@@ -20,13 +20,13 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import outcome
 import trio
 
-from ..checkpoint import UNCHECKED, Checkpoint, Expected, StepInfo, mask_url
 from ..errors import (
     CheckpointBackendError,
     CheckpointerError,
     SessionLeased,
 )
 from .base import BatchingStore
+from .checkpoint import UNCHECKED, Checkpoint, Expected, StepInfo, mask_url
 from .codec import (
     Draft,
     StepCodec,

@@ -15,9 +15,9 @@ from typing import Any, Literal, TypeVar
 import sqlite_utils
 import trio
 
-from ..checkpoint import Checkpoint, StepInfo
 from ..errors import CheckpointBackendError, CheckpointerError
 from .base import BatchingStore
+from .checkpoint import Checkpoint, StepInfo
 from .codec import (
     StepCodec,
     StepTx,

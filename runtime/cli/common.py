@@ -16,7 +16,7 @@ import trio
 
 from ...sinks.stdout import StdOutSink
 from ..errors import TreadleError
-from ..events import Event
+from ..events.types import Event
 
 
 class UsageError(TreadleError):
@@ -70,7 +70,7 @@ def add_input_options(parser: argparse.ArgumentParser) -> None:
 
 def checkpointer_arg(url: str | None) -> Any:
     """The ``--checkpointer`` value, or the embedded SQLite default."""
-    from ..checkpoint import CheckpointerType
+    from ..checkpointers.checkpoint import CheckpointerType
 
     return url if url is not None else CheckpointerType.SQLITE
 
@@ -79,8 +79,8 @@ def checkpointer_arg(url: str | None) -> Any:
 async def open_store(url: str | None) -> AsyncIterator[Any]:
     """A running :class:`CheckpointerActor` on ``--checkpointer`` (or the default), for reading
     and maintaining stored sessions without a graph."""
-    from ..checkpoint import resolve_checkpointer
-    from ..checkpointer_actor import CheckpointerActor
+    from ..checkpointers.actor import CheckpointerActor
+    from ..checkpointers.checkpoint import resolve_checkpointer
 
     actor = CheckpointerActor(resolve_checkpointer(checkpointer_arg(url)))
     async with trio.open_nursery() as nursery:
@@ -99,8 +99,8 @@ def load_app(target: str, *, workflows: bool = False) -> Any:
     Raises:
         UsageError: ``target`` is not ``MODULE:ATTR``, cannot be imported, or names something else.
     """
-    from ..app import App
-    from ..graph import GraphBuilder
+    from ..graph.app import App
+    from ..graph.builder import GraphBuilder
     from ..workflow import Workflow
 
     module_name, sep, attr = target.partition(":")
@@ -142,7 +142,7 @@ def parse_input(raw: str | None, message: str | None = None) -> Any:
     string ``role`` and ``content``) and ``extra`` (an object); anything else is a
     :class:`UsageError` naming what is wrong.
     """
-    from ..state import Message, VersionedState
+    from ..graph.state import Message, VersionedState
 
     if message is not None:
         return VersionedState.with_user_message(message)
@@ -224,7 +224,7 @@ async def run_session(runner: Any, session_id: str, state: Any, progress: Progre
     Each step is stored before :meth:`AppRunner.run_step` returns (``durability="sync"``), so
     ``progress`` always names a step the store holds.
     """
-    from ..session import Completed, Resumed
+    from ..execution.session import Completed, Resumed
 
     progress.volatile = runner.checkpoints.volatile
     init = await runner.create_session(session_id, state)

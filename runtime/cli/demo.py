@@ -22,10 +22,10 @@ def add_parser(commands: Any) -> None:
 
 
 async def demo_command(args: argparse.Namespace) -> int:
-    from ..bus import EventBus
     from ..demo import build_demo
-    from ..runner import AppRunner
-    from ..state import VersionedState
+    from ..events.bus import EventBus
+    from ..execution.runner import AppRunner
+    from ..graph.state import VersionedState
 
     args.progress.opening(args.session)
     async with AppRunner(

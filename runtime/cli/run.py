@@ -63,9 +63,9 @@ def add_parser(commands: Any) -> None:
 
 async def run_command(args: argparse.Namespace) -> int:
     from ...sinks.jsonl import JsonLinesSink
-    from ..app import App
-    from ..bus import EventBus
-    from ..runner import AppRunner
+    from ..events.bus import EventBus
+    from ..execution.runner import AppRunner
+    from ..graph.app import App
 
     app = load_app(args.target, workflows=True)
     check_view(args, app)

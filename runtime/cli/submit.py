@@ -23,7 +23,7 @@ def add_parser(commands: Any) -> None:
 
 
 async def submit_command(args: argparse.Namespace) -> int:
-    from ..runner import AppRunner
+    from ..execution.runner import AppRunner
 
     app = load_app(args.target)
     state = parse_input(args.input, args.message)
@@ -50,6 +50,6 @@ def add_queue_option(parser: argparse.ArgumentParser) -> None:
 def worker_checkpointer(url: str | None) -> Any:
     """``--checkpointer`` for the queue commands: a URL, or the PostgreSQL default
     (``TREADLE_POSTGRES_URL``, then ``DATABASE_URL``)."""
-    from ..checkpoint import CheckpointerType
+    from ..checkpointers.checkpoint import CheckpointerType
 
     return url if url is not None else CheckpointerType.POSTGRES

@@ -64,7 +64,7 @@ def check_view(args: argparse.Namespace, source: Any) -> None:
 
     A workflow starts its bus inside its run, so its page needs the port before: a fixed one.
     """
-    from ..app import App
+    from ..graph.app import App
 
     if not args.view:
         return

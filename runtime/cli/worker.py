@@ -53,7 +53,7 @@ def add_parser(commands: Any) -> None:
 
 
 async def worker_command(args: argparse.Namespace) -> int:
-    from ..bus import EventBus
+    from ..events.bus import EventBus
     from ..workers.worker import Worker
 
     app = load_app(args.target)

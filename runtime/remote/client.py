@@ -18,7 +18,7 @@ from trio_websocket import (
 )
 
 from ...actors.errors import TreadleError
-from ..events import STREAM_END_SCOPE, AnyEvent, event_from_json, is_sentinel
+from ..events.types import STREAM_END_SCOPE, AnyEvent, event_from_json, is_sentinel
 from .connection import open_websocket, single_error
 
 __all__ = ["EventStreamError", "RemoteEventStream", "open_event_stream"]

@@ -7,7 +7,7 @@ from typing import Any, Final
 
 import attrs
 
-from ..graph import END, START, CompiledGraph, GraphBuilder
+from ..graph.builder import END, START, CompiledGraph, GraphBuilder
 
 STATUSES: Final = ("pending", "running", "completed", "failed", "skipped", "retrying")
 """Status names a node can be drawn with (``TaskStatus`` values; SPEC colours the first four)."""

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Final
 
-from ..graph import END, START
+from ..graph.builder import END, START
 from .diagram import STATUSES, Diagram, describe
 
 ORIENTATIONS: Final = ("TD", "TB", "BT", "LR", "RL")

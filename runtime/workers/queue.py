@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias
 
 import attrs
 
-from ..checkpoint import Checkpointer
+from ..checkpointers.checkpoint import Checkpointer
 from ..checkpointers.postgres import PostgresCheckpointer
 from ..errors import CheckpointerError
-from ..state import VersionedState
+from ..graph.state import VersionedState
 
 if TYPE_CHECKING:
     import psycopg

@@ -12,15 +12,15 @@ from typing import Any, Final, Literal, TypeAlias, TypeVar
 import attrs
 import trio
 
-from ..app import App
-from ..bus import EventBus
-from ..checkpoint import Checkpointer, resolve_checkpointer
+from ..checkpointers.checkpoint import Checkpointer, resolve_checkpointer
 from ..checkpointers.postgres import PostgresCheckpointer
 from ..errors import CheckpointBackendError, SessionLeased
-from ..events import DiagnosticEvent
-from ..lifecycle import describe_error
-from ..runner import AppRunner
-from ..session import Paused, Resumed, StepOptions
+from ..events.bus import EventBus
+from ..events.lifecycle import describe_error
+from ..events.types import DiagnosticEvent
+from ..execution.runner import AppRunner
+from ..execution.session import Paused, Resumed, StepOptions
+from ..graph.app import App
 from . import queue
 from .listener import Listener
 

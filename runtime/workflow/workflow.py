@@ -28,11 +28,11 @@ from .task import (
 )
 
 if TYPE_CHECKING:
-    from ..app import App
-    from ..bus import EventBus
-    from ..context import NodeContext
-    from ..partial import NodePartial
-    from ..state import StateSnapshot
+    from ..events.bus import EventBus
+    from ..execution.context import NodeContext
+    from ..graph.app import App
+    from ..graph.partial import NodePartial
+    from ..graph.state import StateSnapshot
     from .executors import Executor
     from .stores import StateStore, TaskRecord
 
@@ -275,7 +275,7 @@ class _WorkflowRun:
     async def run(
         self, bus: EventBus | None, session_id: str | None, lifecycle_events: bool
     ) -> dict[str, Any]:
-        from ..runner import AppRunner
+        from ..execution.runner import AppRunner
 
         wf = self.workflow
         wf.reset()
@@ -318,7 +318,7 @@ class _WorkflowRun:
         return dict(self.results)
 
     def compile(self) -> App:
-        from ..graph import END, START, GraphBuilder
+        from ..graph.builder import END, START, GraphBuilder
 
         wf = self.workflow
         builder = GraphBuilder()
@@ -341,7 +341,7 @@ class _WorkflowRun:
         return body
 
     async def _execute(self, task: Task, ctx: NodeContext) -> NodePartial:
-        from ..partial import NodePartial, Replace
+        from ..graph.partial import NodePartial, Replace
 
         name = task.name
         key = STATUS_KEY_PREFIX + name

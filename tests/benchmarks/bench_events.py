@@ -24,9 +24,9 @@ import trio
 # After the path setup:
 import trio.lowlevel
 
-from treadle.runtime.bus import EventBus
-from treadle.runtime.events import NodeEvent, is_sentinel, stream_end
-from treadle.runtime.frozen import FrozenDict
+from treadle.runtime.events.bus import EventBus
+from treadle.runtime.events.types import NodeEvent, is_sentinel, stream_end
+from treadle.runtime.graph.frozen import FrozenDict
 from treadle.sinks.memory import MemorySink
 
 NODES = 100
@@ -77,9 +77,9 @@ async def bus_only(per_node: int) -> float:
 async def through_graph(per_node: int) -> float:
     """Seconds for ``invoke``-style run of a 100-node fan-out graph emitting per_node each."""
     from treadle import GraphBuilder
-    from treadle.runtime.graph import END, START
-    from treadle.runtime.runner import AppRunner
-    from treadle.runtime.state import VersionedState
+    from treadle.runtime.execution.runner import AppRunner
+    from treadle.runtime.graph.builder import END, START
+    from treadle.runtime.graph.state import VersionedState
 
     async def emitter(snapshot: Any, ctx: Any) -> None:
         for _ in range(per_node):
@@ -119,9 +119,9 @@ async def warm_runner(per_node: int, repeats: int = 5) -> float:
     this is the steady state: the run and its events, without the runner's start or node spawns.
     """
     from treadle import GraphBuilder
-    from treadle.runtime.graph import END, START
-    from treadle.runtime.runner import AppRunner
-    from treadle.runtime.state import VersionedState
+    from treadle.runtime.execution.runner import AppRunner
+    from treadle.runtime.graph.builder import END, START
+    from treadle.runtime.graph.state import VersionedState
 
     async def emitter(snapshot: Any, ctx: Any) -> None:
         for _ in range(per_node):

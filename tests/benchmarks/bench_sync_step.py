@@ -30,9 +30,10 @@ import _treadle_path  # noqa: F401  (makes `import treadle` work uninstalled)
 import trio
 from bench_checkpoint import loop_app, one_run
 
-# After the path setup:
-from treadle.runtime import checkpointer_actor
 from treadle.runtime.checkpointers import SQLiteCheckpointer, base, connection
+
+# After the path setup:
+from treadle.runtime.checkpointers import actor as checkpointer_actor
 
 STEPS = 1_000
 now = time.perf_counter_ns

@@ -12,10 +12,10 @@ import attrs
 import outcome
 import trio
 
-from ..actors.errors import ActorGone
-from ..actors.mailbox import MailboxReceiver, MailboxSender, open_mailbox
-from ..actors.perturb import Perturbation
-from ..actors.request import ReplyTo, ask, reply
+from ...actors.errors import ActorGone
+from ...actors.mailbox import MailboxReceiver, MailboxSender, open_mailbox
+from ...actors.perturb import Perturbation
+from ...actors.request import ReplyTo, ask, reply
 from .checkpoint import UNCHECKED, Checkpoint, Checkpointer, Expected, StepInfo
 
 log = logging.getLogger("treadle.checkpointer")

@@ -8,9 +8,9 @@ from typing import Any
 
 import attrs
 
-from .events import Event, canonical_order
-from .frozen import thaw
-from .state import VersionedState
+from ..events.types import Event, canonical_order
+from ..graph.frozen import thaw
+from ..graph.state import VersionedState
 
 __all__ = [
     "ReplayComparison",

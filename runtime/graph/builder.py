@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Final, Literal, TypeAlias, TypeVar
 
 import attrs
 
-from .errors import GraphCompileError
+from ..errors import GraphCompileError
 from .reducers import Reducer, ReducerRegistry
 
 if TYPE_CHECKING:

@@ -7,7 +7,7 @@ from typing import Any, Generic, TypeVar
 
 import attrs
 
-from .errors import StateSlotDeserialize, StateSlotSerialize
+from ..errors import StateSlotDeserialize, StateSlotSerialize
 from .frozen import JSON, FrozenDict, freeze
 
 T = TypeVar("T")

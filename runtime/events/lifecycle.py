@@ -8,9 +8,9 @@ from __future__ import annotations
 import time
 from typing import Final
 
-from .clock import Clock
-from .context import NodeContext
-from .events import NodeEvent
+from ..execution.clock import Clock
+from ..execution.context import NodeContext
+from .types import NodeEvent
 
 __all__ = [
     "LIFECYCLE_SCOPES",

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 
-from .errors import (
+from ..errors import (
     CycleDetected,
     DuplicateEdge,
     DuplicateNode,
@@ -21,7 +21,7 @@ from .errors import (
     UnknownNode,
     UnreachableNodes,
 )
-from .graph import END, START, ConditionalEdge, InvalidJoin, JoinEdge, NodeSpec, _join_label
+from .builder import END, START, ConditionalEdge, InvalidJoin, JoinEdge, NodeSpec, _join_label
 
 
 def validate_graph(

@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
-from .viz.mermaid import export_mermaid
+from ..viz.mermaid import export_mermaid
 
 if TYPE_CHECKING:
-    from ..sinks.base import Sink
-    from .bus import EventStream
-    from .events import Event
-    from .graph import CompiledGraph, GraphMetadata
+    from ...sinks.base import Sink
+    from ..events.bus import EventStream
+    from ..events.types import Event
+    from .builder import CompiledGraph, GraphMetadata
     from .state import VersionedState
 
 
@@ -44,7 +44,7 @@ class App:
         self, state: VersionedState, *, session_id: str | None = None, **runner_options: Any
     ) -> VersionedState:
         """Run a fresh session to completion and return its final state."""
-        from .runner import AppRunner
+        from ..execution.runner import AppRunner
 
         sid = session_id or _new_session_id()
         async with AppRunner(self, **runner_options) as runner:
@@ -55,7 +55,7 @@ class App:
         self, state: VersionedState, sinks: Sequence[Sink], **runner_options: Any
     ) -> VersionedState:
         """Like :meth:`invoke`, with an :class:`EventBus` over ``sinks``."""
-        from .bus import EventBus
+        from ..events.bus import EventBus
 
         return await self.invoke(state, event_bus=EventBus(sinks), **runner_options)
 
@@ -67,7 +67,7 @@ class App:
         The channel is closed for sending, so ``async for event in events`` ends after the run's
         ``STREAM_END`` event.
         """
-        from ..sinks.memory import MemorySink
+        from ...sinks.memory import MemorySink
 
         memory = MemorySink()
         final = await self.invoke_with_sinks(state, [memory], **runner_options)
@@ -89,7 +89,7 @@ class App:
         ``await run.result()`` waits for the final state (or raises the run's error). Leaving the block
         before the run ends cancels it.
         """
-        from .runner import AppRunner
+        from ..execution.runner import AppRunner
 
         sid = session_id or _new_session_id()
         async with AppRunner(self, **runner_options) as runner, trio.open_nursery() as nursery:

@@ -12,9 +12,8 @@ from typing import TYPE_CHECKING
 import attrs
 import trio
 
-from ..actors.request import ReplyTo
-from .barrier import apply_barrier
-from .errors import (
+from ...actors.request import ReplyTo
+from ..errors import (
     CheckpointerError,
     InvalidIterativeEntry,
     InvocationPaused,
@@ -23,12 +22,13 @@ from .errors import (
     NoStartNodes,
     NotIterative,
 )
-from .events import DiagnosticEvent, invocation_end, stream_end
+from ..events.types import DiagnosticEvent, invocation_end, stream_end
+from ..graph.builder import END, START, CompiledGraph
+from ..graph.partial import NodePartial
+from ..graph.state import StateSnapshot, VersionedState
+from .barrier import apply_barrier
 from .frontier import Routing, initial_frontier
-from .graph import END, START, CompiledGraph
-from .partial import NodePartial
 from .session import Paused, SessionView, StepOptions, is_complete
-from .state import StateSnapshot, VersionedState
 
 if TYPE_CHECKING:
     from .scheduler import Scheduler, SessionCore

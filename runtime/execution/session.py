@@ -7,8 +7,8 @@ from typing import Literal
 
 import attrs
 
-from .graph import END
-from .state import VersionedState
+from ..graph.builder import END
+from ..graph.state import VersionedState
 
 
 def _names(value: Sequence[str]) -> tuple[str, ...]:

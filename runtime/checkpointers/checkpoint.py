@@ -16,8 +16,8 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 import attrs
 import trio
 
-from .errors import CheckpointNotFound, ConcurrencyConflict
-from .state import VersionedState
+from ..errors import CheckpointNotFound, ConcurrencyConflict
+from ..graph.state import VersionedState
 
 # -- the record ------------------------------------------------------------------------------------
 
@@ -227,7 +227,7 @@ class Checkpointer(Protocol):
 
     The "latest" checkpoint of a session is monotonic: saving a step lower than the latest stores it
     in the history but never moves the latest back. The runner talks to a checkpointer only through
-    :class:`~treadle.runtime.checkpointer_actor.CheckpointerActor`, which serialises every call.
+    :class:`~treadle.runtime.checkpointers.actor.CheckpointerActor`, which serialises every call.
     """
 
     backend: str
@@ -565,15 +565,15 @@ def resolve_checkpointer(
     if scheme == "memory":
         return InMemoryCheckpointer()
     if scheme == "sqlite":
-        from .checkpointers.sqlite import SQLiteCheckpointer
+        from .sqlite import SQLiteCheckpointer
 
         return SQLiteCheckpointer(_local_path(url, scheme, base))
     if scheme in ("postgresql", "postgres"):
-        from .checkpointers.postgres import PostgresCheckpointer
+        from .postgres import PostgresCheckpointer
 
         return PostgresCheckpointer(url)
     if scheme == "json":
-        from .checkpointers.json_files import JSONCheckpointer
+        from .json_files import JSONCheckpointer
 
         return JSONCheckpointer(_local_path(url, scheme, base))
     raise ValueError(

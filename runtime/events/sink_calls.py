@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 import attrs
 import trio
 
-from ..actors.errors import TreadleError
+from ...actors.errors import TreadleError
 
 
 def sink_name(sink: object) -> str:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import attrs
 
-from .errors import StateSlotMissing
+from ..errors import StateSlotMissing
 from .frozen import EMPTY, FrozenDict, freeze, thaw
 from .persistent import EMPTY_MAP, FrozenMap, Log
 
@@ -382,7 +382,7 @@ class StateSnapshot(_StateView):
 class VersionedState(_StateView):
     """A session's state: three channels and their versions (each starting at 1).
 
-    Only :func:`~treadle.runtime.barrier.apply_barrier` produces new versions: a channel's version
+    Only :func:`~treadle.runtime.execution.barrier.apply_barrier` produces new versions: a channel's version
     rises by one at a barrier that changed its value. Instances are immutable; a barrier returns a
     new one that shares everything it did not change.
     """

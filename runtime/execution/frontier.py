@@ -8,10 +8,10 @@ from typing import Any
 
 import attrs
 
-from .errors import TreadleError
-from .graph import END, START, CompiledGraph, ConditionalEdge, JoinEdge
-from .partial import Append, FrontierCommand, Replace
-from .state import StateSnapshot
+from ..errors import TreadleError
+from ..graph.builder import END, START, CompiledGraph, ConditionalEdge, JoinEdge
+from ..graph.partial import Append, FrontierCommand, Replace
+from ..graph.state import StateSnapshot
 
 log = logging.getLogger("treadle.routing")
 

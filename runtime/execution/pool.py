@@ -7,11 +7,11 @@ import functools
 import attrs
 import trio
 
-from ..actors.mailbox import MailboxSender, open_mailbox
-from ..actors.perturb import Perturbation
-from .bus import EventBus
+from ...actors.mailbox import MailboxSender, open_mailbox
+from ...actors.perturb import Perturbation
+from ..events.bus import EventBus
+from ..graph.builder import CompiledGraph
 from .clock import Clock
-from .graph import CompiledGraph
 from .messages import Execute
 from .node_actor import node_actor
 

@@ -11,8 +11,8 @@ from typing import Generic, Literal, TypeVar
 import attrs
 import trio
 
-from ..actors.closing import ClosesSynchronously
-from .events import Event
+from ...actors.closing import ClosesSynchronously
+from .types import Event
 
 T = TypeVar("T")
 

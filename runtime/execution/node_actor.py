@@ -11,14 +11,10 @@ from typing import Any, cast
 import attrs
 import trio
 
-from ..actors.mailbox import MailboxReceiver
-from .bus import EventBus
-from .clock import Clock
-from .context import NodeContext
-from .errors import InvalidNodeOutput, NodeTimeoutError
-from .frozen import FrozenDict, _trusted, freeze
-from .graph import NodeSpec
-from .lifecycle import (
+from ...actors.mailbox import MailboxReceiver
+from ..errors import InvalidNodeOutput, NodeTimeoutError
+from ..events.bus import EventBus
+from ..events.lifecycle import (
     NODE_COMPLETED_SCOPE,
     NODE_FAILED_SCOPE,
     NODE_RETRYING_SCOPE,
@@ -26,9 +22,13 @@ from .lifecycle import (
     describe_error,
     node_event,
 )
+from ..graph.builder import NodeSpec
+from ..graph.frozen import FrozenDict, _trusted, freeze
+from ..graph.partial import NodePartial
+from ..graph.state import StateSnapshot
+from .clock import Clock
+from .context import NodeContext
 from .messages import Execute, NodeDone
-from .partial import NodePartial
-from .state import StateSnapshot
 
 log = logging.getLogger("treadle.node")
 

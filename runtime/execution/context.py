@@ -9,8 +9,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import attrs
 import trio
 
-from .clock import Clock
-from .events import (
+from ..events.types import (
     LLM_CHUNK_SCOPE,
     LLM_ERROR_SCOPE,
     LLM_FINAL_SCOPE,
@@ -18,10 +17,11 @@ from .events import (
     LLMEvent,
     NodeEvent,
 )
-from .frozen import FrozenDict, freeze
+from ..graph.frozen import FrozenDict, freeze
+from .clock import Clock
 
 if TYPE_CHECKING:
-    from .bus import EventBus
+    from ..events.bus import EventBus
 
 
 @attrs.define(eq=False)

@@ -21,8 +21,8 @@ class Reducer(Protocol):
     """Combines a channel's current value with the merged update of one barrier.
 
     ``apply`` receives the channel's frozen types: for ``messages`` the current
-    :class:`~treadle.runtime.persistent.Log` (a read-only sequence) and a tuple of :class:`Message`,
-    for ``extra`` the current :class:`~treadle.runtime.persistent.FrozenMap` and a
+    :class:`~treadle.runtime.graph.persistent.Log` (a read-only sequence) and a tuple of :class:`Message`,
+    for ``extra`` the current :class:`~treadle.runtime.graph.persistent.FrozenMap` and a
     :class:`FrozenDict` update (a ``None`` value in the update means "delete"), for ``errors`` two
     tuples of :class:`ErrorEvent`. It returns a sequence or a mapping of the same items. It is only called when the update is
     non-empty. (Typed with ``Any`` because each channel has its own value type.)

@@ -14,15 +14,15 @@ from typing import TYPE_CHECKING
 import attrs
 import trio
 
-from ..actors.supervisor import ChildCrash, RestartPolicy, supervise
-from .events import SINK_ERROR_SCOPE, STREAM_END_SCOPE, DiagnosticEvent, Event, is_sentinel
-from .frozen import FrozenDict
+from ...actors.supervisor import ChildCrash, RestartPolicy, supervise
+from ..graph.frozen import FrozenDict
 from .sink_calls import SinkTimeout, ThreadedCalls, sink_name
 from .stream import Buffer, BufferedStream, EventStream, Overflow, StreamStatistics, check_overflow
+from .types import SINK_ERROR_SCOPE, STREAM_END_SCOPE, DiagnosticEvent, Event, is_sentinel
 
 if TYPE_CHECKING:
     # Types only: sinks sit above the runtime and import its event types.
-    from ..sinks.base import Sink
+    from ...sinks.base import Sink
 
 __all__ = [
     "BusStatistics",

@@ -18,16 +18,19 @@ from typing import Any, TypeVar
 import attrs
 import trio
 
-from ..actors.errors import ActorGone
-from ..actors.mailbox import MailboxSender, open_mailbox
-from ..actors.perturb import Perturbation
-from ..actors.request import ask
-from .app import App
-from .bus import EventBus, EventStream
-from .checkpoint import Checkpoint, Checkpointer, CheckpointerType, StepInfo, resolve_checkpointer
-from .checkpointer_actor import CheckpointerActor
-from .clock import Clock
-from .errors import (
+from ...actors.errors import ActorGone
+from ...actors.mailbox import MailboxSender, open_mailbox
+from ...actors.perturb import Perturbation
+from ...actors.request import ask
+from ..checkpointers.actor import CheckpointerActor
+from ..checkpointers.checkpoint import (
+    Checkpoint,
+    Checkpointer,
+    CheckpointerType,
+    StepInfo,
+    resolve_checkpointer,
+)
+from ..errors import (
     CheckpointBackendError,
     ConcurrencyConflict,
     GraphMismatch,
@@ -37,9 +40,16 @@ from .errors import (
     SessionExists,
     SessionNotFound,
 )
-from .events import DiagnosticEvent
+from ..events.bus import EventBus, EventStream
+from ..events.stream import Overflow
+from ..events.types import DiagnosticEvent
+from ..graph.app import App
+from ..graph.builder import START
+from ..graph.partial import NodePartial
+from ..graph.state import VersionedState
+from ..workers import queue
+from .clock import Clock
 from .frontier import initial_frontier
-from .graph import START
 from .iterative import (
     Adopt,
     Continue,
@@ -50,7 +60,6 @@ from .iterative import (
     check_entry,
     entry_routing,
 )
-from .partial import NodePartial
 from .pool import NodePool
 from .scheduler import (
     Durability,
@@ -64,9 +73,6 @@ from .scheduler import (
     SessionCore,
 )
 from .session import Fresh, Resumed, SessionInit, SessionView, StepOptions, StepResult
-from .state import VersionedState
-from .stream import Overflow
-from .workers import queue
 
 _log = logging.getLogger("treadle.runner")
 
@@ -134,7 +140,7 @@ class AppRunner:
         max_threads: how many ``thread=True`` nodes may run in worker threads at once.
         lifecycle_events: the runtime publishes ``node.started``, ``node.completed``,
             ``node.failed``, ``node.retrying``, ``node.skipped`` and ``step.completed`` events
-            (see :mod:`treadle.runtime.lifecycle`); off by default, and free when off.
+            (see :mod:`treadle.runtime.events.lifecycle`); off by default, and free when off.
         idle_session_ttl: seconds after which a session that no call is using is retired: its
             actors end and its memory is released, and it is reloaded from the checkpointer on
             next use. ``None`` keeps sessions open until the runner closes. Only sessions that

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final, Self, TypeAlias
 
 import attrs
 
-from .frozen import EMPTY, FrozenDict, freeze
+from ..graph.frozen import EMPTY, FrozenDict, freeze
 
 __all__ = [
     "INVOCATION_END_SCOPE",

@@ -11,11 +11,11 @@ from typing import Any
 
 import attrs
 
-from .frozen import JSON, FrozenDict, _trusted, freeze, strict_equal
-from .partial import FrontierCommand, NodePartial
-from .persistent import DELETED, FrozenMap, Log, log_items
-from .reducers import ReducerRegistry, add_errors, add_messages, map_merge
-from .state import ErrorEvent, Message, VersionedState, frozen_extra
+from ..graph.frozen import JSON, FrozenDict, _trusted, freeze, strict_equal
+from ..graph.partial import FrontierCommand, NodePartial
+from ..graph.persistent import DELETED, FrozenMap, Log, log_items
+from ..graph.reducers import ReducerRegistry, add_errors, add_messages, map_merge
+from ..graph.state import ErrorEvent, Message, VersionedState, frozen_extra
 
 
 @attrs.frozen

@@ -5,9 +5,9 @@ from __future__ import annotations
 import attrs
 import trio
 
-from ..actors.mailbox import MailboxSender
-from .partial import NodePartial
-from .state import StateSnapshot
+from ...actors.mailbox import MailboxSender
+from ..graph.partial import NodePartial
+from ..graph.state import StateSnapshot
 
 
 @attrs.define(eq=False)

@@ -10,29 +10,30 @@ import attrs
 import outcome
 import trio
 
-from ..actors.mailbox import MailboxReceiver, MailboxSender, open_mailbox
-from ..actors.perturb import Perturbation
-from ..actors.request import ReplyTo, reply
-from .barrier import apply_barrier
-from .bus import EventBus
-from .checkpoint import Checkpoint
-from .checkpointer_actor import CheckpointerActor
-from .clock import Clock
-from .context import trio_wall_ms
-from .errors import (
+from ...actors.mailbox import MailboxReceiver, MailboxSender, open_mailbox
+from ...actors.perturb import Perturbation
+from ...actors.request import ReplyTo, reply
+from ..checkpointers.actor import CheckpointerActor
+from ..checkpointers.checkpoint import Checkpoint
+from ..errors import (
     CheckpointBackendError,
     CheckpointerError,
     ConcurrencyConflict,
     NodeRunError,
     SessionLeased,
 )
-from .events import DiagnosticEvent, stream_end
+from ..events.bus import EventBus
+from ..events.lifecycle import NODE_SKIPPED_SCOPE, STEP_COMPLETED_SCOPE, runtime_event
+from ..events.types import DiagnosticEvent, stream_end
+from ..graph.builder import END, START, CompiledGraph
+from ..graph.partial import NodePartial
+from ..graph.state import ErrorEvent, ErrorScope, StateSnapshot, VersionedState
+from .barrier import apply_barrier
+from .clock import Clock
+from .context import trio_wall_ms
 from .frontier import RouterFailed, route
-from .graph import END, START, CompiledGraph
 from .iterative import Iterate, carry_out
-from .lifecycle import NODE_SKIPPED_SCOPE, STEP_COMPLETED_SCOPE, runtime_event
 from .messages import Execute, NodeDone, StepCancel
-from .partial import NodePartial
 from .pool import NodePool
 from .session import (
     Completed,
@@ -44,7 +45,6 @@ from .session import (
     StepResult,
     is_complete,
 )
-from .state import ErrorEvent, ErrorScope, StateSnapshot, VersionedState
 
 log = logging.getLogger("treadle.scheduler")
 T = TypeVar("T")

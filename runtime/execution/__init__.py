@@ -1,0 +1,1 @@
+"""Execution: the runner, the scheduler and node actors of each session, and the superstep."""
