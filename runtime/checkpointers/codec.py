@@ -10,6 +10,7 @@ import json
 import secrets
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from json.encoder import encode_basestring
 from typing import Any, Final, Protocol
 
 import attrs
@@ -120,9 +121,9 @@ class StepTx(Protocol):
         """Insert or replace rows."""
         ...
 
-    def append_messages(
-        self, session_id: str, start: int, messages: Sequence[Mapping[str, str]]
-    ) -> None: ...
+    def append_messages(self, session_id: str, start: int, messages: Sequence[Message]) -> None:
+        """Store ``messages`` at log positions ``start`` on."""
+        ...
 
     def messages(self, session_id: str, start: int, count: int) -> list[dict[str, Any]]: ...
 
@@ -158,7 +159,7 @@ class Encoded:
     """A step ready to store: its row, the messages to append to the log, and the new tip."""
 
     row: StepRow
-    log_messages: list[dict[str, str]]
+    log_messages: tuple[Message, ...]
     tip: Tip
 
 
@@ -198,6 +199,16 @@ def dumps(value: object) -> str:
 
 def _message_json(message: Message) -> dict[str, str]:
     return {"role": message.role, "content": message.content}
+
+
+def messages_json(messages: Sequence[Message]) -> str:
+    """``messages`` as a JSON array of ``{"role", "content"}`` objects: the text :func:`dumps`
+    writes for them, made without building a dict per message (a state may start with 100,000)."""
+    text = encode_basestring  # the json module's own string escaping, as ensure_ascii=False uses
+    return "[" + ",".join([_MESSAGE % (text(m.role), text(m.content)) for m in messages]) + "]"
+
+
+_MESSAGE: Final = '{"role":%s,"content":%s}'
 
 
 def _appended(old: Sequence[Message], new: Sequence[Message]) -> tuple[Message, ...] | None:
@@ -379,7 +390,7 @@ class StepCodec:
             if self.inline_messages:
                 body["messages"] = [_message_json(m) for m in state.messages]
 
-        log_messages: list[dict[str, str]] = []
+        log_messages: tuple[Message, ...] = ()
         messages_start = 0
         if not self.inline_messages:
             if (
@@ -388,10 +399,10 @@ class StepCodec:
                 and log_end == tip.messages_start + len(tip.state.messages)
             ):
                 messages_start = tip.messages_start
-                log_messages = [_message_json(m) for m in appended]
+                log_messages = appended
             else:
                 messages_start = log_end
-                log_messages = [_message_json(m) for m in state.messages]
+                log_messages = tuple(state.messages)
 
         try:
             text = dumps(body)

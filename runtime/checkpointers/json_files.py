@@ -21,6 +21,7 @@ import attrs
 import trio
 
 from ..errors import CheckpointBackendError, CheckpointerError
+from ..graph.state import Message
 from .base import ThreadedStore
 from .checkpoint import Checkpoint, StepInfo
 from .codec import (
@@ -161,9 +162,7 @@ class _FilesTx:
         for row in rows:
             self.store._write_row(row)
 
-    def append_messages(
-        self, session_id: str, start: int, messages: Sequence[Mapping[str, str]]
-    ) -> None:
+    def append_messages(self, session_id: str, start: int, messages: Sequence[Message]) -> None:
         raise AssertionError("the JSON store keeps messages inline")
 
     def messages(self, session_id: str, start: int, count: int) -> list[dict[str, Any]]:

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from importlib import resources
 from types import ModuleType
@@ -25,18 +24,18 @@ from ..errors import (
     CheckpointerError,
     SessionLeased,
 )
+from ..graph.state import Message
 from .base import BatchingStore
 from .checkpoint import UNCHECKED, Checkpoint, Expected, StepInfo, mask_url
 from .codec import (
     Draft,
     StepCodec,
     draft_steps,
-    dumps,
     load_step,
     prune_session,
 )
 from .connection import ConnectionThread
-from .sql import ROW_COLUMNS, SqlStepTx, dump_names
+from .sql import ROW_COLUMNS, RUN, SqlStepTx, dump_names, message_runs
 
 if TYPE_CHECKING:
     import psycopg
@@ -79,14 +78,18 @@ _PUT_ROW = (
     "ran_nodes = EXCLUDED.ran_nodes, skipped_nodes = EXCLUDED.skipped_nodes, "
     "updated_channels = EXCLUDED.updated_channels, body = EXCLUDED.body"
 )
+# The message log's rows (runs of messages, see .sql) travel as one JSON array of runs that the
+# server splits: one parameter whatever the count (a new session may hold 100,000 messages). Every
+# run but the last holds RUN messages. Positions from the head's log_end on are never stored (a
+# write that did not commit left nothing, and deleting a session deletes its log), so a plain
+# insert is enough.
+_RUN_ROWS = (
+    f"SELECT %(start)s + (t.i - 1) * {RUN}, least({RUN}, %(count)s - (t.i - 1) * {RUN})::int, "
+    "t.run FROM json_array_elements(%(runs)s::json) WITH ORDINALITY AS t(run, i)"
+)
 _APPEND_MESSAGES = (
-    # The messages travel as one JSON array that the server splits: one parameter whatever the
-    # count, with no per-message work on the client (a new session may hold 100,000 of them).
-    # Positions from the head's log_end on are never stored (a write that did not commit left
-    # nothing, and deleting a session deletes its log), so a plain insert is enough.
-    "INSERT INTO messages (session_id, seq, message) "
-    "SELECT %(session_id)s, %(start)s + t.i - 1, t.message "
-    "FROM json_array_elements(%(messages)s::json) WITH ORDINALITY AS t(message, i)"
+    "INSERT INTO messages (session_id, seq, count, messages) "
+    f"SELECT %(session_id)s, r.* FROM ({_RUN_ROWS}) AS r"
 )
 _PUT_DRAFT = (
     # A drafted step in one statement: take the session's write lock, move the head from the
@@ -101,9 +104,8 @@ _PUT_DRAFT = (
     "WHERE session_id = %(session_id)s "
     "AND latest_step = %(base_step)s AND token = %(base_token)s AND log_end = %(start)s "
     "RETURNING session_id), "
-    "log AS (INSERT INTO messages (session_id, seq, message) "
-    "SELECT head.session_id, %(start)s + t.i - 1, t.message FROM head, "
-    "json_array_elements(%(messages)s::json) WITH ORDINALITY AS t(message, i)) "
+    "log AS (INSERT INTO messages (session_id, seq, count, messages) "
+    f"SELECT head.session_id, r.* FROM head, ({_RUN_ROWS}) AS r) "
     f"INSERT INTO steps ({ROW_COLUMNS}) "
     "SELECT head.session_id, %(step)s, %(created_at)s, %(kind)s, %(row_base_step)s, "
     "%(root_step)s, %(messages_start)s, %(messages_len)s, %(ran_nodes)s::jsonb, "
@@ -115,6 +117,11 @@ _PUT_DRAFT = (
     "ran_nodes = EXCLUDED.ran_nodes, skipped_nodes = EXCLUDED.skipped_nodes, "
     "updated_channels = EXCLUDED.updated_channels, body = EXCLUDED.body"
 )
+
+
+def _runs_json(start: int, messages: Sequence[Message]) -> str:
+    """The message log's new rows from ``start`` on, as the JSON array :data:`_RUN_ROWS` splits."""
+    return "[" + ",".join(text for _, _, text in message_runs(start, messages)) + "]"
 
 
 def _by_session(pair: tuple[Checkpoint, Draft]) -> str:
@@ -166,21 +173,26 @@ class _PostgresTx(SqlStepTx["psycopg.Connection[tuple[Any, ...]]"]):
     """:class:`~.codec.StepTx` over one psycopg connection, inside a transaction."""
 
     placeholder = "%s"
-    # The body is stored as json and handed to the codec as text, as SQLite stores it.
+    # The body and the message runs are stored as json and handed over as text, as SQLite stores
+    # them.
     select_columns = ROW_COLUMNS.removesuffix("body") + "body::text"
+    runs_column = "messages::text"
     put_row = _PUT_ROW
 
     @staticmethod
     def names(stored: Any) -> tuple[str, ...]:
         return tuple(stored)  # jsonb arrays arrive as lists
 
-    def append_messages(
-        self, session_id: str, start: int, messages: Sequence[Mapping[str, str]]
-    ) -> None:
+    def append_messages(self, session_id: str, start: int, messages: Sequence[Message]) -> None:
         # One statement whatever the count: a resumed session may write its whole history at once.
         self.conn.execute(
             _APPEND_MESSAGES,
-            {"session_id": session_id, "start": start, "messages": dumps(messages)},
+            {
+                "session_id": session_id,
+                "start": start,
+                "count": len(messages),
+                "runs": _runs_json(start, messages),
+            },
         )
 
     def put_draft(self, cp: Checkpoint, draft: Draft, *, lock: int) -> None:
@@ -200,7 +212,8 @@ class _PostgresTx(SqlStepTx["psycopg.Connection[tuple[Any, ...]]"]):
                 "base_step": draft.base.step,
                 "base_token": draft.base.token,
                 "start": draft.log_end,
-                "messages": dumps(encoded.log_messages),
+                "count": len(encoded.log_messages),
+                "runs": _runs_json(draft.log_end, encoded.log_messages),
                 "kind": row.kind,
                 "row_base_step": row.base_step,
                 "root_step": row.root_step,
@@ -212,14 +225,6 @@ class _PostgresTx(SqlStepTx["psycopg.Connection[tuple[Any, ...]]"]):
                 "body": row.body,
             },
         )
-
-    def messages(self, session_id: str, start: int, count: int) -> list[dict[str, Any]]:
-        cursor = self.conn.execute(
-            "SELECT message::text FROM messages WHERE session_id = %s AND seq >= %s AND seq < %s "
-            "ORDER BY seq",
-            (session_id, start, start + count),
-        )
-        return [json.loads(text) for (text,) in cursor]
 
     def delete_steps(self, session_id: str, steps: Sequence[int]) -> None:
         self.conn.execute(

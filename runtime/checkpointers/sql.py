@@ -1,18 +1,29 @@
 """The step-table statements the SQL stores share, written once.
 
-SQLite and PostgreSQL hold steps and session heads in the same tables. A store's transaction
-subclasses :class:`SqlStepTx`, names its driver's placeholder, its row columns and its upsert of a
-step, and says how its driver returns the stored name lists. The message log differs between the
-two schemas, so each store writes its own ``append_messages``, ``messages`` and ``delete_steps``.
+SQLite and PostgreSQL hold steps, session heads and message logs in the same tables. A store's
+transaction subclasses :class:`SqlStepTx`, names its driver's placeholder, its row columns and its
+upsert of a step, and says how its driver returns the stored name lists; each store writes its own
+``append_messages`` (with :func:`message_runs`) and ``delete_steps``.
+
+A session's message log is stored in *runs*: a row of ``messages`` holds ``count`` consecutive
+messages from position ``seq`` on, as one JSON array. A step's write appends its own messages as
+one small row; a state that starts with many messages is stored in rows of :data:`RUN` messages,
+each encoded at once, instead of one row (one index entry, one key check) per message.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
-from typing import Any, ClassVar, Generic, Protocol, TypeVar
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any, ClassVar, Final, Generic, Protocol, TypeVar
 
-from .codec import Head, StepMeta, StepRow, dumps
+from ..graph.state import Message
+from .codec import Head, StepMeta, StepRow, dumps, messages_json
+
+RUN: Final = 1000
+"""The most messages one row of the message log holds. Reading positions ``[start, end)`` looks at
+the rows whose ``seq`` lies in ``(start - RUN, end)`` only, so this bound is part of the format."""
 
 ROW_COLUMNS = (
     "session_id, step, created_at, kind, base_step, root_step, messages_start, messages_len, "
@@ -39,6 +50,8 @@ class SqlStepTx(Generic[C]):
     placeholder: ClassVar[str] = "?"
     select_columns: ClassVar[str] = ROW_COLUMNS
     """The step columns as read back (a store may cast one)."""
+    runs_column: ClassVar[str] = "messages"
+    """The message log's ``messages`` column as read back: JSON text."""
     put_row: ClassVar[str]
     """Insert or replace one step row: twelve placeholders, in :data:`ROW_COLUMNS` order."""
 
@@ -47,6 +60,7 @@ class SqlStepTx(Generic[C]):
     _metas: ClassVar[str]
     _dependents: ClassVar[str]
     _set_head: ClassVar[str]
+    _runs: ClassVar[str]
     _trim: ClassVar[str]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -73,7 +87,14 @@ class SqlStepTx(Generic[C]):
             "latest_step = excluded.latest_step, token = excluded.token, "
             "log_end = excluded.log_end, updated_at = excluded.updated_at"
         )
-        cls._trim = sql("DELETE FROM messages WHERE session_id = ? AND seq < ?")
+        cls._runs = sql(
+            f"SELECT seq, count, {cls.runs_column} FROM messages "
+            "WHERE session_id = ? AND seq > ? AND seq < ? ORDER BY seq"
+        )
+        # A run that reaches into the kept positions stays whole.
+        cls._trim = sql(
+            "DELETE FROM messages WHERE session_id = ? AND seq < ? AND seq + count <= ?"
+        )
 
     def __init__(self, conn: C) -> None:
         self.conn = conn
@@ -141,8 +162,40 @@ class SqlStepTx(Generic[C]):
             (session_id, head.latest_step, head.token, head.log_end, updated_at, updated_at),
         )
 
+    def messages(self, session_id: str, start: int, count: int) -> list[dict[str, Any]]:
+        if count == 0:
+            return []
+        end = start + count
+        cursor = self.conn.execute(self._runs, (session_id, start - RUN, end))
+        return slice_runs(start, end, cursor)
+
     def trim_messages(self, session_id: str, keep_from: int) -> None:
-        self.conn.execute(self._trim, (session_id, keep_from))
+        self.conn.execute(self._trim, (session_id, keep_from, keep_from))
+
+
+def message_runs(start: int, messages: Sequence[Message]) -> list[tuple[int, int, str]]:
+    """``messages``, to be stored from log position ``start`` on, as rows of the message log:
+    ``(seq, count, JSON array)``, each run of at most :data:`RUN` messages."""
+    return [
+        (start + i, len(run), messages_json(run))
+        for i in range(0, len(messages), RUN)
+        for run in (messages[i : i + RUN],)
+    ]
+
+
+def slice_runs(start: int, end: int, runs: Iterable[Sequence[Any]]) -> list[dict[str, Any]]:
+    """The messages at positions ``[start, end)``, from the stored runs ``(seq, count, JSON
+    text)`` that overlap them, in order. A missing run ends the list early (the caller compares
+    its length with what the step holds)."""
+    found: list[dict[str, Any]] = []
+    for seq, count, text in runs:
+        at = start + len(found)  # the next position wanted
+        if seq + count <= at:
+            continue
+        if seq > at:
+            break  # positions at..seq are missing
+        found.extend(json.loads(text)[at - seq : end - seq])
+    return found
 
 
 @functools.lru_cache(maxsize=4096)

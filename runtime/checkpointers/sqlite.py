@@ -16,24 +16,27 @@ import sqlite_utils
 import trio
 
 from ..errors import CheckpointBackendError, CheckpointerError
+from ..graph.state import Message
 from .base import BatchingStore
 from .checkpoint import Checkpoint, StepInfo
 from .codec import (
     StepCodec,
     StepTx,
+    dumps,
     load_step,
     prune_session,
 )
 from .connection import ConnectionThread
-from .sql import ROW_COLUMNS, SqlStepTx
+from .sql import ROW_COLUMNS, SqlStepTx, message_runs
 
 T = TypeVar("T")
 
 _BUSY_PAUSE = 0.02
 """Seconds between two tries to take a lock another process holds (also SQLite's own wait)."""
 
-SCHEMA_VERSION = 1
-"""Stored in ``PRAGMA user_version``; a file from a newer treadle is refused, not misread."""
+SCHEMA_VERSION = 2
+"""Stored in ``PRAGMA user_version``; a file from a newer treadle is refused, not misread, and one
+from an older treadle is upgraded when opened (:meth:`SQLiteCheckpointer._upgrade`)."""
 
 _TABLES: dict[str, dict[str, Any]] = {
     "sessions": {
@@ -77,10 +80,11 @@ _TABLES: dict[str, dict[str, Any]] = {
         ],
         "foreign_keys": [("session_id", "sessions", "session_id")],
     },
+    # The message log in runs (see .sql): `count` messages from position `seq` on, as a JSON array.
     "messages": {
-        "columns": {"session_id": str, "seq": int, "role": str, "content": str},
+        "columns": {"session_id": str, "seq": int, "count": int, "messages": str},
         "pk": ("session_id", "seq"),
-        "not_null": ["role", "content"],
+        "not_null": ["count", "messages"],
         "foreign_keys": [("session_id", "sessions", "session_id")],
     },
 }
@@ -101,21 +105,11 @@ class _SQLiteTx(SqlStepTx[sqlite3.Connection]):
     put_row = f"INSERT OR REPLACE INTO steps ({ROW_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
     names = staticmethod(_names)
 
-    def append_messages(
-        self, session_id: str, start: int, messages: Sequence[Mapping[str, str]]
-    ) -> None:
+    def append_messages(self, session_id: str, start: int, messages: Sequence[Message]) -> None:
         self.conn.executemany(
-            "INSERT OR REPLACE INTO messages (session_id, seq, role, content) VALUES (?,?,?,?)",
-            [(session_id, start + i, m["role"], m["content"]) for i, m in enumerate(messages)],
+            "INSERT OR REPLACE INTO messages (session_id, seq, count, messages) VALUES (?,?,?,?)",
+            [(session_id, *run) for run in message_runs(start, messages)],
         )
-
-    def messages(self, session_id: str, start: int, count: int) -> list[dict[str, Any]]:
-        cursor = self.conn.execute(
-            "SELECT role, content FROM messages WHERE session_id = ? AND seq >= ? AND seq < ? "
-            "ORDER BY seq",
-            (session_id, start, start + count),
-        )
-        return [{"role": role, "content": content} for role, content in cursor]
 
     def delete_steps(self, session_id: str, steps: Sequence[int]) -> None:
         self.conn.executemany(
@@ -262,10 +256,20 @@ class SQLiteCheckpointer(BatchingStore):
                 db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
             db.execute("PRAGMA foreign_keys=ON")
-            with db.atomic():
+            # Under the write lock, the version read again: of two processes opening an old file,
+            # one upgrades it and the other then finds it upgraded.
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                version = db.execute("PRAGMA user_version").fetchone()[0]
+                if version < SCHEMA_VERSION and db.table("messages").exists():
+                    self._upgrade(db, version)
                 for name, spec in _TABLES.items():
                     self._create_table(db, name, spec)
                 db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                conn.execute("COMMIT")
+            finally:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
             # Lock waits from now on are _begin()'s short tries (opening used SQLite's own wait).
             db.execute(f"PRAGMA busy_timeout={round(_BUSY_PAUSE * 1000)}")
         except CheckpointBackendError:
@@ -277,6 +281,29 @@ class SQLiteCheckpointer(BatchingStore):
                 "sqlite", f"cannot open {where}: {exc}; is it an SQLite database?"
             ) from exc
         return db
+
+    def _upgrade(self, db: sqlite_utils.Database, version: int) -> None:
+        """Bring a file written at schema ``version`` to the current layout, inside the caller's
+        transaction.
+
+        Schema 1 stored one message per row of ``messages`` (``role``, ``content``); each becomes
+        a run of one, which reads back the same.
+        """
+        if version >= 2:
+            return
+        conn = db.conn
+        conn.execute("ALTER TABLE messages RENAME TO messages_v1")
+        self._create_table(db, "messages", _TABLES["messages"])
+        rows = conn.execute("SELECT session_id, seq, role, content FROM messages_v1")
+        while batch := rows.fetchmany(10_000):
+            conn.executemany(
+                "INSERT INTO messages (session_id, seq, count, messages) VALUES (?,?,1,?)",
+                [
+                    (session_id, seq, dumps([{"role": role, "content": content}]))
+                    for session_id, seq, role, content in batch
+                ],
+            )
+        conn.execute("DROP TABLE messages_v1")
 
     def _create_table(self, db: sqlite_utils.Database, name: str, spec: Mapping[str, Any]) -> None:
         table = db.table(name)

@@ -188,7 +188,8 @@ class TreadleAdapter:
         """Rows and bytes in a treadle SQLite file, under the harness's names.
 
         A checkpoint row is one stored step (a delta or a snapshot body); a write row is one stored
-        message. Each message is stored once, however many steps follow it.
+        message (the message log holds them in runs) and its bytes are its content. Each message is
+        stored once, however many steps follow it.
         """
         con = sqlite3.connect(db_path)
         try:
@@ -198,7 +199,8 @@ class TreadleAdapter:
                 "+ length(updated_channels)), 0), coalesce(max(length(body)), 0) FROM steps"
             ).fetchone()
             w_rows, w_bytes = con.execute(
-                "SELECT count(*), coalesce(sum(length(content)), 0) FROM messages"
+                "SELECT count(*), coalesce(sum(length(json_extract(m.value, '$.content'))), 0) "
+                "FROM messages, json_each(messages.messages) AS m"
             ).fetchone()
         finally:
             con.close()
