@@ -22,7 +22,7 @@ import _treadle_path  # noqa: F401  (makes `import treadle` work uninstalled)
 import trio
 
 # After the path setup:
-from bench_pg_commit import drop_bench_schemas
+from _pg_schemas import drop_run_schemas, schema_name
 
 from treadle import END, START, AppRunner, GraphBuilder, Message, NodePartial, VersionedState
 from treadle.runtime.checkpointers import JSONCheckpointer, PostgresCheckpointer, SQLiteCheckpointer
@@ -89,12 +89,11 @@ def main() -> None:
                     elif store == "sqlite":
                         checkpointer = SQLiteCheckpointer(folder / "runs.db")
                     else:
-                        schema = f"bench_{uuid.uuid4().hex[:10]}"
-                        checkpointer = PostgresCheckpointer(args.postgres, schema=schema)
+                        checkpointer = PostgresCheckpointer(args.postgres, schema=schema_name())
                     times[store].append(trio.run(one, checkpointer, state))
     finally:
         if "postgres" in stores:
-            drop_bench_schemas(args.postgres)
+            drop_run_schemas(args.postgres)
     print(
         f"{args.messages:,} messages, {args.rounds} rounds, load (1-min) "
         f"{min(loads):.1f}/{statistics.median(loads):.1f}/{max(loads):.1f} (min/median/max)"

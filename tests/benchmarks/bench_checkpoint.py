@@ -28,6 +28,7 @@ from typing import Any
 
 import _treadle_path  # noqa: F401  (makes `import treadle` work uninstalled)
 import trio
+from _pg_schemas import drop_run_schemas, schema_name
 
 # After the path setup:
 from treadle import END, START, AppRunner, GraphBuilder, NodePartial, VersionedState
@@ -86,14 +87,14 @@ def configurations(folder: Path, pg_url: str | None) -> list[tuple[str, Callable
     if pg_url is not None:
 
         def postgres() -> Any:
-            return PostgresCheckpointer(pg_url, schema=f"bench_{uuid.uuid4().hex[:10]}")
+            return PostgresCheckpointer(pg_url, schema=schema_name())
 
         # The same server with synchronous_commit=off for this connection (libpq options): a
         # server crash may then lose the last ~0.6 s of acknowledged commits, never corrupt.
         relaxed = pg_url + ("&" if "?" in pg_url else "?") + "options=-csynchronous_commit%3Doff"
 
         def postgres_relaxed() -> Any:
-            return PostgresCheckpointer(relaxed, schema=f"bench_{uuid.uuid4().hex[:10]}")
+            return PostgresCheckpointer(relaxed, schema=schema_name())
 
         configs += [
             ("PostgreSQL sync", postgres, "sync"),
@@ -113,16 +114,6 @@ def _postgres_url(url: str) -> str | None:
         print(f"(PostgreSQL skipped: {exc})".splitlines()[0])
         return None
     return url
-
-
-def _drop_bench_schemas(url: str) -> None:
-    import psycopg
-
-    with psycopg.connect(url, autocommit=True) as conn:
-        for (name,) in conn.execute(
-            "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'bench\\_%'"
-        ).fetchall():
-            conn.execute(f'DROP SCHEMA "{name}" CASCADE'.encode())
 
 
 def langgraph_round(python: str, steps: int) -> tuple[dict[str, float], dict[str, str]]:
@@ -180,7 +171,7 @@ def main() -> None:
                         timings.setdefault(f"LangGraph SQLite {durability}", []).append(seconds)
         finally:
             if pg_url is not None:
-                _drop_bench_schemas(pg_url)
+                drop_run_schemas(pg_url)
     pinned = f", pinned to CPU {args.cpu}" if args.cpu is not None else ""
     print(f"{args.steps}-step 2-node loop, {args.repeats} interleaved repeats{pinned} (steps/s)")
     print(f"{'configuration':<32} {'median':>8} {'best':>8}")

@@ -27,11 +27,11 @@ import statistics
 import subprocess
 import sys
 import time
-import uuid
 from typing import Any, TypedDict
 
 import _treadle_path  # noqa: F401  (makes `import treadle` work uninstalled)
 import trio
+from _pg_schemas import drop_run_schemas, schema_name
 
 # After the path setup:
 from bench_checkpoint import loop_app
@@ -43,7 +43,7 @@ from treadle.runtime.checkpointers import PostgresCheckpointer
 async def treadle_run(url: str, sessions: int, steps: int) -> float:
     """Seconds for ``sessions`` concurrent sessions of ``steps`` supersteps each."""
     app = loop_app(steps)
-    checkpointer = PostgresCheckpointer(url, schema=f"bench_{uuid.uuid4().hex[:10]}")
+    checkpointer = PostgresCheckpointer(url, schema=schema_name())
     async with AppRunner(app, checkpointer=checkpointer, durability="sync") as runner:
 
         async def one(i: int) -> None:
@@ -90,7 +90,7 @@ async def langgraph_run(url: str, sessions: int, steps: int) -> float:
     as ``from_conn_string`` makes it), on fresh tables in a schema of its own."""
     from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 
-    schema = f"bench_lg_{uuid.uuid4().hex[:10]}"
+    schema = schema_name("lg_")
     import psycopg
 
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as admin:
@@ -109,16 +109,6 @@ async def langgraph_run(url: str, sessions: int, steps: int) -> float:
         started = time.perf_counter()
         await asyncio.gather(*(one(i) for i in range(sessions)))
         return time.perf_counter() - started
-
-
-def drop_bench_schemas(url: str) -> None:
-    import psycopg
-
-    with psycopg.connect(url, autocommit=True) as conn:
-        for (name,) in conn.execute(
-            "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'bench\\_%'"
-        ).fetchall():
-            conn.execute(f'DROP SCHEMA "{name}" CASCADE'.encode())
 
 
 def measure(args: argparse.Namespace) -> None:
@@ -211,7 +201,7 @@ def main() -> None:
                     flush=True,
                 )
     finally:
-        drop_bench_schemas(args.postgres)
+        drop_run_schemas(args.postgres)
     print(
         f"\nPostgreSQL sync, {args.rounds} interleaved rounds, load (1-min) "
         f"{min(loads):.1f}/{statistics.median(loads):.1f}/{max(loads):.1f} (min/median/max)"
