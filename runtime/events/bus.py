@@ -18,7 +18,14 @@ from ...actors.supervisor import ChildCrash, RestartPolicy, supervise
 from ..graph.frozen import FrozenDict
 from .sink_calls import SinkTimeout, ThreadedCalls, sink_name
 from .stream import Buffer, BufferedStream, EventStream, Overflow, StreamStatistics, check_overflow
-from .types import SINK_ERROR_SCOPE, STREAM_END_SCOPE, DiagnosticEvent, Event, is_sentinel
+from .types import (
+    SINK_ERROR_SCOPE,
+    STREAM_END_SCOPE,
+    DiagnosticEvent,
+    Event,
+    NodeEvent,
+    is_sentinel,
+)
 
 if TYPE_CHECKING:
     # Types only: sinks sit above the runtime and import its event types.
@@ -36,6 +43,19 @@ __all__ = [
 ]
 
 DEFAULT_CAPACITY = 1024
+_new_object = object.__new__
+(
+    _,
+    _,
+    _set_scope,
+    _set_message,
+    _,
+    _set_timestamp,
+    _,
+    _set_seq,
+    _set_origin,
+    _set_node_seq,
+) = NodeEvent._slot_setters
 # Under pressure a publisher yields once per this many events (see EventBus._pressure).
 _YIELD_EVERY = 32
 
@@ -445,6 +465,33 @@ class EventBus:
         self._deliver(sid, event)
         return self._pressure or (bool(self._blocking) and self._must_wait(sid))
 
+    def publish_emitted(
+        self, origin: tuple[str, int, str, FrozenDict], scope: str, message: str, node_seq: int
+    ) -> bool:
+        """Build and publish the event of a ``ctx.emit`` without metadata of its own.
+
+        The runtime's hottest path: ``origin`` is ``(node_id, step, session_id, metadata)``, shared
+        by every event of one node execution (``metadata`` holds ``node_id`` and ``step``, the
+        event's gets ``node_seq`` added); ``scope`` and ``message`` are ``str``. The event is built
+        compact (see :class:`NodeEvent`), timestamped now, stamped and delivered at once.
+
+        Returns:
+            Like :meth:`publish_fresh_nowait`, whether an async publisher should :meth:`settle`.
+        """
+        sid = origin[2]
+        seqs = self._seqs
+        seq = seqs.get(sid, 0)
+        seqs[sid] = seq + 1
+        event = _new_object(NodeEvent)
+        _set_origin(event, origin)
+        _set_scope(event, scope)
+        _set_message(event, message)
+        _set_timestamp(event, time.time())
+        _set_seq(event, seq)
+        _set_node_seq(event, node_seq)
+        self._deliver(sid, event)
+        return self._pressure or (bool(self._blocking) and self._must_wait(sid))
+
     async def publish_fresh(self, event: Event) -> None:
         """:meth:`publish_fresh_nowait` with :meth:`publish`'s scheduling behaviour."""
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -476,7 +523,8 @@ class EventBus:
                 for buffer in subscribers:
                     if buffer.put(stamped):
                         lagging = True
-                if stamped.scope == STREAM_END_SCOPE and is_sentinel(stamped):
+                # Checked by type first: a compact node event fills its fields on the first read.
+                if type(stamped) is DiagnosticEvent and stamped.scope == STREAM_END_SCOPE:
                     # The session's stream is over: its subscribers end after this event.
                     del self._by_session[sid]
                     for buffer in subscribers:

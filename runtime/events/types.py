@@ -166,7 +166,7 @@ class Event:
         # The bus stamps every event, so copy the slots directly: the fields were validated
         # when ``self`` was built, and __init__ would cost twice as much.
         cls = type(self)
-        self.metadata  # noqa: B018  (built now if it was deferred, so that the copy has it)
+        self.metadata  # noqa: B018  (a compact event's fields are filled now, for the copy)
         new = object.__new__(cls)
         for get, put in cls._copied_slots:
             put(new, get(self))
@@ -185,7 +185,7 @@ class NodeEvent(Event):
 
     json_type: ClassVar[str] = "node"
     _slot_setters: ClassVar[tuple[Any, ...]] = ()
-    _set_metadata: ClassVar[Any]
+    _compact_setters: ClassVar[tuple[Any, ...]] = ()
 
     node_id: str
     step: int
@@ -195,23 +195,29 @@ class NodeEvent(Event):
     timestamp: float = attrs.field(factory=time.time)
     session_id: str | None = None
     seq: int | None = None
-    # An event built by ``ctx.emit`` without metadata of its own defers building ``metadata``
-    # until it is first read (see _fresh): most sinks and streams never read it, and the event
-    # then costs one object less to build and for the garbage collector to keep track of.
-    _shared: FrozenDict | None = attrs.field(default=None, init=False, eq=False, repr=False)
+    # An event ``ctx.emit`` publishes without metadata of its own is built compact (see
+    # EventBus.publish_emitted): its ``scope``, ``message``, ``timestamp`` and ``seq`` are set, and
+    # ``_origin`` is ``(node_id, step, session_id, shared metadata)``, one tuple for every event of
+    # a node execution. The other fields' slots stay empty until one is first read (most sinks and
+    # streams never read them), so the event costs fewer slot stores to build and fewer references
+    # for the garbage collector to follow each time it walks the events a sink keeps.
+    _origin: tuple[Any, ...] | None = attrs.field(default=None, init=False, eq=False, repr=False)
     _node_seq: int = attrs.field(default=0, init=False, eq=False, repr=False)
 
     if not TYPE_CHECKING:  # no catch-all attribute for type checkers
 
         def __getattr__(self, name: str) -> Any:
-            # Python calls this only for a slot that was never set: a deferred ``metadata``.
-            if name != "metadata":
+            # Python calls this only for a slot that was never set: a compact event's field.
+            if name not in _COMPACT_FIELDS or self._origin is None:
                 raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+            node_id, step, session_id, shared = self._origin
             metadata = dict.__new__(FrozenDict)
-            dict.update(metadata, self._shared)
+            dict.update(metadata, shared)
             dict.__setitem__(metadata, "node_seq", self._node_seq)
-            NodeEvent._set_metadata(self, metadata)
-            return metadata
+            values = (node_id, step, metadata, session_id)
+            for put, value in zip(NodeEvent._compact_setters, values, strict=True):
+                put(self, value)
+            return values[_COMPACT_FIELDS[name]]
 
     def __attrs_post_init__(self) -> None:
         md = self.metadata
@@ -230,34 +236,33 @@ class NodeEvent(Event):
         step: int,
         scope: str,
         message: str,
-        metadata: FrozenDict | None,
+        metadata: FrozenDict,
         timestamp: float,
         session_id: str,
-        shared: FrozenDict | None = None,
-        node_seq: int = 0,
     ) -> NodeEvent:
         """Build an event from values the runtime already checked and froze (``ctx.emit``).
 
-        ``metadata`` must be a FrozenDict already holding ``node_id`` and ``step``, or None to
-        defer it: it is then ``shared`` (which holds them) with ``node_seq`` added, built when
-        first read. The event is new, so the bus may stamp its ``seq`` in place
-        (:meth:`EventBus.publish_fresh`).
+        ``metadata`` must be a FrozenDict already holding ``node_id`` and ``step``. The event is
+        new, so the bus may stamp its ``seq`` in place (:meth:`EventBus.publish_fresh`).
         """
         new = object.__new__(cls)
-        # Slot descriptors set directly: this runs for every event a node emits.
+        # Slot descriptors set directly: this runs for every event a node emits with metadata.
         set_ = cls._slot_setters
         set_[0](new, node_id)
         set_[1](new, step)
         set_[2](new, scope)
         set_[3](new, message)
-        if metadata is not None:
-            set_[4](new, metadata)
+        set_[4](new, metadata)
         set_[5](new, timestamp)
         set_[6](new, session_id)
         set_[7](new, None)
-        set_[8](new, shared)
-        set_[9](new, node_seq)
+        set_[8](new, None)
+        set_[9](new, 0)
         return new
+
+
+# The fields a compact NodeEvent fills on first read, and their index in its values.
+_COMPACT_FIELDS: Final = {"node_id": 0, "step": 1, "metadata": 2, "session_id": 3}
 
 
 @attrs.frozen(eq=True)
@@ -331,7 +336,9 @@ def _enable_stamping(*classes: type[Any]) -> None:
 
 _enable_stamping(NodeEvent, DiagnosticEvent, LLMEvent)
 NodeEvent._slot_setters = tuple(getattr(NodeEvent, f.name).__set__ for f in attrs.fields(NodeEvent))
-NodeEvent._set_metadata = NodeEvent.__dict__["metadata"].__set__
+NodeEvent._compact_setters = tuple(
+    NodeEvent.__dict__[name].__set__ for name in ("node_id", "step", "metadata", "session_id")
+)
 
 AnyEvent: TypeAlias = NodeEvent | DiagnosticEvent | LLMEvent
 """The closed union of event variants, for exhaustive ``match`` with ``assert_never``."""

@@ -46,6 +46,8 @@ class NodeContext:
     _seq: int = attrs.field(default=0, init=False, repr=False)
     # The metadata every event of this execution carries (but ``node_seq``), built once.
     _own: FrozenDict = attrs.field(init=False, repr=False)
+    # What every event of this execution shares, as EventBus.publish_emitted takes it.
+    _origin: tuple[str, int, str, FrozenDict] = attrs.field(init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         own = _new_frozen(FrozenDict)
@@ -57,6 +59,7 @@ class NodeContext:
             frontier_index=self.frontier_index,
         )
         self._own = own
+        self._origin = (self.node_id, self.step, self.session_id, own)
 
     def now_unix_ms(self) -> int:
         """The run's clock (a :class:`MockClock` when one was given) in Unix milliseconds."""
@@ -85,29 +88,14 @@ class NodeContext:
     def _node_event(self, scope: str, message: str, metadata: dict[str, Any]) -> NodeEvent:
         if type(scope) is not str or type(message) is not str:
             _not_text(scope, message)
-        if metadata or self._clock is not None:
-            return NodeEvent._fresh(
-                self.node_id,
-                self.step,
-                scope,
-                message,
-                self._metadata(metadata),
-                self._timestamp(),
-                self.session_id,
-            )
-        # Nothing of the caller's to add: the event's metadata is ``_own`` and ``node_seq``,
-        # built only if someone reads it.
-        self._seq += 1
         return NodeEvent._fresh(
             self.node_id,
             self.step,
             scope,
             message,
-            None,
-            time.time(),
+            self._metadata(metadata),
+            self._timestamp(),
             self.session_id,
-            self._own,
-            self._seq,
         )
 
     async def emit(self, scope: str, message: str, **metadata: Any) -> None:
@@ -116,17 +104,41 @@ class NodeContext:
         Metadata values must be JSON values; ``node_id``, ``step``, ``invocation_id``,
         ``frontier_index``, ``node_seq`` (and ``now_unix_ms`` with a clock) are added.
         """
-        # bus.publish_fresh, unrolled: one coroutine less for every event a node emits.
-        event = self._node_event(scope, message, metadata)
-        await trio.lowlevel.checkpoint_if_cancelled()
         bus = self._bus
-        if bus.publish_fresh_nowait(event):
+        if (
+            metadata
+            or self._clock is not None
+            or type(scope) is not str
+            or type(message) is not str
+        ):
+            # bus.publish_fresh, unrolled: one coroutine less for every event a node emits.
+            event = self._node_event(scope, message, metadata)
+            await trio.lowlevel.checkpoint_if_cancelled()
+            if bus.publish_fresh_nowait(event):
+                await bus.settle(self.session_id)
+            return
+        # The usual case (plain text, no metadata of the caller's, the system clock): the bus
+        # builds the event, compact, and publishes it.
+        await trio.lowlevel.checkpoint_if_cancelled()
+        self._seq += 1
+        if bus.publish_emitted(self._origin, scope, message, self._seq):
             await bus.settle(self.session_id)
 
     def emit_nowait(self, scope: str, message: str, **metadata: Any) -> None:
         """Like :meth:`emit`, for plain ``def`` nodes, inline or in a worker thread."""
-        event = self._node_event(scope, message, metadata)
-        _call_on_trio_thread(self._bus.publish_fresh_nowait, event)
+        bus = self._bus
+        if (
+            metadata
+            or self._clock is not None
+            or type(scope) is not str
+            or type(message) is not str
+        ):
+            _call_on_trio_thread(
+                bus.publish_fresh_nowait, self._node_event(scope, message, metadata)
+            )
+            return
+        self._seq += 1
+        _call_on_trio_thread(bus.publish_emitted, self._origin, scope, message, self._seq)
 
     async def emit_diagnostic(self, scope: str, message: str, **metadata: Any) -> None:
         """Publish a :class:`DiagnosticEvent` attributed to this node."""
@@ -210,11 +222,11 @@ def _not_text(scope: object, message: object) -> NoReturn:
     )
 
 
-def _call_on_trio_thread(fn: Callable[[NodeEvent], object], event: NodeEvent) -> None:
+def _call_on_trio_thread(fn: Callable[..., object], *args: Any) -> None:
     try:
         trio.lowlevel.current_task()
     except RuntimeError:
         # A worker thread (a ``thread=True`` node): hop to the Trio thread to publish.
-        trio.from_thread.run_sync(fn, event)
+        trio.from_thread.run_sync(fn, *args)
     else:
-        fn(event)
+        fn(*args)
