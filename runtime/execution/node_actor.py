@@ -37,7 +37,7 @@ NodeFn = Callable[[StateSnapshot, NodeContext], Any]
 
 async def node_actor(
     spec: NodeSpec,
-    inbox: MailboxReceiver[Execute],
+    inbox: MailboxReceiver[Execute | None],
     *,
     bus: EventBus,
     clock: Clock | None,
@@ -56,6 +56,9 @@ async def node_actor(
     A node actor belongs to one session at a time. When a session completes, its scheduler hands its
     idle node actors to the runner's :class:`NodePool`, and the next session of the same graph takes
     them instead of starting new ones.
+
+    ``None`` in the inbox tells an idle actor to return (see :meth:`NodePool.stop_idle`): cheaper
+    than ending the inbox, which raises in every actor it ends.
 
     Errors: exceptions from the node are retried per its :class:`RetryPolicy` and then sent back as the
     reply's ``error``; they never crash the actor.
@@ -99,6 +102,8 @@ async def node_actor(
             # Handed over at spawn: a node's first execution costs no mailbox round trip.
             await handle(first)
         async for msg in inbox:
+            if msg is None:
+                return
             await handle(msg)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import attrs
@@ -17,6 +18,11 @@ from .node_actor import node_actor
 
 # Idle actors kept per graph node; more than this (many sessions completing at once) are stopped.
 MAX_IDLE_PER_NODE = 64
+# Idle actors stopped at a time by stop_idle before the stopped ones get to return.
+_STOP_BATCH = 100
+
+NodeMailbox = MailboxSender[Execute | None]
+"""A node actor's mailbox: ``Execute`` requests, ``None`` to stop an idle actor."""
 
 
 @attrs.define(eq=False)
@@ -36,10 +42,10 @@ class NodePool:
     perturb: Perturbation | None = None
     # Node actors publish lifecycle events (AppRunner(lifecycle_events=True)).
     lifecycle: bool = False
-    _idle: dict[str, list[MailboxSender[Execute]]] = attrs.field(factory=dict, init=False)
+    _idle: dict[str, list[NodeMailbox]] = attrs.field(factory=dict, init=False)
     _started: int = attrs.field(default=0, init=False)
 
-    def take(self, node: str, first: Execute) -> tuple[MailboxSender[Execute], bool]:
+    def take(self, node: str, first: Execute) -> tuple[NodeMailbox, bool]:
         """An actor of ``node`` for a session, and whether it was started with ``first`` in hand.
 
         An idle actor is returned as ``(mailbox, False)``: the caller sends ``first`` to it. A new one
@@ -50,7 +56,7 @@ class NodePool:
             return idle.pop(), False
         return self._start(node, first), True
 
-    def give(self, node: str, mailbox: MailboxSender[Execute]) -> None:
+    def give(self, node: str, mailbox: NodeMailbox) -> None:
         """Return an idle actor; it waits for the next session's first Execute."""
         idle = self._idle.setdefault(node, [])
         if len(idle) >= MAX_IDLE_PER_NODE:
@@ -63,20 +69,37 @@ class NodePool:
         """How many node actors this pool has started."""
         return self._started
 
+    async def stop_idle(self) -> None:
+        """Stop every idle actor, a batch at a time, each batch returning before the next wakes.
+
+        Waking thousands at once would allocate enough to start a garbage collection over every
+        parked actor's coroutines; a batch at a time, the memory of the actors that returned is
+        freed as the next ones wake. Actors given back later are stopped by :meth:`close`.
+        """
+        idle, self._idle = self._idle, {}
+        batch = 0
+        for mailboxes in idle.values():
+            for mailbox in mailboxes:
+                _stop(mailbox)
+                batch += 1
+                if batch == _STOP_BATCH:
+                    batch = 0
+                    await trio.lowlevel.checkpoint()
+
     def close(self) -> None:
-        """Close every idle actor's mailbox: each sees the end of its inbox and returns, which
-        costs far less than cancelling thousands of waiting tasks when the runner closes."""
+        """Stop every idle actor at once: each returns on its next turn, which costs far less
+        than cancelling thousands of waiting tasks when the runner closes."""
         idle, self._idle = self._idle, {}
         for mailboxes in idle.values():
             for mailbox in mailboxes:
-                mailbox.close()
+                _stop(mailbox)
 
     def idle(self) -> int:
         """How many idle node actors the pool holds."""
         return sum(len(v) for v in self._idle.values())
 
-    def _start(self, node: str, first: Execute) -> MailboxSender[Execute]:
-        mailbox, inbox = open_mailbox[Execute](1, name=f"node {node}", perturb=self.perturb)
+    def _start(self, node: str, first: Execute) -> NodeMailbox:
+        mailbox, inbox = open_mailbox[Execute | None](1, name=f"node {node}", perturb=self.perturb)
         actor = functools.partial(
             node_actor,
             self.graph.nodes[node],
@@ -90,3 +113,11 @@ class NodePool:
         self.nursery.start_soon(actor, name=f"treadle node {node!r}")
         self._started += 1
         return mailbox
+
+
+def _stop(mailbox: NodeMailbox) -> None:
+    """Tell an idle actor to return: ``None`` wakes it with a value, where the end of its inbox
+    would raise through every frame of its wait."""
+    with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+        mailbox.send_nowait(None)
+    mailbox.close()

@@ -276,6 +276,9 @@ class AppRunner:
                 # within the grace period.
                 with trio.move_on_after(_SHUTDOWN_GRACE, shield=True) as grace:
                     await self._shutdown()
+                if self._config is not None:
+                    with trio.CancelScope(shield=True):
+                        await self._config.pool.stop_idle()
                 if grace.cancelled_caught:
                     raise CheckpointBackendError(
                         self._checkpointer.backend,
@@ -287,8 +290,9 @@ class AppRunner:
             # Raised once every actor is joined below: the nursery must be left whatever happens.
             shutdown_error = error
         finally:
-            # Actors that are only waiting for work end on the end of their inbox first; the
-            # cancellation then has only the busy ones left to interrupt.
+            # Actors that are only waiting for work are told to end first (idle node actors were
+            # stopped above unless shutdown failed); the cancellation then has only the busy ones
+            # left to interrupt.
             sessions, self._sessions = self._sessions, {}
             self._idle = {}
             for entry in sessions.values():

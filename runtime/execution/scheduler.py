@@ -150,7 +150,7 @@ class Scheduler:
     config: SchedulerConfig
     core: SessionCore
     invocation_id: str
-    _nodes: dict[str, MailboxSender[Execute]] = attrs.field(factory=dict, init=False)
+    _nodes: dict[str, MailboxSender[Execute | None]] = attrs.field(factory=dict, init=False)
     _replies_send: MailboxSender[NodeDone] = attrs.field(init=False)
     _replies: MailboxReceiver[NodeDone] = attrs.field(init=False)
     # The latest step stored for this session (None: nothing yet); every save states it, so a

@@ -1,0 +1,86 @@
+"""Idle node actors kept by the runner's pool, and how closing the runner stops them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+
+from treadle import END, START, AppRunner, GraphBuilder, VersionedState
+from treadle.actors.mailbox import open_mailbox
+from treadle.runtime.execution.messages import Execute
+from treadle.runtime.execution.node_actor import node_actor
+from treadle.runtime.execution.pool import _STOP_BATCH
+
+
+async def noop(snapshot: object, ctx: object) -> None:
+    return None
+
+
+async def test_an_idle_node_actor_returns_when_handed_none() -> None:
+    spec = GraphBuilder().add_node("n", noop).add_edge(START, "n").add_edge("n", END)
+    graph = spec.compile().graph
+    mailbox, inbox = open_mailbox[Execute | None](1, name="node n")
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(
+                lambda: node_actor(
+                    graph.nodes["n"],
+                    inbox,
+                    bus=None,  # type: ignore[arg-type]  # never reached: no Execute arrives
+                    clock=None,
+                    thread_limiter=trio.CapacityLimiter(1),
+                )
+            )
+            await mailbox.send(None)
+        # The actor returned on its own: the nursery closed without cancelling it.
+        assert not nursery.cancel_scope.cancel_called
+
+
+class WokenActors(trio.abc.Instrument):
+    """Counts node actors scheduled to run and not yet returned, and the most at once."""
+
+    def __init__(self) -> None:
+        self.woken: set[trio.lowlevel.Task] = set()
+        self.most = 0
+        self.counting = False
+
+    def task_scheduled(self, task: trio.lowlevel.Task) -> None:
+        if self.counting and task.name.startswith("treadle node "):
+            self.woken.add(task)
+            self.most = max(self.most, len(self.woken))
+
+    def task_exited(self, task: trio.lowlevel.Task) -> None:
+        self.woken.discard(task)
+
+
+def wide_app(width: int) -> Any:
+    builder = GraphBuilder().add_node("dispatch", noop).add_node("join", noop)
+    names = [f"w{i}" for i in range(width)]
+    for name in names:
+        builder.add_node(name, noop).add_edge("dispatch", name)
+    builder.add_edge(START, "dispatch").add_edge(names, "join").add_edge("join", END)
+    return builder.compile()
+
+
+async def test_closing_a_runner_stops_idle_actors_a_batch_at_a_time(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """Thousands of idle actors are woken a batch at a time, each batch returning before many
+    more wake, so their memory is freed as the close goes (waking all at once allocates enough to
+    start a garbage collection over every parked actor)."""
+    width = 10 * _STOP_BATCH
+    app = wide_app(width)
+    instrument = WokenActors()
+    trio.lowlevel.add_instrument(instrument)
+    try:
+        with trio.fail_after(60):
+            async with AppRunner(app, concurrency_limit=width, autosave=False) as runner:
+                await runner.create_session("s", VersionedState())
+                await runner.run_until_complete("s")
+                assert runner.statistics().idle_node_actors == width + 2
+                instrument.counting = True
+    finally:
+        trio.lowlevel.remove_instrument(instrument)
+    assert not instrument.woken  # every one of them returned
+    assert _STOP_BATCH <= instrument.most <= 2 * _STOP_BATCH + 2
