@@ -23,6 +23,7 @@ import trio
 import worker_apps
 
 from treadle import AppRunner, VersionedState
+from treadle.runtime.workers import queue
 
 TESTS = Path(__file__).resolve().parent
 SCRIPT = Path(sys.executable).parent / "treadle"
@@ -90,12 +91,39 @@ class Fleet:
             for i in range(count):
                 await runner.enqueue(f"s{i}", worker_apps.initial(i))
 
+    def enqueue_batch(self, count: int) -> None:
+        """Enqueue sessions ``s0…`` of :func:`worker_apps.initial` in one transaction: the workers
+        hear one notification, at its commit, and find the whole batch pending."""
+        app = worker_apps.build(0).graph_metadata().graph_hash
+        with connect(self.base_url, self.schema) as conn, conn.transaction():
+            for i in range(count):
+                queue.enqueue(conn, self.schema, f"s{i}", app, worker_apps.initial(i), 0)
+
     def start(self, count: int) -> list[WorkerProc]:
         started = [self._spawn(len(self.workers) + i) for i in range(count)]
         for worker in started:
             worker.owner = _wait_for_owner(worker)
         self.workers.extend(started)
         return started
+
+    def wait_idle(self, timeout: float = 60) -> None:
+        """Wait until every started worker has looked at the queue once and is waiting (its
+        connection idle after its first claim; it listens from before it prints its name)."""
+        names = [f"treadle worker {w.owner}"[:63] for w in self.workers]
+        deadline = time.monotonic() + timeout
+        with connect(self.base_url, self.schema) as conn:
+            while True:
+                idle = conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = ANY(%s) "
+                    "AND state = 'idle' AND query NOT LIKE 'SELECT pg_advisory_lock%%' "
+                    "AND query NOT LIKE 'LISTEN%%'",
+                    (names,),
+                ).fetchone()
+                if idle is not None and idle[0] == len(names):
+                    return
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"workers not idle after {timeout} s:\n" + self.logs())
+                time.sleep(0.02)
 
     def _spawn(self, index: int) -> WorkerProc:
         log = self.workdir / f"worker-{index}.log"

@@ -1,16 +1,24 @@
 """Scale-out: sessions per second with 1, 2 and 4 ``treadle worker`` processes on one PostgreSQL
 work queue, and claim latency (enqueue → the session's first step starting).
 
-Run: ``python tests/benchmarks/bench_workers.py [--sessions 120] [--rounds 3] [--workers 1 2 4]
+Run: ``python tests/benchmarks/bench_workers.py [--sessions 400] [--rounds 3] [--workers 1 2 4]
 [--delay-ms 4] [--concurrency 8] [--postgres URL]``.
 
 The graph is ``tests/worker_apps.py``: 20 steps (ten rounds of one node, then two in parallel),
 each node awaiting a random 0..``--delay-ms`` ms (a stand-in for I/O: a call to a model or a
 service), every step stored in PostgreSQL before the next (``durability="sync"``).
 
-Throughput: a batch of ``--sessions`` is enqueued, then N workers start; the rate is the batch
-size over the server-side span from the first claim to the last completion (process start-up is
-not counted). Configurations are interleaved round by round; min/median/max over the rounds.
+Throughput: N workers start and the benchmark waits until every one is up, listening and idle
+(its first look at the queue done); then a batch of ``--sessions`` is enqueued in one transaction,
+so all N hear of it at the same commit. The rate is the batch size over the server-side span from
+the first claim to the last completion. Configurations are interleaved round by round;
+min/median/max over the rounds.
+
+(Earlier runs, up to main at ``c3dfe47``, enqueued the batch before the workers started: with
+N > 1 the span then began at the first worker's first claim and so included the other workers'
+start-up (imports, connecting), which a single worker never paid. The default batch grew from 120
+to 400 sessions for a like reason: at the end of a batch fewer than N times ``--concurrency``
+sessions are left to run, and that tail weighs less in a longer batch.)
 
 Claim latency: two workers run idle; sessions are enqueued one every ``--latency-interval``
 seconds (0.25: well below what two workers complete, so this is the latency of an idle worker
@@ -30,7 +38,6 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
@@ -52,8 +59,10 @@ def throughput(url: str, workers: int, sessions: int, delay_ms: float, concurren
     with tempfile.TemporaryDirectory() as tmp:
         fleet = Fleet(url, schema, Path(tmp), delay_ms=delay_ms, concurrency=concurrency)
         try:
-            trio.run(lambda: fleet.prepare(sessions, audit=False))
+            trio.run(lambda: fleet.prepare(0, audit=False))
             fleet.start(workers)
+            fleet.wait_idle()  # all N up, listening and idle: none starts late
+            fleet.enqueue_batch(sessions)
             fleet.wait_for(sessions, timeout=600)
             with connect(url, schema) as conn:
                 row = conn.execute(
@@ -74,7 +83,7 @@ def claim_latency(url: str, sessions: int, delay_ms: float, interval: float) -> 
         try:
             trio.run(lambda: fleet.prepare(0, audit=False))
             fleet.start(2)
-            time.sleep(1.0)  # both idle, listening
+            fleet.wait_idle()  # both up, listening and idle
 
             async def enqueue() -> None:
                 async with AppRunner(worker_apps.build(0), checkpointer=fleet.url) as runner:
@@ -101,7 +110,7 @@ def spread(values: list[float]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sessions", type=int, default=120)
+    parser.add_argument("--sessions", type=int, default=400)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--delay-ms", type=float, default=4.0)
