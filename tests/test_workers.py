@@ -103,6 +103,41 @@ async def test_a_worker_runs_every_queued_session_to_the_single_process_result(
         assert query(postgres_url, f'SELECT count(*) FROM "{pg_schema}".session_leases') == [(0,)]
 
 
+def liveness_holders(postgres_url: str, schema: str, owner: str) -> list[tuple[Any, ...]]:
+    """The backends (pid, application_name) holding ``owner``'s liveness lock in ``schema``."""
+    key = "hashtextextended('treadle worker ' || %s || ' ' || %s, 0)"
+    return query(
+        postgres_url,
+        "SELECT l.pid, a.application_name FROM pg_locks l JOIN pg_stat_activity a USING (pid), "
+        f"LATERAL (SELECT {key} AS k) key WHERE l.locktype = 'advisory' AND l.granted "
+        "AND l.objsubid = 1 AND l.classid::bigint = (key.k >> 32) & 4294967295 "
+        "AND l.objid::bigint = key.k & 4294967295",
+        schema,
+        owner,
+    )
+
+
+async def test_a_worker_holds_its_liveness_lock_again_after_losing_its_connection(
+    url: str, postgres_url: str, pg_schema: str
+) -> None:
+    app = worker_apps.build(0)
+    with trio.fail_after(60):
+        async with Worker(app, checkpointer=url, concurrency=2, poll_interval=0.5) as worker:
+            (before,) = liveness_holders(postgres_url, pg_schema, worker.owner)
+            assert before[1] == f"treadle worker {worker.owner}"[:63]
+            # The server ends the worker's connection (a restart, an operator): the lock goes too.
+            query(postgres_url, "SELECT pg_terminate_backend(%s)", before[0])
+            while liveness_holders(postgres_url, pg_schema, worker.owner):
+                await trio.sleep(0.01)
+            await enqueue_all(app, url, 3)
+            await worker.run_until_idle()
+            assert worker.statistics().completed == 3
+            # Its next claim, on a new connection, took the lock again: it is not presumed dead.
+            (after,) = liveness_holders(postgres_url, pg_schema, worker.owner)
+            assert after[0] != before[0]
+            assert after[1] == before[1]
+
+
 async def test_claims_go_by_priority_then_age(url: str) -> None:
     app = worker_apps.build(0)
     sink = MemorySink()

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from importlib import resources
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import outcome
@@ -122,6 +122,24 @@ _PUT_DRAFT = (
 def _runs_json(start: int, messages: Sequence[Message]) -> str:
     """The message log's new rows from ``start`` on, as the JSON array :data:`_RUN_ROWS` splits."""
     return "[" + ",".join(text for _, _, text in message_runs(start, messages)) + "]"
+
+
+_BEGIN_SNAPSHOT: Final = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+# A lease's row, as taken or renewed by its owner (the tail of an INSERT on session_leases).
+_LEASE_ROW: Final = (
+    "(session_id, owner, expires_at) "
+    "SELECT %(session_id)s, %(owner)s, now() + make_interval(secs => %(ttl)s) {} "
+    "ON CONFLICT (session_id) DO UPDATE SET owner = EXCLUDED.owner, "
+    "acquired_at = now(), heartbeat_at = now(), expires_at = EXCLUDED.expires_at"
+)
+# Take a session's lease: its session lock, and its row only if the lock was free. Returns whether
+# the lock was got and, if not, who holds the lease (read before the statement's own write: a WITH's
+# writes are not visible to the statement's reads).
+_TAKE_LEASE: Final = (
+    "WITH got AS MATERIALIZED (SELECT pg_try_advisory_lock(%(key)s) AS ok), "
+    "taken AS (INSERT INTO session_leases " + _LEASE_ROW.format("FROM got WHERE got.ok") + ") "
+    "SELECT got.ok, (SELECT owner FROM session_leases WHERE session_id = %(session_id)s) FROM got"
+)
 
 
 def _by_session(pair: tuple[Checkpoint, Draft]) -> str:
@@ -395,7 +413,9 @@ class PostgresCheckpointer(BatchingStore):
             )
 
     @contextmanager
-    def _pipelined_transaction(self, lock_sessions: Sequence[str]) -> Iterator[_PostgresTx]:
+    def _pipelined_transaction(
+        self, lock_sessions: Sequence[str], begin: str = "BEGIN"
+    ) -> Iterator[_PostgresTx]:
         """:meth:`_transaction` in pipeline mode, for saves: ``BEGIN``, the locks and the first
         read (the stored head) reach the server in one round trip, the writes and ``COMMIT`` in a
         second, where a plain transaction waits for each statement in turn."""
@@ -404,7 +424,7 @@ class PostgresCheckpointer(BatchingStore):
         try:
             try:
                 with conn.pipeline():
-                    conn.execute("BEGIN")
+                    conn.execute(begin)
                     self._lock_for_writing(conn, lock_sessions)
                     yield _PostgresTx(conn)
                     conn.execute("COMMIT")
@@ -637,6 +657,11 @@ class PostgresCheckpointer(BatchingStore):
     # -- reads -------------------------------------------------------------------------------------
 
     def _load_sync(self, session_id: str, step: int | None) -> Checkpoint | None:
+        # One snapshot for every read. Pipelined, the first read goes with BEGIN: a session that
+        # is not stored (a new one) costs two round trips, not four.
+        if self._pipelines:
+            with self._pipelined_transaction((), _BEGIN_SNAPSHOT) as tx:
+                return load_step(self._codec, tx, session_id, step)
         with self._transaction() as tx:
             tx.conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
             return load_step(self._codec, tx, session_id, step)
@@ -685,24 +710,21 @@ class PostgresCheckpointer(BatchingStore):
         held = self._leases.get(session_id)
         if held is not None and held != owner:
             raise SessionLeased(session_id, held)
+        params = {
+            "session_id": session_id,
+            "owner": owner,
+            "ttl": self.lease_ttl,
+            "key": _lock_key("lease", self.schema, session_id),
+        }
         try:
-            if held is None:
-                key = _lock_key("lease", self.schema, session_id)
-                got = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
+            if held is not None:
+                conn.execute("INSERT INTO session_leases " + _LEASE_ROW.format(""), params)
+            else:
+                # One round trip: the lock, the row if the lock was free, else who has the lease.
+                got = conn.execute(_TAKE_LEASE, params).fetchone()
                 if got is None or not got[0]:
-                    found = conn.execute(
-                        "SELECT owner FROM session_leases WHERE session_id = %s", (session_id,)
-                    ).fetchone()
-                    raise SessionLeased(
-                        session_id, found[0] if found is not None else "another connection"
-                    )
-            conn.execute(
-                "INSERT INTO session_leases (session_id, owner, expires_at) "
-                "VALUES (%s, %s, now() + make_interval(secs => %s)) "
-                "ON CONFLICT (session_id) DO UPDATE SET owner = EXCLUDED.owner, "
-                "acquired_at = now(), heartbeat_at = now(), expires_at = EXCLUDED.expires_at",
-                (session_id, owner, self.lease_ttl),
-            )
+                    found = got[1] if got is not None else None
+                    raise SessionLeased(session_id, found or "another connection")
         except _db_error() as exc:
             raise self._error("cannot take the lease of a session on", exc) from exc
         self._leases[session_id] = owner
@@ -729,12 +751,11 @@ class PostgresCheckpointer(BatchingStore):
             # freed it when the connection ended. Its row stays until the next holder rewrites it.
             return
         try:
+            # One round trip; the row goes whatever the order, as only its owner deletes it.
             conn.execute(
-                "DELETE FROM session_leases WHERE session_id = %s AND owner = %s",
-                (session_id, owner),
-            )
-            conn.execute(
-                "SELECT pg_advisory_unlock(%s)", (_lock_key("lease", self.schema, session_id),)
+                "WITH gone AS (DELETE FROM session_leases WHERE session_id = %s AND owner = %s) "
+                "SELECT pg_advisory_unlock(%s)",
+                (session_id, owner, _lock_key("lease", self.schema, session_id)),
             )
         except _db_error() as exc:
             raise self._error("cannot release the lease of a session on", exc) from exc

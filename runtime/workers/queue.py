@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias
 
@@ -102,8 +103,18 @@ def enqueue(
     return row is not None
 
 
+# The owners whose liveness lock each open connection holds: a session-level lock lasts as long as
+# its connection, so once taken it is not asked for again (each claim and heartbeat would read the
+# whole of pg_locks, which stalls every backend taking a lock meanwhile). A reconnection is a new
+# connection object, on which the lock is taken again.
+_LIVE_ON: Final[weakref.WeakKeyDictionary[Any, set[str]]] = weakref.WeakKeyDictionary()
+
+
 def take_liveness(conn: Conn, owner: str) -> None:
     """Hold ``owner``'s liveness lock on this connection (taken once; again after a reconnect)."""
+    held = _LIVE_ON.get(conn)
+    if held is not None and owner in held and not conn.closed:
+        return
     key = _LIVENESS_KEY.format("%s")
     conn.execute(
         f"SELECT pg_advisory_lock({key}) WHERE NOT EXISTS (SELECT 1 FROM pg_locks l, "
@@ -113,6 +124,7 @@ def take_liveness(conn: Conn, owner: str) -> None:
         "AND l.objid::bigint = key.k & 4294967295)",
         (owner, owner),
     )
+    _LIVE_ON.setdefault(conn, set()).add(owner)
 
 
 def claim(conn: Conn, app: str, owner: str, limit: int) -> list[Claim]:
