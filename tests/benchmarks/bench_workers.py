@@ -12,7 +12,10 @@ Throughput: N workers start and the benchmark waits until every one is up, liste
 (its first look at the queue done); then a batch of ``--sessions`` is enqueued in one transaction,
 so all N hear of it at the same commit. The rate is the batch size over the server-side span from
 the first claim to the last completion. Configurations are interleaved round by round;
-min/median/max over the rounds.
+min/median/max over the rounds. Each round also prints the CPU, in cores, that its workers, their
+server backends and everything else on the machine used meanwhile (from ``/proc``; everything else
+includes PostgreSQL's own background processes, this script's polling and whatever else runs on a
+shared machine): the rates follow how much of the two cores the others leave.
 
 (Earlier runs, up to main at ``c3dfe47``, enqueued the batch before the workers started: with
 N > 1 the span then began at the first worker's first claim and so included the other workers'
@@ -34,14 +37,17 @@ server's round trips or more cores than two.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import sys
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
 import _treadle_path  # noqa: F401  (makes `import treadle` work uninstalled)
+import attrs
 import trio
 
 TESTS = Path(__file__).resolve().parents[1]
@@ -54,7 +60,38 @@ from worker_fleet import Fleet, connect  # noqa: E402
 from treadle import AppRunner  # noqa: E402
 
 
-def throughput(url: str, workers: int, sessions: int, delay_ms: float, concurrency: int) -> float:
+@attrs.frozen
+class Round:
+    """One throughput run: its rate, and the CPU (in cores) its workers, their server backends
+    and everything else on the machine used meanwhile (Linux ``/proc``; ``nan`` elsewhere)."""
+
+    rate: float
+    workers_cpu: float
+    backends_cpu: float
+    others_cpu: float
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue  # gone, or no /proc
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def _machine_busy_seconds() -> float:
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except OSError:
+        return math.nan
+    idle = fields[3] + fields[4]  # idle, iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")  # user .. steal
+
+
+def throughput(url: str, workers: int, sessions: int, delay_ms: float, concurrency: int) -> Round:
     schema = f"workers_bench_{uuid.uuid4().hex[:8]}"  # not bench_%: bench_checkpoint.py drops those
     with tempfile.TemporaryDirectory() as tmp:
         fleet = Fleet(url, schema, Path(tmp), delay_ms=delay_ms, concurrency=concurrency)
@@ -62,15 +99,29 @@ def throughput(url: str, workers: int, sessions: int, delay_ms: float, concurren
             trio.run(lambda: fleet.prepare(0, audit=False))
             fleet.start(workers)
             fleet.wait_idle()  # all N up, listening and idle: none starts late
+            worker_pids = [w.proc.pid for w in fleet.workers]
+            with connect(url, schema) as conn:
+                backend_pids = [
+                    pid
+                    for (pid,) in conn.execute(
+                        "SELECT pid FROM pg_stat_activity WHERE application_name LIKE %s",
+                        ("treadle worker %",),
+                    )
+                ]
+            cpu = (_cpu_seconds(worker_pids), _cpu_seconds(backend_pids))
+            busy, start = _machine_busy_seconds(), time.monotonic()
             fleet.enqueue_batch(sessions)
             fleet.wait_for(sessions, timeout=600)
+            wall = time.monotonic() - start
+            used = [(_cpu_seconds(worker_pids) - cpu[0]), (_cpu_seconds(backend_pids) - cpu[1])]
+            others = _machine_busy_seconds() - busy - sum(used)
             with connect(url, schema) as conn:
                 row = conn.execute(
                     "SELECT extract(epoch FROM max(updated_at) - min(claimed_at)) "
                     "FROM session_queue"
                 ).fetchone()
             assert row is not None
-            return sessions / float(row[0])
+            return Round(sessions / float(row[0]), used[0] / wall, used[1] / wall, others / wall)
         finally:
             fleet.stop()
             drop_schema(url, schema)
@@ -128,9 +179,14 @@ def main() -> None:
     rates: dict[int, list[float]] = {n: [] for n in args.workers}
     for round_ in range(args.rounds):
         for n in args.workers:
-            rate = throughput(args.postgres, n, args.sessions, args.delay_ms, args.concurrency)
-            rates[n].append(rate)
-            print(f"round {round_ + 1}: {n} worker(s): {rate:.1f} sessions/s", flush=True)
+            run = throughput(args.postgres, n, args.sessions, args.delay_ms, args.concurrency)
+            rates[n].append(run.rate)
+            print(
+                f"round {round_ + 1}: {n} worker(s): {run.rate:.1f} sessions/s; CPU in cores: "
+                f"workers {run.workers_cpu:.2f}, their backends {run.backends_cpu:.2f}, "
+                f"everything else {run.others_cpu:.2f}",
+                flush=True,
+            )
     latencies = (
         claim_latency(args.postgres, args.latency_sessions, args.delay_ms, args.latency_interval)
         if args.latency_sessions
