@@ -15,7 +15,9 @@ the first claim to the last completion. Configurations are interleaved round by 
 min/median/max over the rounds. Each round also prints the CPU, in cores, that its workers, their
 server backends and everything else on the machine used meanwhile (from ``/proc``; everything else
 includes PostgreSQL's own background processes, this script's polling and whatever else runs on a
-shared machine): the rates follow how much of the two cores the others leave.
+shared machine): the rates follow how much of the two cores the others leave. The last figure,
+sessions per second of a core spent by the workers and their backends, says whether N workers
+spend more per session than one (contention) rather than how many cores they were left.
 
 (Earlier runs, up to main at ``c3dfe47``, enqueued the batch before the workers started: with
 N > 1 the span then began at the first worker's first claim and so included the other workers'
@@ -69,6 +71,12 @@ class Round:
     workers_cpu: float
     backends_cpu: float
     others_cpu: float
+
+    @property
+    def per_core(self) -> float:
+        """Sessions per second of a core spent by the workers and their backends."""
+        spent = self.workers_cpu + self.backends_cpu
+        return self.rate / spent if spent > 0 else math.nan
 
 
 def _cpu_seconds(pids: list[int]) -> float:
@@ -184,7 +192,9 @@ def main() -> None:
             print(
                 f"round {round_ + 1}: {n} worker(s): {run.rate:.1f} sessions/s; CPU in cores: "
                 f"workers {run.workers_cpu:.2f}, their backends {run.backends_cpu:.2f}, "
-                f"everything else {run.others_cpu:.2f}",
+                f"everything else {run.others_cpu:.2f}; "
+                f"{run.per_core:.0f} sessions per second of "
+                "a core spent by the workers and their backends",
                 flush=True,
             )
     latencies = (
