@@ -19,7 +19,7 @@ shared machine): the rates follow how much of the two cores the others leave. Th
 sessions per second of a core spent by the workers and their backends, says whether N workers
 spend more per session than one (contention) rather than how many cores they were left.
 
-(Earlier runs, up to main at ``c3dfe47``, enqueued the batch before the workers started: with
+(The benchmark used to enqueue the batch before the workers started: with
 N > 1 the span then began at the first worker's first claim and so included the other workers'
 start-up (imports, connecting), which a single worker never paid. The default batch grew from 120
 to 400 sessions for a like reason: at the end of a batch fewer than N times ``--concurrency``
