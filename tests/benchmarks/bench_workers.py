@@ -8,22 +8,23 @@ The graph is ``tests/worker_apps.py``: 20 steps (ten rounds of one node, then tw
 each node awaiting a random 0..``--delay-ms`` ms (a stand-in for I/O: a call to a model or a
 service), every step stored in PostgreSQL before the next (``durability="sync"``).
 
-Throughput: N workers start and the benchmark waits until every one is up, listening and idle
-(its first look at the queue done); then a batch of ``--sessions`` is enqueued in one transaction,
-so all N hear of it at the same commit. The rate is the batch size over the server-side span from
-the first claim to the last completion. Configurations are interleaved round by round;
-min/median/max over the rounds. Each round also prints the CPU, in cores, that its workers, their
-server backends and everything else on the machine used meanwhile (from ``/proc``; everything else
-includes PostgreSQL's own background processes, this script's polling and whatever else runs on a
-shared machine): the rates follow how much of the two cores the others leave. The last figure,
-sessions per second of a core spent by the workers and their backends, says whether N workers
-spend more per session than one (contention) rather than how many cores they were left.
+Throughput: N workers start and the benchmark waits until every one is up, listening and idle (its
+first look at the queue done); then a batch of ``--sessions`` is enqueued in one transaction, so
+all N hear of it at the same commit. The rate is the batch size over the server-side span from the
+first claim to the last completion. Configurations are interleaved round by round; min/median/max
+over the rounds. Each round also prints the CPU, in cores, that its workers, their server backends
+and everything else on the machine used meanwhile (from ``/proc``; everything else includes
+PostgreSQL's own background processes, this script's polling and whatever else runs on a shared
+machine; a worker connection that the server ended during the round is not counted): the rates
+follow how much of the two cores the others leave. The last figure, sessions per second of a core
+spent by the workers and their backends, says whether N workers spend more per session than one
+(contention) rather than how many cores they were left.
 
-(The benchmark used to enqueue the batch before the workers started: with
-N > 1 the span then began at the first worker's first claim and so included the other workers'
-start-up (imports, connecting), which a single worker never paid. The default batch grew from 120
-to 400 sessions for a like reason: at the end of a batch fewer than N times ``--concurrency``
-sessions are left to run, and that tail weighs less in a longer batch.)
+(The benchmark used to enqueue the batch before the workers started: with N > 1 the span then began
+at the first worker's first claim and so included the other workers' start-up (imports,
+connecting), which a single worker never paid. The default batch grew from 120 to 400 sessions for
+a like reason: at the end of a batch fewer than N times ``--concurrency`` sessions are left to run,
+and that tail weighs less in a longer batch.)
 
 Claim latency: two workers run idle; sessions are enqueued one every ``--latency-interval``
 seconds (0.25: well below what two workers complete, so this is the latency of an idle worker
@@ -108,12 +109,15 @@ def throughput(url: str, workers: int, sessions: int, delay_ms: float, concurren
             fleet.start(workers)
             fleet.wait_idle()  # all N up, listening and idle: none starts late
             worker_pids = [w.proc.pid for w in fleet.workers]
+            # This fleet's connections only (other processes may run workers on the server).
+            names = [f"treadle worker {w.owner}"[:63] for w in fleet.workers]
+            names += [f"{name} listen"[:63] for name in names]
             with connect(url, schema) as conn:
                 backend_pids = [
                     pid
                     for (pid,) in conn.execute(
-                        "SELECT pid FROM pg_stat_activity WHERE application_name LIKE %s",
-                        ("treadle worker %",),
+                        "SELECT pid FROM pg_stat_activity WHERE application_name = ANY(%s)",
+                        (names,),
                     )
                 ]
             cpu = (_cpu_seconds(worker_pids), _cpu_seconds(backend_pids))
