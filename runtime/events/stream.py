@@ -16,6 +16,8 @@ from .types import Event
 
 T = TypeVar("T")
 
+_checkpoint_if_cancelled = trio.lowlevel.checkpoint_if_cancelled
+
 YIELD_EVERY = 64
 """A stream reading buffered items yields to the scheduler at least once per this many."""
 
@@ -260,9 +262,15 @@ class BufferedStream(ClosesSynchronously, trio.abc.ReceiveChannel[T]):
         # receive()'s fast path again: ``async for`` takes most events without a second
         # coroutine per event.
         buffer = self._buffer
-        if buffer.items and not self._closed and self._streak < YIELD_EVERY:
-            await trio.lowlevel.checkpoint_if_cancelled()
-            return self._pop()
+        items = buffer.items
+        if items and not self._closed and self._streak < YIELD_EVERY:
+            await _checkpoint_if_cancelled()
+            # _pop(), inline: this runs for every event a stream reads.
+            self._streak += 1
+            item = items.popleft()
+            if buffer.blocking:
+                buffer.taken()
+            return item
         try:
             return await self._wait_and_receive()
         except trio.EndOfChannel:

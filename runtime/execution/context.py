@@ -119,7 +119,7 @@ class NodeContext:
             return
         # The usual case (plain text, no metadata of the caller's, the system clock): the bus
         # builds the event, compact, and publishes it.
-        await trio.lowlevel.checkpoint_if_cancelled()
+        await _checkpoint_if_cancelled()
         self._seq += 1
         if bus.publish_emitted(self._origin, scope, message, self._seq):
             await bus.settle(self.session_id)
@@ -191,6 +191,8 @@ class NodeContext:
         )
         await self._bus.publish(self.session_id, event)
 
+
+_checkpoint_if_cancelled = trio.lowlevel.checkpoint_if_cancelled
 
 # FrozenDict refuses mutation; these fill a new one before anyone else holds it.
 _new_frozen = dict.__new__
