@@ -144,11 +144,7 @@ class Task:
         """
         if self.async_backend is not None:
             return self.async_backend == "asyncio"
-        fn = inspect.unwrap(self.fn)
-        names = {
-            v.__name__ for v in getattr(fn, "__globals__", {}).values() if isinstance(v, ModuleType)
-        }
-        return "asyncio" in names and "trio" not in names
+        return _module_uses_asyncio(self.fn)
 
     def execute(self, context: Mapping[str, Any] | None = None) -> Any:
         """Run this task alone, from plain code, with ``context`` as its upstream results.
@@ -178,6 +174,26 @@ class Task:
         self.status = status
         if self.on_status_change is not None:
             _safely(self.on_status_change, self.name, status, what="on_status_change")
+
+
+def _module_uses_asyncio(fn: Callable[..., Any]) -> bool:
+    """Whether ``fn``'s module imported ``asyncio`` and not ``trio``; cached per function, since a
+    module's imports are done before its functions run (uncached for unhashable callables)."""
+    try:
+        return _module_uses_asyncio_cached(fn)
+    except TypeError:  # unhashable callable
+        return _module_uses_asyncio_cached.__wrapped__(fn)
+
+
+@functools.lru_cache(maxsize=4096)
+def _module_uses_asyncio_cached(fn: Callable[..., Any]) -> bool:
+    unwrapped = inspect.unwrap(fn)
+    names = {
+        v.__name__
+        for v in getattr(unwrapped, "__globals__", {}).values()
+        if isinstance(v, ModuleType)
+    }
+    return "asyncio" in names and "trio" not in names
 
 
 def _on_asyncio() -> bool:

@@ -17,6 +17,8 @@ from ..errors import (
     UnknownDependency,
     WorkflowExecutionError,
 )
+from ..graph.frozen import _trusted
+from ..graph.partial import NodePartial, Replace
 from .task import (
     Task,
     TaskStatus,
@@ -31,7 +33,6 @@ if TYPE_CHECKING:
     from ..events.bus import EventBus
     from ..execution.context import NodeContext
     from ..graph.app import App
-    from ..graph.partial import NodePartial
     from ..graph.state import StateSnapshot
     from .executors import Executor
     from .stores import StateStore, TaskRecord
@@ -271,6 +272,9 @@ class _WorkflowRun:
     failed_step: int | None = None
     store_limiter: trio.CapacityLimiter = attrs.field(factory=lambda: trio.CapacityLimiter(1))
     thread_limiter: trio.CapacityLimiter | None = None
+    # Whether task.* events can reach anyone: without a bus of the caller's, the runner's own bus
+    # has no subscriber and never will, so the events are not built at all.
+    events: bool = True
 
     async def run(
         self, bus: EventBus | None, session_id: str | None, lifecycle_events: bool
@@ -288,6 +292,7 @@ class _WorkflowRun:
             loaded = await trio.to_thread.run_sync(store.load, wf.name, limiter=self.store_limiter)
             self.stored = {n: r for n, r in loaded.items() if r.status == "completed"}
         self.thread_limiter = trio.CapacityLimiter(self.executor.thread_limit)
+        self.events = bus is not None
         app = self.compile()
         sid = session_id or f"workflow:{wf.name}"
         try:
@@ -341,8 +346,6 @@ class _WorkflowRun:
         return body
 
     async def _execute(self, task: Task, ctx: NodeContext) -> NodePartial:
-        from ..graph.partial import NodePartial, Replace
-
         name = task.name
         key = STATUS_KEY_PREFIX + name
         record = self.stored.get(name)
@@ -354,12 +357,13 @@ class _WorkflowRun:
             task.attempts = record.attempts
             task.started_at = _parse_time(record.started_at)
             task.completed_at = _parse_time(record.completed_at)
-            await ctx.emit(
-                "task.skipped",
-                f"task {name!r} completed in an earlier run; its stored result is used",
-                task=name, workflow=self.workflow.name, status="completed",
-            )  # fmt: skip
-            return NodePartial(extra={key: "completed"})
+            if self.events:
+                await ctx.emit(
+                    "task.skipped",
+                    f"task {name!r} completed in an earlier run; its stored result is used",
+                    task=name, workflow=self.workflow.name, status="completed",
+                )  # fmt: skip
+            return _status_partial(key, "completed")
         if self.failed_step is not None and ctx.step > self.failed_step:
             # The run stops after the step in which a task failed: nothing later starts.
             return NodePartial(frontier=Replace([]))
@@ -386,7 +390,7 @@ class _WorkflowRun:
             kwargs,
             sync_mode=self.executor.sync_mode,
             limiter=self.thread_limiter,
-            notify=notify,
+            notify=notify if self.events else None,
         )
         error = outcome.error
         if error is None:
@@ -397,16 +401,17 @@ class _WorkflowRun:
                 task.exception = exc
                 task.error = str(exc)
                 task._set_status(TaskStatus.FAILED)
-                await notify(task, TaskStatus.FAILED, task.attempts)
+                if self.events:
+                    await notify(task, TaskStatus.FAILED, task.attempts)
                 error = exc
             else:
                 self.results[name] = outcome.value
-                return NodePartial(extra={key: "completed"})
+                return _status_partial(key, "completed")
         self.failures[name] = error
         if self.failed_step is None or ctx.step < self.failed_step:
             self.failed_step = ctx.step
         await self._save(task)
-        return NodePartial(extra={key: "failed"}, frontier=Replace([]))
+        return attrs.evolve(_status_partial(key, "failed"), frontier=Replace([]))
 
     async def _save(self, task: Task) -> None:
         if self.store is None:
@@ -425,6 +430,14 @@ class _WorkflowRun:
         await trio.to_thread.run_sync(
             self.store.save, self.workflow.name, record, limiter=self.store_limiter
         )
+
+
+def _status_partial(key: str, status: str) -> NodePartial:
+    """The partial recording a task's final status under ``key``. An ASCII key and status need no
+    checking, so its ``extra`` is built frozen and the node actor takes it as is."""
+    if key.isascii():
+        return NodePartial(extra=_trusted({key: status}))
+    return NodePartial(extra={key: status})
 
 
 class _DepResults(Mapping[str, Any]):
