@@ -126,14 +126,17 @@ class SchedulerConfig:
     durability: Durability
     pool: NodePool
     perturb: Perturbation | None = None
-    # Recorded in every checkpoint, so that a resume with another graph can be refused.
-    graph_hash: str = attrs.field(
-        default=attrs.Factory(lambda self: self.graph.graph_metadata().graph_hash, takes_self=True)
-    )
     # Publish node.skipped and step.completed (AppRunner(lifecycle_events=True)).
     lifecycle: bool = False
     stale_replies: int = 0
     """Replies that arrived after their step was abandoned, dropped (see RunnerStatistics)."""
+
+    @property
+    def graph_hash(self) -> str:
+        """Recorded in every checkpoint, so that a resume with another graph can be refused.
+        Computed on first use (once per compiled graph): a runner without checkpoints never
+        hashes its graph."""
+        return self.graph.graph_metadata().graph_hash
 
     def now_ms(self) -> int:
         return self.clock.now_unix_ms() if self.clock is not None else trio_wall_ms()
