@@ -147,3 +147,47 @@ def test_a_step_allocates_the_same_with_a_hundred_items_or_twenty_thousand(
     _, small = cost_per_step(shape, SMALL, make_small)
     _, large = cost_per_step(shape, LARGE, make_large)
     assert max(large) <= max(small) + SLACK_BYTES, (small, large)
+
+
+def chain_app(length: int) -> Any:
+    """``length`` no-op nodes in a row: each step runs one node that has never run before."""
+
+    async def noop(snapshot: Any, ctx: Any) -> None:
+        return None
+
+    builder = GraphBuilder()
+    for i in range(length):
+        builder.add_node(f"n{i}", noop)
+        builder.add_edge(START if i == 0 else f"n{i - 1}", f"n{i}")
+    return builder.add_edge(f"n{length - 1}", END).compile()
+
+
+def test_a_step_allocates_the_same_after_ten_nodes_ran_or_three_thousand() -> None:
+    """What a session keeps per node that ran (the versions it last saw) is updated in place, not
+    copied by every step: a long chain's steps would otherwise cost O(nodes run so far). Without
+    checkpoints (a checkpoint stores all of it, so takes a copy), as workflows run. Five steps are
+    measured at each point: a table that grows (amortized O(1)) may land in one."""
+    early, late, measured = 10, 3_000, 5
+    peaks: dict[int, list[int]] = {early: [], late: []}
+
+    async def main() -> None:
+        with trio.fail_after(60):
+            async with AppRunner(chain_app(late + measured + 1), autosave=False) as runner:
+                await runner.create_session("s")
+                for step in range(1, late + measured + 1):
+                    at = next((p for p in peaks if p < step <= p + measured), None)
+                    if at is None:
+                        await runner.run_step("s")
+                        continue
+                    await trio.testing.wait_all_tasks_blocked()
+                    tracemalloc.start()
+                    try:
+                        before, _ = tracemalloc.get_traced_memory()
+                        await runner.run_step("s")
+                        await trio.testing.wait_all_tasks_blocked()
+                        peaks[at].append(tracemalloc.get_traced_memory()[1] - before)
+                    finally:
+                        tracemalloc.stop()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert min(peaks[late]) <= max(peaks[early]) + SLACK_BYTES, peaks

@@ -312,15 +312,15 @@ class Scheduler:
         except RouterFailed as exc:
             await self._fail(step, exc.node, exc.cause)
 
-        versions_seen = dict(core.versions_seen)
-        for node in ran:
-            versions_seen[node] = versions
+        # Only the nodes that ran change their entry: they are written into the session's dict when
+        # the step commits (a checkpoint takes a copy), so a step costs O(nodes ran), not O(nodes
+        # that ever ran).
+        seen = dict.fromkeys(ran, versions)
         after = attrs.evolve(
             core,
             step=step,
             state=state,
             frontier=routing.frontier,
-            versions_seen=versions_seen,
             join_state=dict(routing.join_state),
         )
         report = StepReport(
@@ -331,7 +331,7 @@ class Scheduler:
             next_frontier=routing.frontier,
             completed=is_complete(routing.frontier),
         )
-        await self._commit(after, report)
+        await self._commit(after, report, seen)
         if self.config.lifecycle:
             await self._publish_step(report)
         for source, target in routing.unknown_targets:
@@ -454,14 +454,19 @@ class Scheduler:
         for node, mailbox in nodes.items():
             self.config.pool.give(node, mailbox)
 
-    def _record(self, core: SessionCore, report: StepReport) -> Checkpoint:
+    def _record(
+        self, core: SessionCore, report: StepReport, seen: dict[str, tuple[int, int]] | None = None
+    ) -> Checkpoint:
+        versions_seen = dict(core.versions_seen)  # a copy: the session's dict changes in place
+        if seen:
+            versions_seen.update(seen)
         return Checkpoint(
             session_id=core.session_id,
             step=core.step,
             state=core.state,
             frontier=core.frontier,
-            # The core never changes these dicts in place (each step makes new ones): shared.
-            versions_seen=core.versions_seen,
+            versions_seen=versions_seen,
+            # The core never changes this dict in place (each step makes a new one): shared.
             join_state=core.join_state,
             concurrency_limit=core.concurrency_limit,
             created_at=self.config.now_ms(),
@@ -472,8 +477,14 @@ class Scheduler:
             invocation=core.invocation,
         )
 
-    async def _commit(self, after: SessionCore, report: StepReport) -> None:
-        """Checkpoint the session as ``after``, then make it the session's state.
+    async def _commit(
+        self,
+        after: SessionCore,
+        report: StepReport,
+        seen: dict[str, tuple[int, int]] | None = None,
+    ) -> None:
+        """Checkpoint the session as ``after`` with ``seen`` added to its ``versions_seen``, then
+        make it the session's state.
 
         A step that cannot be stored is not applied: if the save fails (or is cancelled), the
         session stays as it was, so a retry runs the same step again and the stored history has no
@@ -484,12 +495,14 @@ class Scheduler:
             if config.durability == "exit":
                 self._dirty = True
             else:
-                await self._save(self._record(after, report))
+                await self._save(self._record(after, report, seen))
         core = self.core
         core.step = after.step
         core.state = after.state
         core.frontier = after.frontier
         core.versions_seen = after.versions_seen
+        if seen:
+            core.versions_seen.update(seen)
         core.join_state = after.join_state
 
     async def _save(self, record: Checkpoint) -> None:
