@@ -255,6 +255,48 @@ async def test_run_async_inside_trio_publishes_each_status_change_as_an_event() 
         assert node_ids == {"a", "b"}
 
 
+def test_a_workflow_run_again_runs_the_tasks_added_since() -> None:
+    calls: list[str] = []
+
+    def step(name: str, value: int) -> Task:
+        def body(**_: object) -> int:
+            calls.append(name)
+            return value
+
+        return Task(name, body)
+
+    wf = Workflow("again")
+    wf.add_task(step("a", 1))
+    assert wf.run() == {"a": 1}
+    assert wf.run() == {"a": 1}
+    wf.add_task(step("b", 2), depends_on=["a"])
+    assert wf.run() == {"a": 1, "b": 2}
+    assert calls == ["a", "a", "a", "b"]
+
+
+async def test_overlapping_runs_of_one_workflow_each_get_all_their_results(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def slow(**_: object) -> int:
+        await trio.sleep(1)
+        return 1
+
+    wf = Workflow("overlap")
+    wf.add_task(Task("a", slow))
+    wf.add_task(Task("b", slow), depends_on=["a"])
+    results: list[dict[str, object]] = []
+
+    async def run(session_id: str) -> None:
+        results.append(await wf.run_async("async", session_id=session_id))
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run, "first")
+            await trio.sleep(0.5)
+            nursery.start_soon(run, "second")
+    assert results == [{"a": 1, "b": 1}, {"a": 1, "b": 1}]
+
+
 def test_task_graph_reads_tasks_dependencies_and_statuses() -> None:
     wf = Workflow("view")
     wf.add_task(Task("a", lambda: 1))

@@ -73,6 +73,9 @@ class Workflow:
         self._deps: dict[str, tuple[str, ...]] = {}
         self._dependents: dict[str, list[str]] = {}
         self._layer: dict[str, int] = {}
+        # The graph of the last run, reused until a task is added; its node bodies run the tasks
+        # of whichever run the slot holds.
+        self._compiled: tuple[App, _RunSlot] | None = None
 
     def __repr__(self) -> str:
         return f"Workflow(name={self.name!r}, tasks={len(self._tasks)}, status={self.status.value})"
@@ -104,6 +107,7 @@ class Workflow:
             raise MissingArgument(self.name, t.name, missing)
         # Every dependency already exists, so no edge can close a cycle: the graph stays a DAG and
         # the task's layer is known now, in O(number of dependencies).
+        self._compiled = None
         self._tasks[t.name] = t
         self._deps[t.name] = deps
         self._dependents[t.name] = []
@@ -293,7 +297,8 @@ class _WorkflowRun:
             self.stored = {n: r for n, r in loaded.items() if r.status == "completed"}
         self.thread_limiter = trio.CapacityLimiter(self.executor.thread_limit)
         self.events = bus is not None
-        app = self.compile()
+        app, slot = self.graph()
+        slot.run = self
         sid = session_id or f"workflow:{wf.name}"
         try:
             async with AppRunner(
@@ -309,6 +314,7 @@ class _WorkflowRun:
             wf.status = WorkflowStatus.FAILED
             raise
         finally:
+            slot.run = None
             if self.store is not None:
                 await trio.to_thread.run_sync(self.store.close, limiter=self.store_limiter)
         if self.failures:
@@ -322,13 +328,27 @@ class _WorkflowRun:
         wf.status = WorkflowStatus.COMPLETED
         return dict(self.results)
 
-    def compile(self) -> App:
+    def graph(self) -> tuple[App, _RunSlot]:
+        """The workflow's compiled graph and the slot its node bodies read their run from: the
+        one of the last run when no task was added since and no other run holds it, else a new
+        one (compiled and validated in time linear in the workflow's size)."""
+        wf = self.workflow
+        cached = wf._compiled
+        if cached is not None and cached[1].run is None:
+            return cached
+        slot = _RunSlot()
+        compiled = (self.compile(slot), slot)
+        if cached is None:
+            wf._compiled = compiled
+        return compiled
+
+    def compile(self, slot: _RunSlot) -> App:
         from ..graph.builder import END, START, GraphBuilder
 
         wf = self.workflow
         builder = GraphBuilder()
         for name in sorted(wf._tasks, key=lambda n: (wf._layer[n], n)):
-            builder.add_node(name, self._node(wf._tasks[name]))
+            builder.add_node(name, _node(slot, wf._tasks[name]))
         for name, deps in wf._deps.items():
             if not deps:
                 builder.add_edge(START, name)
@@ -337,13 +357,6 @@ class _WorkflowRun:
             if not wf._dependents[name]:
                 builder.add_edge(name, END)
         return builder.compile()
-
-    def _node(self, task: Task) -> Callable[[StateSnapshot, NodeContext], Any]:
-        async def body(snapshot: StateSnapshot, ctx: NodeContext) -> NodePartial:
-            return await self._execute(task, ctx)
-
-        body.__qualname__ = f"task:{task.name}"
-        return body
 
     async def _execute(self, task: Task, ctx: NodeContext) -> NodePartial:
         name = task.name
@@ -430,6 +443,23 @@ class _WorkflowRun:
         await trio.to_thread.run_sync(
             self.store.save, self.workflow.name, record, limiter=self.store_limiter
         )
+
+
+@attrs.define(eq=False)
+class _RunSlot:
+    """The run a compiled workflow graph is serving (``None`` between runs)."""
+
+    run: _WorkflowRun | None = None
+
+
+def _node(slot: _RunSlot, task: Task) -> Callable[[StateSnapshot, NodeContext], Any]:
+    async def body(snapshot: StateSnapshot, ctx: NodeContext) -> NodePartial:
+        run = slot.run
+        assert run is not None, "a workflow graph ran outside its run"
+        return await run._execute(task, ctx)
+
+    body.__qualname__ = f"task:{task.name}"
+    return body
 
 
 def _status_partial(key: str, status: str) -> NodePartial:
