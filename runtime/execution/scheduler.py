@@ -316,12 +316,17 @@ class Scheduler:
         # the step commits (a checkpoint takes a copy), so a step costs O(nodes ran), not O(nodes
         # that ever ran).
         seen = dict.fromkeys(ran, versions)
-        after = attrs.evolve(
-            core,
-            step=step,
+        # Every field, spelled out: attrs.evolve costs more than the rest of a small step's bookkeeping.
+        after = SessionCore(
+            session_id=core.session_id,
             state=state,
+            step=step,
             frontier=routing.frontier,
+            versions_seen=core.versions_seen,
             join_state=dict(routing.join_state),
+            concurrency_limit=core.concurrency_limit,
+            invocation=core.invocation,
+            finished=core.finished,
         )
         report = StepReport(
             step=step,

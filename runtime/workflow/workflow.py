@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
@@ -24,8 +24,8 @@ from .task import (
     TaskStatus,
     WorkflowStatus,
     as_task,
-    injected_arguments,
     missing_parameter,
+    parameters,
     run_attempts,
 )
 
@@ -380,8 +380,7 @@ class _WorkflowRun:
         if self.failed_step is not None and ctx.step > self.failed_step:
             # The run stops after the step in which a task failed: nothing later starts.
             return NodePartial(frontier=Replace([]))
-        deps = self.workflow._deps[name]
-        kwargs = injected_arguments(task, _DepResults(self.results, deps))
+        kwargs = _dependency_arguments(task, self.results, self.workflow._deps[name])
 
         async def notify(t: Task, status: TaskStatus, attempt: int) -> None:
             if status is TaskStatus.FAILED:
@@ -470,26 +469,15 @@ def _status_partial(key: str, status: str) -> NodePartial:
     return NodePartial(extra={key: status})
 
 
-class _DepResults(Mapping[str, Any]):
-    """The results of one task's direct dependencies, read from the run's results without copying."""
-
-    def __init__(self, results: dict[str, Any], deps: Sequence[str]) -> None:
-        self._results = results
-        self._deps = deps
-
-    def __getitem__(self, key: str) -> Any:
-        if key in self._deps:
-            return self._results[key]
-        raise KeyError(key)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._deps and key in self._results
-
-    def __iter__(self) -> Any:
-        return (d for d in self._deps if d in self._results)
-
-    def __len__(self) -> int:
-        return sum(1 for d in self._deps if d in self._results)
+def _dependency_arguments(
+    task: Task, results: dict[str, Any], deps: tuple[str, ...]
+) -> dict[str, Any]:
+    """The keyword arguments ``task`` gets from its direct dependencies ``deps`` (see
+    :func:`injected_arguments`), read from the run's ``results`` without copying them."""
+    params = parameters(task.fn)
+    if params is None:
+        return {d: results[d] for d in deps if d in results}
+    return {name: results[name] for name, _ in params if name in results and name in deps}
 
 
 def _format_time(value: datetime | None) -> str | None:
