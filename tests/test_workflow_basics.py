@@ -255,6 +255,14 @@ async def test_run_async_inside_trio_publishes_each_status_change_as_an_event() 
         assert node_ids == {"a", "b"}
 
 
+@pytest.mark.parametrize("name", ["__start__", "__end__"])
+def test_a_task_named_like_start_or_end_fails_the_run(name: str) -> None:
+    wf = Workflow("reserved")
+    wf.add_task(Task(name, lambda: 1))
+    with pytest.raises(treadle.ReservedNodeName):
+        wf.run()
+
+
 def test_a_workflow_run_again_runs_the_tasks_added_since() -> None:
     calls: list[str] = []
 

@@ -524,6 +524,13 @@ class GraphBuilder:
         validate_graph(self._nodes, self._edges, self._joins, self._conditionals)
         return App(self._freeze())
 
+    def _compile_checked_by_caller(self) -> App:
+        """:meth:`compile` without its checks, for a caller that built a graph it has already
+        checked (a :class:`~treadle.Workflow` is validated task by task as it is built)."""
+        from .app import App
+
+        return App(self._freeze())
+
     def _freeze(self) -> CompiledGraph:
         names = [START, *(spec.name for spec in self._nodes)]
         edges: dict[str, list[str]] = {n: [] for n in names}

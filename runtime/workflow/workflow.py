@@ -356,7 +356,11 @@ class _WorkflowRun:
                 builder.add_edge(list(deps), name)
             if not wf._dependents[name]:
                 builder.add_edge(name, END)
-        return builder.compile()
+        if START in wf._tasks or END in wf._tasks:
+            return builder.compile()  # raises ReservedNodeName
+        # add_task kept the workflow a DAG of unique names whose dependencies exist, so every task
+        # is reachable from START and reaches END: the graph checks would find nothing.
+        return builder._compile_checked_by_caller()
 
     async def _execute(self, task: Task, ctx: NodeContext) -> NodePartial:
         name = task.name
