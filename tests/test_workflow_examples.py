@@ -94,6 +94,7 @@ def test_workflow_benchmark_script_runs() -> None:
     assert done.returncode == 0, done.stderr
     rows = done.stdout.splitlines()
     assert rows[0].split()[:2] == ["system", "executor"]
-    assert [r.split()[1] for r in rows[1:]] == [
+    assert [r[19:48].strip() for r in rows[1:]] == [
         "SequentialExecutor()", "ThreadedExecutor(4)", "AsyncExecutor(50)",
+        "AsyncExecutor(50), Trio tasks",
     ]  # fmt: skip

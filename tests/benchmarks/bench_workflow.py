@@ -7,7 +7,9 @@ Shapes (``n`` no-op tasks plus one root):
 - fanout: ``root`` -> ``t0`` ... ``t{n-1}`` (every task depends on the root only);
 - chain: ``root`` -> ``t0`` -> ``t1`` -> ... -> ``t{n-1}``.
 Tasks are plain ``def`` no-ops under sequential and threaded executors and ``async def`` no-ops under
-async executors. Times exclude building the workflow and include everything ``run``/``execute``/
+async executors. This module imports ``asyncio`` and not ``trio``, so treadle runs its ``async def``
+tasks as it runs FlowWeaver code, each on an asyncio loop in a worker thread; the row
+``AsyncExecutor(50), Trio tasks`` runs the same no-ops natively on Trio (``async_backend="trio"``). Times exclude building the workflow and include everything ``run``/``execute``/
 ``invoke`` does; the figure is the median of ``reps`` runs divided by ``n + 1`` (µs per task).
 
 FlowWeaver and LangGraph are not treadle dependencies: install them into a separate venv (``python -m
@@ -46,7 +48,7 @@ def _deps(shape: str, i: int) -> list[str]:
     return [f"t{i - 1}"]
 
 
-Executors = list[tuple[str, Callable[[], Any], Callable[..., Any]]]
+Executors = list[tuple[str, Callable[[], Any], Callable[..., Any], dict[str, Any]]]
 
 
 def _bench_executors(
@@ -55,13 +57,15 @@ def _bench_executors(
     """Time each executor on both shapes; the two libraries share this API."""
     rows = []
     for shape in SHAPES:
-        for label, make, fn in executors:
+        for label, make, fn, options in executors:
 
-            def build(shape: str = shape, fn: Callable[..., Any] = fn) -> Any:
+            def build(
+                shape: str = shape, fn: Callable[..., Any] = fn, options: dict[str, Any] = options
+            ) -> Any:
                 wf = workflow_cls(f"bench-{shape}")
-                wf.add_task(task_cls("root", fn))
+                wf.add_task(task_cls("root", fn, **options))
                 for i in range(n):
-                    wf.add_task(task_cls(f"t{i}", fn), depends_on=_deps(shape, i))
+                    wf.add_task(task_cls(f"t{i}", fn, **options), depends_on=_deps(shape, i))
                 return wf
 
             it = iter([build() for _ in range(reps)])
@@ -85,9 +89,15 @@ def bench_treadle(n: int, reps: int) -> list[dict[str, Any]]:
         return None
 
     executors: Executors = [
-        ("SequentialExecutor()", SequentialExecutor, noop),
-        ("ThreadedExecutor(4)", lambda: ThreadedExecutor(max_workers=4), noop),
-        ("AsyncExecutor(50)", lambda: AsyncExecutor(max_concurrent=50), anoop),
+        ("SequentialExecutor()", SequentialExecutor, noop, {}),
+        ("ThreadedExecutor(4)", lambda: ThreadedExecutor(max_workers=4), noop, {}),
+        ("AsyncExecutor(50)", lambda: AsyncExecutor(max_concurrent=50), anoop, {}),
+        (
+            "AsyncExecutor(50), Trio tasks",
+            lambda: AsyncExecutor(max_concurrent=50),
+            anoop,
+            {"async_backend": "trio"},
+        ),
     ]
     return _bench_executors("treadle", Workflow, Task, executors, n, reps)
 
@@ -106,9 +116,9 @@ def bench_flowweaver(n: int, reps: int) -> list[dict[str, Any]]:
         return None
 
     executors: Executors = [
-        ("SequentialExecutor()", SequentialExecutor, noop),
-        ("ThreadedExecutor(4)", lambda: ThreadedExecutor(max_workers=4), noop),
-        ("AsyncExecutor()", AsyncExecutor, anoop),
+        ("SequentialExecutor()", SequentialExecutor, noop, {}),
+        ("ThreadedExecutor(4)", lambda: ThreadedExecutor(max_workers=4), noop, {}),
+        ("AsyncExecutor()", AsyncExecutor, anoop, {}),
     ]
     system = f"FlowWeaver {flowweaver.__version__}"
     return _bench_executors(system, Workflow, Task, executors, n, reps)
