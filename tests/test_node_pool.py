@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
 from typing import Any
 
 import trio
@@ -84,3 +86,25 @@ async def test_closing_a_runner_stops_idle_actors_a_batch_at_a_time(
         trio.lowlevel.remove_instrument(instrument)
     assert not instrument.woken  # every one of them returned
     assert _STOP_BATCH <= instrument.most <= 2 * _STOP_BATCH + 2
+
+
+async def test_a_parked_node_actor_keeps_nothing_of_its_last_execution() -> None:
+    # An idle actor waits in the pool for another session, maybe for long: the message it last
+    # ran (and the snapshot, reply mailbox and cancel handle it carries) must not stay alive
+    # with it, and every object it keeps is one more for each garbage collection to visit.
+    seen: list[weakref.ref[Any]] = []
+
+    async def watched(snapshot: Any, ctx: object) -> None:
+        seen.append(weakref.ref(snapshot))
+
+    builder = GraphBuilder().add_node("n", watched).add_edge(START, "n").add_edge("n", "m")
+    app = builder.add_node("m", watched).add_edge("m", END).compile()
+    with trio.fail_after(10):
+        async with AppRunner(app, autosave=False) as runner:
+            for session in ("a", "b"):  # "b" reuses the actors "a" gave back: not first-run only
+                await runner.create_session(session, VersionedState())
+                await runner.run_until_complete(session)
+                await runner.close_session(session)
+                gc.collect()
+                assert [ref() for ref in seen] == [None] * len(seen)
+                assert len(seen) == (2 if session == "a" else 4)

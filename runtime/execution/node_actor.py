@@ -67,44 +67,56 @@ async def node_actor(
     ``node.completed``/``node.failed`` for each execution (see :mod:`.lifecycle`).
     """
     execute = functools.partial(_observed, bus) if lifecycle else _execute
-
-    async def handle(msg: Execute) -> None:
-        ctx = NodeContext(
-            node_id=spec.name,
-            step=msg.step,
-            session_id=msg.session_id,
-            invocation_id=msg.invocation_id,
-            frontier_index=msg.frontier_index,
-            bus=bus,
-            clock=clock,
-        )
-        try:
-            done = await execute(spec, msg, ctx, thread_limiter)
-        except BaseException:
-            # Cancelled from outside (the runner is closing): still answer, so a scheduler draining
-            # its step never waits for a reply that cannot come.
-            with contextlib.suppress(
-                trio.BrokenResourceError, trio.ClosedResourceError, trio.WouldBlock
-            ):
-                msg.reply_to.send_nowait(
-                    NodeDone(spec.name, msg.step, msg.index, cancelled=True, round=msg.round)
-                )
-            raise
-        try:
-            await msg.reply_to.post(done)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            # The session's scheduler is gone (its step was abandoned and it closed): nobody waits
-            # for this reply any more, and a late message never ends an actor.
-            log.info("node %r: reply for step %d dropped, its session closed", spec.name, msg.step)
-
     with inbox:
         if first is not None:
             # Handed over at spawn: a node's first execution costs no mailbox round trip.
-            await handle(first)
+            await _handle(spec, first, execute, bus, clock, thread_limiter)
+            # A parked actor holds no message: what it references can be freed, and every
+            # object a parked actor keeps is one more for each garbage collection to visit.
+            first = None
         async for msg in inbox:
             if msg is None:
                 return
-            await handle(msg)
+            await _handle(spec, msg, execute, bus, clock, thread_limiter)
+            msg = None
+
+
+async def _handle(
+    spec: NodeSpec,
+    msg: Execute,
+    execute: Callable[..., Awaitable[NodeDone]],
+    bus: EventBus,
+    clock: Clock | None,
+    thread_limiter: trio.CapacityLimiter,
+) -> None:
+    """Run one execution and send its :class:`NodeDone`."""
+    ctx = NodeContext(
+        node_id=spec.name,
+        step=msg.step,
+        session_id=msg.session_id,
+        invocation_id=msg.invocation_id,
+        frontier_index=msg.frontier_index,
+        bus=bus,
+        clock=clock,
+    )
+    try:
+        done = await execute(spec, msg, ctx, thread_limiter)
+    except BaseException:
+        # Cancelled from outside (the runner is closing): still answer, so a scheduler draining
+        # its step never waits for a reply that cannot come.
+        with contextlib.suppress(
+            trio.BrokenResourceError, trio.ClosedResourceError, trio.WouldBlock
+        ):
+            msg.reply_to.send_nowait(
+                NodeDone(spec.name, msg.step, msg.index, cancelled=True, round=msg.round)
+            )
+        raise
+    try:
+        await msg.reply_to.post(done)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        # The session's scheduler is gone (its step was abandoned and it closed): nobody waits
+        # for this reply any more, and a late message never ends an actor.
+        log.info("node %r: reply for step %d dropped, its session closed", spec.name, msg.step)
 
 
 async def _observed(
