@@ -17,8 +17,12 @@ from ..errors import (
     UnknownDependency,
     WorkflowExecutionError,
 )
+from ..execution.runner import AppRunner
+from ..graph.builder import END, START, GraphBuilder
 from ..graph.frozen import _trusted
 from ..graph.partial import NodePartial, Replace
+from .executors import SequentialExecutor, resolve_executor
+from .stores import TaskRecord
 from .task import (
     Task,
     TaskStatus,
@@ -35,7 +39,7 @@ if TYPE_CHECKING:
     from ..graph.app import App
     from ..graph.state import StateSnapshot
     from .executors import Executor
-    from .stores import StateStore, TaskRecord
+    from .stores import StateStore
 
 log = logging.getLogger("treadle.workflow")
 
@@ -242,7 +246,6 @@ class Workflow:
         ``lifecycle_events=True`` adds the runtime's ``node.*``/``step.*`` events. Without a bus
         the events go nowhere and cost little.
         """
-        from .executors import resolve_executor
 
         chosen = resolve_executor(executor, max_workers=max_workers, max_concurrent=max_concurrent)
         store = state_store if state_store is not None else chosen.state_store
@@ -250,7 +253,6 @@ class Workflow:
 
     def execute(self, executor: Executor | None = None) -> None:
         """Run with ``executor`` (sequential by default): FlowWeaver's documented spelling."""
-        from .executors import SequentialExecutor
 
         (executor or SequentialExecutor()).execute(self)
 
@@ -283,7 +285,6 @@ class _WorkflowRun:
     async def run(
         self, bus: EventBus | None, session_id: str | None, lifecycle_events: bool
     ) -> dict[str, Any]:
-        from ..execution.runner import AppRunner
 
         wf = self.workflow
         wf.reset()
@@ -343,7 +344,6 @@ class _WorkflowRun:
         return compiled
 
     def compile(self, slot: _RunSlot) -> App:
-        from ..graph.builder import END, START, GraphBuilder
 
         wf = self.workflow
         builder = GraphBuilder()
@@ -432,7 +432,6 @@ class _WorkflowRun:
     async def _save(self, task: Task) -> None:
         if self.store is None:
             return
-        from .stores import TaskRecord
 
         record = TaskRecord(
             task_name=task.name,
