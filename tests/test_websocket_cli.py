@@ -68,7 +68,8 @@ def test_run_serves_its_events_and_events_prints_them(tmp_path: Path) -> None:
     assert lines[-1].startswith("[job #")
     assert "__treadle_stream_end__: session=job" in lines[-1]
     # The run printed the same events itself (StdOutSink), in the same form.
-    assert all(line in out for line in lines)
+    missing = [line for line in lines if line not in out]
+    assert not missing, f"the run's own output lacks {missing}:\n{out}"
 
 
 def test_events_reports_a_refused_or_unreachable_server_in_one_line(tmp_path: Path) -> None:
