@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from subprocesses import read_to_end
 from test_cli import SCRIPT, TESTS, treadle
 
 ENV = {"PATH": "/usr/bin:/bin", "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(TESTS)}
@@ -39,7 +40,7 @@ def interrupt_after(lines: int, delay: float, cwd: Path) -> subprocess.Completed
         assert all(seen), seen
         time.sleep(delay)
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
+        out, err = read_to_end(proc)
     finally:
         watchdog.cancel()
     return subprocess.CompletedProcess(proc.args, proc.returncode, "".join(seen) + out, err)
@@ -78,7 +79,7 @@ def test_ctrl_c_in_the_demo_fan_out_is_one_line_and_exit_130(tmp_path: Path, del
     assert "checkpoints" in proc.stdout.readline()
     time.sleep(delay)
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+    out, err = read_to_end(proc)
     if proc.returncode == 0:  # the demo finished before the signal: a late Ctrl-C changes nothing
         assert "final state after step 6" in out
         assert err == ""

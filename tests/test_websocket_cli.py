@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from subprocesses import read_to_end
 
 ENV = {"PATH": "/usr/bin:/bin", "PYTHONUNBUFFERED": "1", "NO_COLOR": "1"}
 if "PYTHONPATH" in os.environ:  # a checkout tested without installing it
@@ -56,8 +57,8 @@ def test_run_serves_its_events_and_events_prints_them(tmp_path: Path) -> None:
         # Its first line is the node's start, replayed: it follows the run, which may go on.
         head = tail.stdout.readline()
         (tmp_path / "go").touch()
-        rest, tail_err = tail.communicate(timeout=60)
-        out, err = run.communicate(timeout=60)
+        rest, tail_err = read_to_end(tail)
+        out, err = read_to_end(run)
     finally:
         run.kill()
     assert run.returncode == 0, err
