@@ -10,7 +10,9 @@ from treadle import (
     Append,
     AppRunner,
     Completed,
+    EventBus,
     GraphBuilder,
+    MemorySink,
     Message,
     NodePartial,
     Paused,
@@ -19,6 +21,7 @@ from treadle import (
     StepOptions,
     VersionedState,
 )
+from treadle.runtime.events.types import STREAM_END_SCOPE
 
 
 def writer(key: str, value: object, delay: float = 0.0):  # type: ignore[no-untyped-def]
@@ -260,3 +263,49 @@ async def test_completed_session_does_not_advance() -> None:
     assert again.report.completed
     assert again.report.step == 1
     assert again.report.ran_nodes == ()
+
+
+async def test_run_steps_stops_between_steps_pauses_or_runs_to_the_end(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    app = (
+        GraphBuilder()
+        .add_node("a", writer("a", 1, delay=1.0))
+        .add_node("b", writer("b", 1, delay=1.0))
+        .add_node("c", writer("c", 1, delay=1.0))
+        .add_edge(START, "a")
+        .add_edge("a", "b")
+        .add_edge("b", "c")
+        .add_edge("c", END)
+        .compile()
+    )
+    sink = MemorySink()
+    asked: list[int] = []
+
+    def stop_after_one_step() -> bool:
+        asked.append(1)
+        return len(asked) > 1
+
+    with trio.fail_after(30):
+        async with AppRunner(app, event_bus=EventBus([sink])) as runner:
+            await runner.create_session("s", VersionedState())
+            assert await runner.run_steps("s", stop=lambda: True) is None
+            assert (await runner.get_session("s")).step == 0
+            one = await runner.run_steps("s", stop=stop_after_one_step)
+            assert isinstance(one, Completed)
+            assert (one.report.step, one.report.completed) == (1, False)
+            assert one.report.ran_nodes == ("a",)
+            assert len(asked) == 2  # before step 1, and before a step 2 it did not run
+            paused = await runner.run_steps("s", StepOptions(interrupt_after=["b"]))
+            assert isinstance(paused, Paused)
+            assert paused.reason == PauseReason("after_node", "b")
+            assert (await runner.get_session("s")).step == 2
+            assert trio.current_time() == 2.0  # one request, each step after the one before
+            assert not [e for e in sink.snapshot() if e.scope == STREAM_END_SCOPE]
+            done = await runner.run_steps("s")
+            assert isinstance(done, Completed)
+            assert (done.report.step, done.report.completed) == (3, True)
+            view = await runner.get_session("s")
+    assert dict(view.state.extra) == {"a": 1, "b": 1, "c": 1}
+    ends = [e for e in sink.snapshot() if e.scope == STREAM_END_SCOPE]
+    assert len(ends) == 1  # a completed run ends the session's stream, as run_until_complete does

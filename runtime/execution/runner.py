@@ -66,6 +66,7 @@ from .scheduler import (
     FlushCheckpoint,
     GetView,
     RunStep,
+    RunSteps,
     RunToEnd,
     Scheduler,
     SchedulerConfig,
@@ -490,6 +491,32 @@ class AppRunner:
         opts = options if options is not None else StepOptions()
         return await self._use(session_id, _run_step, opts)
 
+    async def run_steps(
+        self,
+        session_id: str,
+        options: StepOptions | None = None,
+        *,
+        stop: Callable[[], bool] | None = None,
+    ) -> StepResult | None:
+        """Run supersteps, as :meth:`run_step` in a loop, until the session completes, a step
+        pauses on an interrupt of ``options``, or ``stop()`` is true before a step (checked before
+        the first one too). The whole run is one request to the session's scheduler, where a loop
+        of :meth:`run_step` makes one per step.
+
+        Once the session is complete its event stream ends, as :meth:`run_until_complete` ends it;
+        a run that fails, pauses or stops leaves it open.
+
+        Returns:
+            The last step's result: :class:`Paused`, or :class:`Completed` whose
+            ``report.completed`` is false if ``stop()`` ended the run; ``None`` if ``stop()`` was
+            true before the first step.
+
+        Raises:
+            NodeRunError: a node failed; as for :meth:`run_step`, the steps before it are stored.
+            SessionNotFound: no such session is open on this runner.
+        """
+        return await self._use(session_id, _run_steps, _opts(options), stop or _never)
+
     async def run_until_complete(self, session_id: str) -> VersionedState:
         """Run supersteps until the frontier is empty or only END; return the final state.
 
@@ -862,6 +889,23 @@ async def _run_step(
         abandon.cancel(reason="the caller of run_step stopped waiting")
 
 
+async def _run_steps(
+    inbox: MailboxSender[SchedulerMsg],
+    session_id: str,
+    options: StepOptions,
+    stop: Callable[[], bool],
+) -> StepResult | None:
+    abandon = trio.CancelScope()
+    try:
+        return await ask(
+            inbox,
+            lambda r: RunSteps(options, stop, r, abandon),
+            actor=f"scheduler of {session_id!r}",
+        )
+    finally:
+        abandon.cancel(reason="the caller of run_steps stopped waiting")
+
+
 async def _run_to_end(inbox: MailboxSender[SchedulerMsg], session_id: str) -> VersionedState:
     abandon = trio.CancelScope()
     try:
@@ -895,6 +939,10 @@ async def iterate(
     finally:
         abandon.cancel(reason="the caller stopped waiting for the invocation")
     return view
+
+
+def _never() -> bool:
+    return False
 
 
 def _opts(options: StepOptions | None) -> StepOptions:

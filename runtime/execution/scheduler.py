@@ -94,6 +94,15 @@ class RunStep:
 
 
 @attrs.frozen
+class RunSteps:
+    options: StepOptions
+    # Asked before each step; true stops the run there (a worker that drains).
+    stop: Callable[[], bool]
+    reply_to: ReplyTo[StepResult | None]
+    abandon: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+
+
+@attrs.frozen
 class RunToEnd:
     reply_to: ReplyTo[VersionedState]
     abandon: trio.CancelScope = attrs.field(factory=trio.CancelScope)
@@ -111,7 +120,7 @@ class FlushCheckpoint:
     reply_to: ReplyTo[None]
 
 
-SchedulerMsg = RunStep | RunToEnd | GetView | FlushCheckpoint | Iterate
+SchedulerMsg = RunStep | RunSteps | RunToEnd | GetView | FlushCheckpoint | Iterate
 
 
 @attrs.define(eq=False)
@@ -199,6 +208,9 @@ class Scheduler:
                         case RunStep(options=options):
                             with msg.abandon, msg.reply_to:
                                 await _answer(msg.reply_to, self.run_step, options)
+                        case RunSteps(options=options, stop=stop):
+                            with msg.abandon, msg.reply_to:
+                                await _answer(msg.reply_to, self.run_steps, options, stop)
                         case RunToEnd():
                             with msg.abandon, msg.reply_to:
                                 await _answer(msg.reply_to, self.run_to_end)
@@ -245,6 +257,19 @@ class Scheduler:
             await self.flush_exit_checkpoint()
             return Paused(PauseReason("after_step", None), report)
         return Completed(report)
+
+    async def run_steps(self, options: StepOptions, stop: Callable[[], bool]) -> StepResult | None:
+        """:meth:`run_step` until the session completes (then as :meth:`run_to_end`: its stream
+        ends), a step pauses, or ``stop()`` is true before a step; the last step's result."""
+        result: StepResult | None = None
+        while not stop():
+            result = await self.run_step(options)
+            if isinstance(result, Paused):
+                return result
+            if result.report.completed:
+                await self.run_to_end()
+                return result
+        return result
 
     async def run_to_end(self) -> VersionedState:
         core = self.core

@@ -223,6 +223,9 @@ class Worker:
     def draining(self) -> bool:
         return self._draining
 
+    def _is_draining(self) -> bool:
+        return self._draining
+
     def statistics(self) -> WorkerStatistics:
         """Counts of what this worker did (see :class:`WorkerStatistics`)."""
         return WorkerStatistics(
@@ -327,15 +330,13 @@ class Worker:
                 if first and isinstance(init, Resumed):
                     self._counts.resumed += 1
                 first = False
-                while True:
-                    if self._draining:
-                        return "released", None
-                    result = await runner.run_step(sid, self.step_options)
-                    if isinstance(result, Paused):
-                        return "paused", None
-                    if result.report.completed:
-                        await runner.run_until_complete(sid)  # ends the session's event stream
-                        return "completed", None
+                # Step by step, in one request: a drain stops it between two steps.
+                result = await runner.run_steps(sid, self.step_options, stop=self._is_draining)
+                if isinstance(result, Paused):
+                    return "paused", None
+                if result is not None and result.report.completed:
+                    return "completed", None  # and its event stream has ended
+                return "released", None
             except SessionLeased as exc:
                 return "lost", str(exc)
             except CheckpointBackendError as exc:
