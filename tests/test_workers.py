@@ -103,6 +103,37 @@ async def test_a_worker_runs_every_queued_session_to_the_single_process_result(
         assert query(postgres_url, f'SELECT count(*) FROM "{pg_schema}".session_leases') == [(0,)]
 
 
+async def test_a_finished_session_and_the_next_claim_are_one_transaction(
+    url: str, postgres_url: str, pg_schema: str
+) -> None:
+    app = worker_apps.build(0)
+    with trio.fail_after(60):
+        await enqueue_all(app, url, 3)
+        # Every status change of a queue row, with the transaction that made it.
+        query(
+            postgres_url,
+            f'CREATE TABLE "{pg_schema}".queue_writes (session_id TEXT, status TEXT, tx BIGINT); '
+            f'CREATE FUNCTION "{pg_schema}".audit_queue() RETURNS trigger LANGUAGE plpgsql AS $$ '
+            f'BEGIN INSERT INTO "{pg_schema}".queue_writes VALUES '
+            "(NEW.session_id, NEW.status, txid_current()); RETURN NEW; END $$; "
+            f'CREATE TRIGGER audit_queue AFTER INSERT OR UPDATE ON "{pg_schema}".session_queue '
+            f'FOR EACH ROW EXECUTE FUNCTION "{pg_schema}".audit_queue()',
+        )
+        async with Worker(app, checkpointer=url, concurrency=1, poll_interval=0.5) as worker:
+            await worker.run_until_idle()
+            assert worker.statistics().completed == 3
+    tx = {
+        (sid, status): tx
+        for sid, status, tx in query(
+            postgres_url, f'SELECT session_id, status, tx FROM "{pg_schema}".queue_writes'
+        )
+    }
+    # The slot s0 freed took s1 in the statement that recorded s0, and s1's took s2.
+    assert tx["s1", "running"] == tx["s0", "completed"]
+    assert tx["s2", "running"] == tx["s1", "completed"]
+    assert tx["s0", "running"] != tx["s0", "completed"]
+
+
 def liveness_holders(postgres_url: str, schema: str, owner: str) -> list[tuple[Any, ...]]:
     """The backends (pid, application_name) holding ``owner``'s liveness lock in ``schema``."""
     key = "hashtextextended('treadle worker ' || %s || ' ' || %s, 0)"

@@ -127,26 +127,34 @@ def take_liveness(conn: Conn, owner: str) -> None:
     _LIVE_ON.setdefault(conn, set()).add(owner)
 
 
-def claim(conn: Conn, app: str, owner: str, limit: int) -> list[Claim]:
-    """Claim up to ``limit`` pending sessions of ``app`` for ``owner``, highest priority first,
-    then oldest; rows other workers are claiming at the same instant are skipped, not waited for.
-    """
-    take_liveness(conn, owner)
-    rows = conn.execute(
-        "UPDATE session_queue SET status = 'running', owner = %s, claimed_at = clock_timestamp(), "
-        "heartbeat_at = clock_timestamp(), updated_at = clock_timestamp() "
-        "WHERE session_id IN (SELECT session_id FROM session_queue "
-        "WHERE status = 'pending' AND app = %s ORDER BY priority DESC, created_at, session_id "
-        "FOR UPDATE SKIP LOCKED LIMIT %s) "
-        "RETURNING session_id, input::text, priority, attempts, created_at",
-        (owner, app, limit),
-    ).fetchall()
+# Claims up to %(limit)s pending sessions of %(app)s for %(owner)s, highest priority first, then
+# oldest; rows other workers are claiming at the same instant are skipped, not waited for.
+_CLAIM: Final = (
+    "UPDATE session_queue SET status = 'running', owner = %(owner)s, "
+    "claimed_at = clock_timestamp(), heartbeat_at = clock_timestamp(), "
+    "updated_at = clock_timestamp() WHERE session_id IN (SELECT session_id FROM session_queue "
+    "WHERE status = 'pending' AND app = %(app)s ORDER BY priority DESC, created_at, session_id "
+    "FOR UPDATE SKIP LOCKED LIMIT %(limit)s) "
+    "RETURNING session_id, input::text, priority, attempts, created_at"
+)
+
+
+def _claims(rows: Sequence[tuple[Any, ...]]) -> list[Claim]:
     claims = [
         Claim(sid, VersionedState.from_json_value(json.loads(text)), priority, attempts, created)
         for sid, text, priority, attempts, created in rows
     ]
     claims.sort(key=lambda c: (-c.priority, c.enqueued_at, c.session_id))
     return claims
+
+
+def claim(conn: Conn, app: str, owner: str, limit: int) -> list[Claim]:
+    """Claim up to ``limit`` pending sessions of ``app`` for ``owner``, highest priority first,
+    then oldest; rows other workers are claiming at the same instant are skipped, not waited for.
+    """
+    take_liveness(conn, owner)
+    rows = conn.execute(_CLAIM, {"owner": owner, "app": app, "limit": limit}).fetchall()
+    return _claims(rows)
 
 
 def heartbeat(conn: Conn, owner: str, running: Sequence[str]) -> None:
@@ -202,13 +210,28 @@ def recover(
 
 def finish(conn: Conn, session_id: str, owner: str, status: QueueStatus) -> bool:
     """Record that ``owner`` completed or paused the session; whether it still owned it."""
-    row = conn.execute(
-        "UPDATE session_queue SET status = %s, updated_at = clock_timestamp(), "
-        "heartbeat_at = clock_timestamp() WHERE session_id = %s AND owner = %s "
-        "AND status = 'running' RETURNING session_id",
-        (status, session_id, owner),
-    ).fetchone()
-    return row is not None
+    owned, _ = finish_and_claim(conn, session_id, owner, status, "", 0)
+    return owned
+
+
+def finish_and_claim(
+    conn: Conn, session_id: str, owner: str, status: QueueStatus, app: str, limit: int
+) -> tuple[bool, list[Claim]]:
+    """:func:`finish`, and :func:`claim` up to ``limit`` sessions of ``app``, in one statement
+    (one round trip: a worker that has just finished a session claims the next one with it).
+    Whether ``owner`` still owned the session, and the claims."""
+    if limit > 0:
+        take_liveness(conn, owner)
+    rows = conn.execute(
+        "WITH done AS (UPDATE session_queue SET status = %(status)s, "
+        "updated_at = clock_timestamp(), heartbeat_at = clock_timestamp() "
+        "WHERE session_id = %(session_id)s AND owner = %(owner)s AND status = 'running' "
+        f"RETURNING session_id), claimed AS ({_CLAIM}) "
+        "SELECT false, session_id, NULL, NULL::int, NULL::int, NULL::timestamptz FROM done "
+        "UNION ALL SELECT true, * FROM claimed",
+        {"status": status, "session_id": session_id, "owner": owner, "app": app, "limit": limit},
+    ).fetchall()
+    return any(not claimed for claimed, *_ in rows), _claims([row[1:] for row in rows if row[0]])
 
 
 def fail(

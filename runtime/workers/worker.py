@@ -262,9 +262,7 @@ class Worker:
                         continue
                     delay = 0.1
                     for claim in claims:
-                        self._active.add(claim.session_id)
-                        self._held.add(claim.session_id)
-                        self._counts.claimed += 1
+                        self._take(claim)
                         sessions.start_soon(self._run_session, claim, name=claim.session_id)
                     if claims:
                         continue
@@ -289,9 +287,17 @@ class Worker:
 
     # -- one session -------------------------------------------------------------------------------
 
-    async def _run_session(self, claim: queue.Claim) -> None:
+    async def _run_session(self, claim: queue.Claim | None) -> None:
+        # One slot of ``concurrency``: a session, then the next one claimed with its outcome.
+        while claim is not None:
+            claim = await self._run_one(claim)
+
+    async def _run_one(self, claim: queue.Claim) -> queue.Claim | None:
+        """Run a claimed session and record its outcome; the session claimed in the same round
+        trip for this slot, if any."""
         sid = claim.session_id
         recorded = False
+        claims: list[queue.Claim] = []
         try:
             await self._event(sid, WORKER_CLAIMED_SCOPE, "claimed", attempts=claim.attempts)
             outcome, error = await self._drive(claim)
@@ -300,22 +306,39 @@ class Worker:
             except Exception as exc:
                 _log.warning("%r could not close session %r: %s", self, sid, exc)
             self._held.discard(sid)
-            await self._record(sid, outcome, error)
+            status, claims = await self._record(sid, outcome, error)
             recorded = True
-        finally:
-            self._held.discard(sid)
-            if not recorded:
-                # Cancelled (a hard stop): hand the session back at once if the server answers,
-                # rather than leave it to be found dead (which would count an attempt).
-                with trio.move_on_after(2.0, shield=True):
+            for taken in claims:
+                self._take(taken)
+            metadata: dict[str, Any] = {"outcome": status}
+            if error is not None:
+                metadata["error"] = error
+            await self._event(sid, WORKER_RELEASED_SCOPE, f"released ({status})", **metadata)
+        except BaseException:
+            # Cancelled (a hard stop): hand the sessions back at once if the server answers,
+            # rather than leave them to be found dead (which would count an attempt).
+            unrecorded = [c.session_id for c in claims] + ([] if recorded else [sid])
+            for back in unrecorded:
+                self._held.discard(back)
+                self._active.discard(back)
+            with trio.move_on_after(2.0, shield=True):
+                for back in unrecorded:
                     try:
-                        await self._db(
-                            lambda conn: queue.release(conn, self._store.schema, sid, self.owner)
-                        )
+                        await self._db(self._release_op(back))
                     except CheckpointBackendError:
                         pass
+            raise
+        finally:
+            self._held.discard(sid)
             self._active.discard(sid)
-            self._wake.set()
+            if not claims:
+                self._wake.set()
+        return claims[0] if claims else None
+
+    def _take(self, claim: queue.Claim) -> None:
+        self._active.add(claim.session_id)
+        self._held.add(claim.session_id)
+        self._counts.claimed += 1
 
     async def _drive(self, claim: queue.Claim) -> tuple[Outcome, str | None]:
         """Run the claimed session until it completes, pauses, fails, is lost, or the worker
@@ -348,6 +371,10 @@ class Worker:
             except Exception as exc:
                 return "failed", describe_error(exc)
 
+    def _release_op(self, sid: str) -> Callable[[queue.Conn], object]:
+        schema, owner = self._store.schema, self.owner
+        return lambda conn: queue.release(conn, schema, sid, owner)
+
     def _outcome_op(
         self, sid: str, outcome: Outcome, error: str | None
     ) -> Callable[[queue.Conn], object]:
@@ -357,11 +384,19 @@ class Worker:
             assert error is not None
             return lambda conn: queue.fail(conn, schema, sid, owner, error, self.max_attempts)
         if outcome in ("released", "lost"):
-            return lambda conn: queue.release(conn, schema, sid, owner)
+            return self._release_op(sid)
         status: queue.QueueStatus = "completed" if outcome == "completed" else "paused"
-        return lambda conn: queue.finish(conn, sid, owner, status)
+        if self._draining:
+            return lambda conn: queue.finish(conn, sid, owner, status)
+        # The freed slot's next session comes with the outcome: one round trip, not two.
+        app = self._app_hash
+        return lambda conn: queue.finish_and_claim(conn, sid, owner, status, app, 1)[1]
 
-    async def _record(self, sid: str, outcome: Outcome, error: str | None) -> None:
+    async def _record(
+        self, sid: str, outcome: Outcome, error: str | None
+    ) -> tuple[str, list[queue.Claim]]:
+        """Record the outcome, retrying while the server is away (within a patience); the status
+        the session was left in, and the sessions claimed with it."""
         if outcome == "lost":
             with trio.move_on_after(_LEASED_PAUSE):
                 await self._drained.wait()
@@ -382,10 +417,7 @@ class Worker:
             status = str(result)
         else:
             status = "pending" if outcome == "released" else outcome
-        metadata: dict[str, Any] = {"outcome": status}
-        if error is not None:
-            metadata["error"] = error
-        await self._event(sid, WORKER_RELEASED_SCOPE, f"released ({status})", **metadata)
+        return status, result if isinstance(result, list) else []
 
     # -- heartbeat and failover --------------------------------------------------------------------
 
