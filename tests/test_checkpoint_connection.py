@@ -170,6 +170,27 @@ async def test_cancelling_the_host_closes_the_connection_and_later_calls_fail_cl
     assert "closed" in repr(thread)
 
 
+async def test_calls_wait_while_the_trio_thread_holds_the_connection_between_calls() -> None:
+    thread, _ = make()
+    order: list[str] = []
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(thread.run)
+
+            async def call() -> None:
+                await thread.call(lambda: order.append("call"))
+
+            async with thread.between_calls():
+                nursery.start_soon(call)
+                await trio.sleep(0.05)  # real time: the thread would have run the call by now
+                order.append("held")
+            await thread.aclose()
+        assert order == ["held", "call"]
+        with pytest.raises(CheckpointerError, match="takes no calls"):
+            async with thread.between_calls():
+                pass
+
+
 async def test_a_thread_runs_only_once() -> None:
     thread, _ = make()
     with trio.fail_after(10):

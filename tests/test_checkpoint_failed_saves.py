@@ -62,6 +62,20 @@ async def test_a_step_whose_save_fails_is_not_applied_and_reruns_on_retry(
                 assert cp.state.extra["n"] == info_.step
 
 
+class AckLostStatement:
+    """A PostgreSQL store's drafted-step statement that commits, then loses the connection before
+    the answer arrives."""
+
+    def __init__(self, statement: Any) -> None:
+        self.statement = statement
+
+    async def execute(self, *args: Any, **kwargs: Any) -> None:
+        import psycopg
+
+        await self.statement.execute(*args, **kwargs)
+        raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])
 async def test_a_save_that_committed_but_reported_failure_is_recognised_on_retry(
     kind: str, make_backend: Callable[..., Any]
@@ -79,7 +93,8 @@ async def test_a_save_that_committed_but_reported_failure_is_recognised_on_retry
         )
         async with opened(make_backend(kind)) as store, opened(make_backend(kind)) as other:
             await store.load_latest("s")
-            # Every way a store writes: a transaction, and (PostgreSQL) a drafted step's statement.
+            # Every way a store writes: a transaction and (PostgreSQL) the drafted steps' statement,
+            # run in the connection thread (several steps) or from the Trio thread (one step).
             seams = [s for s in ("_write_transaction", "_drafted_transaction") if hasattr(store, s)]
             commits = {seam: getattr(store, seam) for seam in seams}
 
@@ -95,10 +110,15 @@ async def test_a_save_that_committed_but_reported_failure_is_recognised_on_retry
 
             for seam, commit in commits.items():
                 setattr(store, seam, ack_lost(commit))
+            statement = getattr(store, "_put_draft", None)  # PostgreSQL: run from the Trio thread
+            if statement is not None:
+                store._put_draft = AckLostStatement(statement)
             with pytest.raises(CheckpointBackendError):
                 await store.save_with_concurrency_check(step2, 1)
             for seam, commit in commits.items():
                 setattr(store, seam, commit)
+            if statement is not None:
+                store._put_draft = statement
             # The retry re-ran the step (same content, a later time): recognised, not a conflict.
             retry = attrs.evolve(step2, created_at=step2.created_at + 5)
             await store.save_with_concurrency_check(retry, 1)

@@ -13,7 +13,8 @@ from __future__ import annotations
 import socket
 import weakref
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any, Final, Generic, TypeVar
 
 import outcome
@@ -177,14 +178,8 @@ class ConnectionThread(Generic[C]):
         Raises:
             CheckpointerError: The thread is not running (not started, stopped or closed).
         """
-        await trio.lowlevel.checkpoint_if_cancelled()
+        await self._take_turn()
         try:
-            self._turn.acquire_nowait()  # the waiting below is this call's schedule point
-        except trio.WouldBlock:
-            await self._turn.acquire()
-        try:
-            if not self._started or self._stopped or self._closed or self._stuck:
-                raise CheckpointerError(f"{self!r} takes no calls")
             job = _Job(fn)
             self._queue(job)
             try:
@@ -208,6 +203,32 @@ class ConnectionThread(Generic[C]):
         if job.result is None:
             raise CheckpointerError(f"{self!r} stopped before running the call")
         return job.result.unwrap()
+
+    async def _take_turn(self) -> None:
+        """Wait for the turn to use the connection, and check that the thread takes calls."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            self._turn.acquire_nowait()  # the waiting below is this call's schedule point
+        except trio.WouldBlock:
+            await self._turn.acquire()
+        if not self._started or self._stopped or self._closed or self._stuck:
+            self._turn.release()
+            raise CheckpointerError(f"{self!r} takes no calls")
+
+    @asynccontextmanager
+    async def between_calls(self) -> AsyncIterator[None]:
+        """Hold the connection between two calls: none runs until the block ends, so the Trio
+        thread may use the connection itself meanwhile, if it can without blocking (a
+        non-blocking driver API waited on with ``trio.lowlevel.wait_readable``).
+
+        Raises:
+            CheckpointerError: The thread is not running (not started, stopped or closed).
+        """
+        await self._take_turn()
+        try:
+            yield
+        finally:
+            self._turn.release()
 
     async def _wait_for_byte(self) -> bool:
         """Wait, shielded but at most ``cancel_grace`` seconds, for the job in hand to end; False

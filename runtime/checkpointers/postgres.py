@@ -35,6 +35,7 @@ from .codec import (
     prune_session,
 )
 from .connection import ConnectionThread
+from .pg_statement import BIGINT, TEXT, PreparedStatement
 from .sql import ROW_COLUMNS, RUN, SqlStepTx, dump_names, message_runs
 
 if TYPE_CHECKING:
@@ -117,6 +118,53 @@ _PUT_DRAFT = (
     "ran_nodes = EXCLUDED.ran_nodes, skipped_nodes = EXCLUDED.skipped_nodes, "
     "updated_channels = EXCLUDED.updated_channels, body = EXCLUDED.body"
 )
+
+
+_PUT_DRAFT_TYPES: Final = {
+    **dict.fromkeys(
+        (
+            "session_id", "token", "base_token", "runs", "kind",
+            "ran_nodes", "skipped_nodes", "updated_channels", "body",
+        ),
+        TEXT,
+    ),
+    **dict.fromkeys(
+        (
+            "lock", "step", "log_end", "created_at", "base_step", "start", "count",
+            "row_base_step", "root_step", "messages_start", "messages_len",
+        ),
+        BIGINT,
+    ),
+}  # fmt: skip
+"""The parameters of :data:`_PUT_DRAFT` with their types, for running it as a prepared statement."""
+
+
+def _draft_params(cp: Checkpoint, draft: Draft, lock: int) -> dict[str, int | str | None]:
+    """The parameters of :data:`_PUT_DRAFT` that store ``cp`` as drafted, under the write lock
+    ``lock``."""
+    encoded, row = draft.encoded, draft.encoded.row
+    return {
+        "lock": lock,
+        "session_id": cp.session_id,
+        "step": cp.step,
+        "token": draft.token,
+        "log_end": draft.log_end + len(encoded.log_messages),
+        "created_at": cp.created_at,
+        "base_step": draft.base.step,
+        "base_token": draft.base.token,
+        "start": draft.log_end,
+        "count": len(encoded.log_messages),
+        "runs": _runs_json(draft.log_end, encoded.log_messages),
+        "kind": row.kind,
+        "row_base_step": row.base_step,
+        "root_step": row.root_step,
+        "messages_start": row.messages_start,
+        "messages_len": row.messages_len,
+        "ran_nodes": dump_names(row.ran_nodes),
+        "skipped_nodes": dump_names(row.skipped_nodes),
+        "updated_channels": dump_names(row.updated_channels),
+        "body": row.body,
+    }
 
 
 def _runs_json(start: int, messages: Sequence[Message]) -> str:
@@ -217,32 +265,7 @@ class _PostgresTx(SqlStepTx["psycopg.Connection[tuple[Any, ...]]"]):
         """Store ``cp`` as drafted, in one statement that takes the write lock ``lock``, if the
         stored head is still the draft's base; otherwise the transaction fails
         (:func:`_is_head_moved`)."""
-        encoded, row = draft.encoded, draft.encoded.row
-        self.conn.execute(
-            _PUT_DRAFT,
-            {
-                "lock": lock,
-                "session_id": cp.session_id,
-                "step": cp.step,
-                "token": draft.token,
-                "log_end": draft.log_end + len(encoded.log_messages),
-                "created_at": cp.created_at,
-                "base_step": draft.base.step,
-                "base_token": draft.base.token,
-                "start": draft.log_end,
-                "count": len(encoded.log_messages),
-                "runs": _runs_json(draft.log_end, encoded.log_messages),
-                "kind": row.kind,
-                "row_base_step": row.base_step,
-                "root_step": row.root_step,
-                "messages_start": row.messages_start,
-                "messages_len": row.messages_len,
-                "ran_nodes": dump_names(row.ran_nodes),
-                "skipped_nodes": dump_names(row.skipped_nodes),
-                "updated_channels": dump_names(row.updated_channels),
-                "body": row.body,
-            },
-        )
+        self.conn.execute(_PUT_DRAFT, _draft_params(cp, draft, lock))
 
     def delete_steps(self, session_id: str, steps: Sequence[int]) -> None:
         self.conn.execute(
@@ -256,8 +279,10 @@ class PostgresCheckpointer(BatchingStore):
 
     ``open()`` connects and applies the shipped migrations (``migrations/postgres/NNNN_*.sql``) in one
     transaction under an advisory lock, recording them in ``schema_migrations``; every table lives in
-    ``schema`` (``treadle`` by default; also settable as ``?schema=`` in the URL). A blocking psycopg
-    connection is used from worker threads only, one call at a time (``CapacityLimiter(1)``).
+    ``schema`` (``treadle`` by default; also settable as ``?schema=`` in the URL). The psycopg
+    connection lives in its connection thread (:class:`.ConnectionThread`), one call at a time; a
+    running session's step, the hot write, is sent from the Trio thread between two of those calls
+    instead (a prepared statement driven through libpq's non-blocking API, no thread hop).
 
     Writers of one session are serialised by a transaction-scoped advisory lock, so of two writers
     expecting the same latest step exactly one wins. A step encoded on the head this store last
@@ -282,11 +307,13 @@ class PostgresCheckpointer(BatchingStore):
             a worker names its owner id there.
 
     A call that is cancelled (a caller's deadline, Ctrl-C, the runner closing) cancels the
-    statement on the server (``conn.cancel()``). When the server ends the connection (a restart),
-    the call in progress fails with ``CheckpointBackendError`` and the next call reconnects: at
-    once the first time, then no sooner than a backoff that doubles from 0.1 s up to 5 s while the
-    server stays away (calls in between fail at once, naming the retry time). Leases held before
-    are taken again on reconnect; one that another process took meanwhile is lost, and the next
+    statement on the server (``conn.cancel()``) and waits at most 5 s for it to end; one sent from
+    the Trio thread that outlives that has its connection closed, and the next call reconnects.
+    When the server ends the connection (a restart), the call in progress fails with
+    ``CheckpointBackendError`` and the next call reconnects: at once the first time, then no
+    sooner than a backoff that doubles from 0.1 s up to 5 s while the server stays away (calls in
+    between fail at once, naming the retry time). Leases held before are taken again on reconnect;
+    one that another process took meanwhile is lost, and the next
     save of that session raises ``SessionLeased``.
     """
 
@@ -320,6 +347,8 @@ class PostgresCheckpointer(BatchingStore):
         self._conn: psycopg.Connection[tuple[Any, ...]] | None = None
         self._leases: dict[str, str] = {}
         self._pipelines = False
+        # One step's drafted save, run from the Trio thread (see _save).
+        self._put_draft = PreparedStatement("treadle_put_draft", _PUT_DRAFT, _PUT_DRAFT_TYPES)
 
     def __repr__(self) -> str:
         return f"PostgresCheckpointer({mask_url(self.url)!r}, schema={self.schema!r})"
@@ -601,12 +630,14 @@ class PostgresCheckpointer(BatchingStore):
         cps: Sequence[Checkpoint],
         drafts: Sequence[Draft | None],
         expected: Sequence[Expected] | None,
+        *,
+        short_way: bool = True,
     ) -> None:
         # The short way when every step is drafted on the stored head; else (or if the head moved
         # meanwhile) the long way: read the head, check, encode again if needed, write.
         checks = expected if expected is not None else [UNCHECKED] * len(cps)
         ready = [self._ready(cp, d, e) for cp, d, e in zip(cps, drafts, checks, strict=True)]
-        if all(ready):
+        if short_way and all(ready):
             try:
                 if self._save_drafted(cps, [d for d in ready if d is not None]):
                     return
@@ -614,6 +645,50 @@ class PostgresCheckpointer(BatchingStore):
                 self._forget([cp.session_id for cp in cps])
                 raise
         super()._save_sync(cps, drafts, expected)
+
+    async def _save(
+        self, cps: Sequence[Checkpoint], expected: Sequence[Expected] | None = None
+    ) -> None:
+        # One step drafted on the stored head is stored from here, with no thread hop; anything
+        # else, or that step if the head moved meanwhile, in the connection thread.
+        drafts = draft_steps(self._codec, cps)
+        short_way = True
+        if len(cps) == 1:
+            draft = self._ready(cps[0], drafts[0], UNCHECKED if expected is None else expected[0])
+            if draft is not None:
+                stored = await self._save_drafted_here(cps[0], draft)
+                if stored:
+                    return
+                short_way = stored is None
+        await self._run(lambda: self._save_sync(cps, drafts, expected, short_way=short_way))
+
+    async def _save_drafted_here(self, cp: Checkpoint, draft: Draft) -> bool | None:
+        """Store ``cp`` as drafted (:data:`_PUT_DRAFT`), from the Trio thread, between two calls
+        of the connection thread. False, with nothing written, if the stored head is no longer the
+        draft's base; ``None``, with nothing sent, if the connection needs the thread (to
+        reconnect)."""
+        if self._thread is None:
+            raise self._not_open()
+        async with self._thread.between_calls():
+            conn = self._conn
+            if conn is None or conn.closed:
+                return None
+            self._codec.wrote(cp.session_id, cp.step, draft.token)
+            params = _draft_params(cp, draft, _lock_key("write", self.schema, cp.session_id))
+            try:
+                await self._put_draft.execute(conn, params, cancel_grace=self._thread.cancel_grace)
+            except trio.BusyResourceError:
+                return None  # the thread is closing the connection
+            except _db_error() as exc:
+                self._codec.forget(cp.session_id)
+                if _is_head_moved(exc):
+                    return False
+                raise self._error("query failed on", exc) from exc
+            except BaseException:
+                self._codec.forget(cp.session_id)
+                raise
+        self._codec.remember(draft.encoded.tip)
+        return True
 
     def _save_group_sync(
         self,
