@@ -64,14 +64,17 @@ class _MailboxCore:
     name: str
     capacity: int
     overflow: Overflow
-    send_op: MailboxOp
-    receive_op: MailboxOp
     sent: int = 0
     received: int = 0
     dropped: int = 0
     # id(message) -> (message, callback) for requests whose asker must learn that the message was
     # evicted or stranded; holding the message keeps its id unique while it is watched.
     watched: dict[int, tuple[object, Callable[[UndeliveredReason], None]]] = attrs.Factory(dict)
+
+    def op(self, op: Literal["send", "receive"]) -> MailboxOp:
+        # Made when a perturbation asks, not kept: a parked actor's mailbox is visited by every
+        # full garbage collection, and perturbations are installed in tests only.
+        return MailboxOp(self.name, op)
 
     def undelivered(self, message: object, reason: UndeliveredReason) -> None:
         entry = self.watched.pop(id(message), None)
@@ -257,7 +260,7 @@ class _BlockSender(_BlockEnd[trio.MemorySendChannel[T]], MailboxSender[T]):
 
     async def send(self, msg: T) -> None:
         if self._perturb is not None:
-            await self._perturb(self._core.send_op)
+            await self._perturb(self._core.op("send"))
         try:
             await self._chan.send(msg)
         except trio.BrokenResourceError:
@@ -285,7 +288,7 @@ class _BlockReceiver(_BlockEnd[trio.MemoryReceiveChannel[T]], MailboxReceiver[T]
 
     async def receive(self) -> T:
         if self._perturb is not None:
-            await self._perturb(self._core.receive_op)
+            await self._perturb(self._core.op("receive"))
         try:
             msg = await self._chan.receive()
         except trio.ClosedResourceError:
@@ -408,7 +411,7 @@ class _DropOldestSender(_DropOldestEnd[T], MailboxSender[T]):
 
     async def send(self, msg: T) -> None:
         if self._perturb is not None:
-            await self._perturb(self._core.send_op)
+            await self._perturb(self._core.op("send"))
         await trio.lowlevel.checkpoint_if_cancelled()
         self.send_nowait(msg)
         await trio.lowlevel.cancel_shielded_checkpoint()
@@ -464,7 +467,7 @@ class _DropOldestReceiver(_DropOldestEnd[T], MailboxReceiver[T]):
 
     async def receive(self) -> T:
         if self._perturb is not None:
-            await self._perturb(self._core.receive_op)
+            await self._perturb(self._core.op("receive"))
         await trio.lowlevel.checkpoint_if_cancelled()
         try:
             msg = self.receive_nowait()
@@ -564,11 +567,10 @@ class open_mailbox(tuple[MailboxSender[T], MailboxReceiver[T]]):
     ) -> tuple[MailboxSender[T], MailboxReceiver[T]]:
         if isinstance(capacity, bool) or not isinstance(capacity, int):
             raise TypeError(f"mailbox {name!r}: capacity must be an int, not {capacity!r}")
-        send_op, receive_op = MailboxOp(name, "send"), MailboxOp(name, "receive")
         if overflow is Overflow.BLOCK:
             if capacity < 0:
                 raise ValueError(f"mailbox {name!r}: capacity must be >= 0, not {capacity}")
-            core = _MailboxCore(name, capacity, overflow, send_op, receive_op)
+            core = _MailboxCore(name, capacity, overflow)
             tx, rx = trio.open_memory_channel[T](capacity)
             return _BlockSender(core, perturb, tx), _BlockReceiver(core, perturb, rx)
         if overflow is Overflow.DROP_OLDEST:
@@ -576,7 +578,7 @@ class open_mailbox(tuple[MailboxSender[T], MailboxReceiver[T]]):
                 raise ValueError(
                     f"mailbox {name!r}: a drop-oldest mailbox needs capacity >= 1, not {capacity}"
                 )
-            state = _DropOldestCore[T](name, capacity, overflow, send_op, receive_op)
+            state = _DropOldestCore[T](name, capacity, overflow)
             return _DropOldestSender(state, perturb), _DropOldestReceiver(state, perturb)
         raise TypeError(f"mailbox {name!r}: overflow must be an Overflow, not {overflow!r}")
 
