@@ -67,18 +67,26 @@ async def node_actor(
     ``node.completed``/``node.failed`` for each execution (see :mod:`.lifecycle`).
     """
     execute = functools.partial(_observed, bus) if lifecycle else _execute
-    with inbox:
+    # Every object a parked actor keeps is one more for each full garbage collection to visit, and
+    # a wide graph parks thousands: so no ``with inbox:`` (it keeps a bound ``__exit__`` on the
+    # stack) and no ``async for`` (it adds an ``__anext__`` coroutine to the wait).
+    try:
         if first is not None:
             # Handed over at spawn: a node's first execution costs no mailbox round trip.
             await _handle(spec, first, execute, bus, clock, thread_limiter)
-            # A parked actor holds no message: what it references can be freed, and every
-            # object a parked actor keeps is one more for each garbage collection to visit.
+            # A parked actor holds no message: what it references can be freed.
             first = None
-        async for msg in inbox:
+        while True:
+            try:
+                msg = await inbox.receive()
+            except trio.EndOfChannel:
+                return
             if msg is None:
                 return
             await _handle(spec, msg, execute, bus, clock, thread_limiter)
             msg = None
+    finally:
+        inbox.close()
 
 
 async def _handle(
