@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from collections.abc import Iterator
 
 import attrs
 import trio
@@ -42,7 +43,11 @@ class NodePool:
     perturb: Perturbation | None = None
     # Node actors publish lifecycle events (AppRunner(lifecycle_events=True)).
     lifecycle: bool = False
-    _idle: dict[str, list[NodeMailbox]] = attrs.field(factory=dict, init=False)
+    # One idle actor per node here, any more (sessions of the graph completing together) in
+    # ``_spare``: a list per node would be one more object per parked actor for every full garbage
+    # collection to visit.
+    _idle: dict[str, NodeMailbox] = attrs.field(factory=dict, init=False)
+    _spare: dict[str, list[NodeMailbox]] = attrs.field(factory=dict, init=False)
     _started: int = attrs.field(default=0, init=False)
 
     def take(self, node: str, first: Execute) -> tuple[NodeMailbox, bool]:
@@ -51,18 +56,24 @@ class NodePool:
         An idle actor is returned as ``(mailbox, False)``: the caller sends ``first`` to it. A new one
         starts running ``first`` at once and is returned as ``(mailbox, True)``.
         """
-        idle = self._idle.get(node)
-        if idle:
-            return idle.pop(), False
+        spare = self._spare.get(node)
+        if spare:
+            return spare.pop(), False
+        idle = self._idle.pop(node, None)
+        if idle is not None:
+            return idle, False
         return self._start(node, first), True
 
     def give(self, node: str, mailbox: NodeMailbox) -> None:
         """Return an idle actor; it waits for the next session's first Execute."""
-        idle = self._idle.setdefault(node, [])
-        if len(idle) >= MAX_IDLE_PER_NODE:
+        if node not in self._idle:
+            self._idle[node] = mailbox
+            return
+        spare = self._spare.setdefault(node, [])
+        if len(spare) + 1 >= MAX_IDLE_PER_NODE:
             mailbox.close()  # its actor sees the end of its inbox and exits
         else:
-            idle.append(mailbox)
+            spare.append(mailbox)
 
     @property
     def started(self) -> int:
@@ -76,27 +87,30 @@ class NodePool:
         parked actor's coroutines; a batch at a time, the memory of the actors that returned is
         freed as the next ones wake. Actors given back later are stopped by :meth:`close`.
         """
-        idle, self._idle = self._idle, {}
         batch = 0
-        for mailboxes in idle.values():
-            for mailbox in mailboxes:
-                _stop(mailbox)
-                batch += 1
-                if batch == _STOP_BATCH:
-                    batch = 0
-                    await trio.lowlevel.checkpoint()
+        for mailbox in self._take_all():
+            _stop(mailbox)
+            batch += 1
+            if batch == _STOP_BATCH:
+                batch = 0
+                await trio.lowlevel.checkpoint()
 
     def close(self) -> None:
         """Stop every idle actor at once: each returns on its next turn, which costs far less
         than cancelling thousands of waiting tasks when the runner closes."""
-        idle, self._idle = self._idle, {}
-        for mailboxes in idle.values():
-            for mailbox in mailboxes:
-                _stop(mailbox)
+        for mailbox in self._take_all():
+            _stop(mailbox)
 
     def idle(self) -> int:
         """How many idle node actors the pool holds."""
-        return sum(len(v) for v in self._idle.values())
+        return len(self._idle) + sum(len(v) for v in self._spare.values())
+
+    def _take_all(self) -> Iterator[NodeMailbox]:
+        idle, spare = self._idle, self._spare
+        self._idle, self._spare = {}, {}
+        yield from idle.values()
+        for mailboxes in spare.values():
+            yield from mailboxes
 
     def _start(self, node: str, first: Execute) -> NodeMailbox:
         mailbox, inbox = open_mailbox[Execute | None](1, name=f"node {node}", perturb=self.perturb)
