@@ -314,18 +314,22 @@ class Scheduler:
         snapshot = core.state.snapshot()
         versions = (snapshot.messages_version, snapshot.extra_version)
 
-        run: list[tuple[int, str]] = []
+        # The nodes to run and their places in the frontier, in two lists rather than a pair per
+        # node: a wide step would otherwise make one more object per node for the collector.
+        to_run: list[str] = []
+        places: list[int] = []
         skipped: list[str] = []
         for index, node in enumerate(core.frontier):
             if node in (END, START) or core.versions_seen.get(node) == versions:
                 skipped.append(node)
             else:
-                run.append((index, node))
-        ran = tuple(node for _, node in run)
+                to_run.append(node)
+                places.append(index)
+        ran = tuple(to_run)
         if self.config.lifecycle:
             await self._publish_skipped(step, skipped)
 
-        partials, failure = await self._execute(step, snapshot, run)
+        partials, failure = await self._execute(step, snapshot, ran, places)
         if failure is not None:
             await self._fail(step, *failure)
 
@@ -375,10 +379,11 @@ class Scheduler:
         return report
 
     async def _execute(
-        self, step: int, snapshot: StateSnapshot, run: list[tuple[int, str]]
+        self, step: int, snapshot: StateSnapshot, ran: tuple[str, ...], places: list[int]
     ) -> tuple[list[NodePartial], tuple[str, BaseException] | None]:
-        """Run the step's nodes and wait for exactly one reply from each one started."""
-        count = len(run)
+        """Run the step's nodes (``places``: their indices in the frontier) and wait for exactly
+        one reply from each one started."""
+        count = len(ran)
         results: list[NodePartial] = [_EMPTY] * count
         if not count:
             return results, None
@@ -391,11 +396,11 @@ class Scheduler:
         failed: tuple[int, str, BaseException] | None = None
 
         async def dispatch(index: int) -> None:
-            frontier_index, node = run[index]
+            node = ran[index]
             execute = Execute(
                 step,
                 index,
-                frontier_index,
+                places[index],
                 snapshot,
                 self.core.session_id,
                 self.invocation_id,
