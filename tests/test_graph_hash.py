@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import re
 from collections.abc import Callable
 from typing import Any
@@ -143,3 +144,44 @@ def test_reducer_labels_enter_the_hash_by_label_only() -> None:
     one = [*BASE_OPS, lambda b: b.with_reducer("extra", LabelledReducer("x"))]
     same_label = [*BASE_OPS, lambda b: b.with_reducer("extra", LabelledReducer("x"))]
     assert graph_hash(build(one)) == graph_hash(build(same_label))
+
+
+def odd_names() -> GraphBuilder:
+    builder = GraphBuilder().add_edge(START, "é")
+    for name in ("é", '"q"', "名", "a b", "\\"):
+        builder.add_node(name, node)
+    builder.add_edge("é", '"q"').add_edge("é", "名").add_edge(['"q"', "名"], "a b")
+    return builder.add_edge("a b", "\\").add_edge("\\", END)
+
+
+def test_hashes_of_stored_definitions_never_change() -> None:
+    # Stored checkpoints carry the hash of the graph that wrote them, and a runner refuses a
+    # session whose hash differs: the text hashed must stay byte for byte what it was.
+    assert base_hash() == "71a84ca37e0a02cc32b0cb7899b2f723812fb6221547fae3c7335241976e5d22"
+    assert (
+        graph_hash(odd_names())
+        == "ee22a88a68c61fddeed4a5110bd5acabf25c91ea9e3a5c7bb3c73bea8b3c8693"
+    )
+
+
+def test_hashing_a_wide_graph_leaves_nothing_per_node_for_the_collector() -> None:
+    # A graph is hashed inside its first run with a checkpointer, beside thousands of node actors
+    # that every full garbage collection visits.
+    builder = GraphBuilder().add_node("join", node).add_edge("join", END)
+    names = [f"w{i}" for i in range(5000)]
+    for name in names:
+        builder.add_node(name, node).add_edge(START, name)
+    graph = builder.add_edge(names, "join").compile().graph
+    collections: list[int] = []
+
+    def count(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            collections.append(info["generation"])
+
+    gc.collect()
+    gc.callbacks.append(count)
+    try:
+        graph.graph_metadata()
+    finally:
+        gc.callbacks.remove(count)
+    assert collections == []

@@ -145,6 +145,10 @@ def _is_exception_type(value: object) -> bool:
     return isinstance(value, type) and issubclass(value, BaseException)
 
 
+# The policy of every node added without one: frozen, so one is shared rather than one per node.
+_NO_RETRY: Final = RetryPolicy()
+
+
 # -- nodes -----------------------------------------------------------------------------------------
 
 _PLAIN_CALLABLES: Final = (
@@ -343,26 +347,57 @@ class CompiledGraph:
         return self._metadata[0]
 
     def _compute_metadata(self) -> GraphMetadata:
-        static = [[src, dst] for src, targets in self.edges.items() for dst in targets]
-        canonical = {
-            "format": _HASH_FORMAT,
-            "nodes": sorted(_node_json(spec) for spec in self.nodes.values()),
-            "edges": sorted(static),
-            "joins": sorted([sorted(j.sources), j.target] for j in self.joins),
-            "conditional": sorted(_conditional_json(c) for c in self.conditional_edges),
-            "reducers": sorted([ch, label] for ch, label in self.reducers.labels().items()),
-        }
-        text = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        # The sha256 of the definition as canonical JSON (sorted keys, no spaces), fed to the hash
+        # a row at a time: a graph is hashed inside its first run with a checkpointer, and a list
+        # per node and per edge would be thousands of objects for that run's garbage collections.
+        # Node names are unique, so rows in name order are the rows sorted whole; edges likewise
+        # by source, then target.
+        sha = hashlib.sha256()
+
+        def write(text: str) -> None:
+            sha.update(text.encode("utf-8"))
+
+        conditional = sorted(_conditional_json(c) for c in self.conditional_edges)
+        write('{"conditional":' + _CANONICAL.encode(conditional) + ',"edges":[')
+        edge_count = 0
+        for src in sorted(self.edges):
+            source = _CANONICAL.encode(src)
+            for dst in sorted(self.edges[src]):
+                write(
+                    ("[" if edge_count == 0 else ",[") + source + "," + _CANONICAL.encode(dst) + "]"
+                )
+                edge_count += 1
+        joins = sorted([sorted(j.sources), j.target] for j in self.joins)
+        write(
+            '],"format":' + _CANONICAL.encode(_HASH_FORMAT) + ',"joins":' + _CANONICAL.encode(joins)
+        )
+        write(',"nodes":[')
+        # Nodes mostly share their settings (and their policy object, see _NO_RETRY): each
+        # distinct one is encoded once.
+        settings: dict[tuple[object, ...], str] = {}
+        for i, name in enumerate(sorted(self.nodes)):
+            spec = self.nodes[name]
+            key = (spec.kind, id(spec.retry), spec.timeout, spec.thread)
+            row = settings.get(key)
+            if row is None:
+                row = settings[key] = _CANONICAL.encode(_node_settings(spec))
+            write(("[" if i == 0 else ",[") + _CANONICAL.encode(name) + "," + row + "]")
+        reducers = sorted([ch, label] for ch, label in self.reducers.labels().items())
+        write('],"reducers":' + _CANONICAL.encode(reducers) + "}")
         return GraphMetadata(
-            graph_hash=hashlib.sha256(text.encode("utf-8")).hexdigest(),
+            graph_hash=sha.hexdigest(),
             node_count=len(self.nodes),
-            edge_count=len(static),
+            edge_count=edge_count,
             conditional_count=len(self.conditional_edges),
             join_count=len(self.joins),
         )
 
 
-def _node_json(spec: NodeSpec) -> list[object]:
+# What ``graph_hash`` is the sha256 of: JSON with sorted keys, no spaces, any character as is.
+_CANONICAL: Final = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _node_settings(spec: NodeSpec) -> str:
     r = spec.retry
     retry = [
         r.max_attempts,
@@ -373,8 +408,9 @@ def _node_json(spec: NodeSpec) -> list[object]:
         _retry_on_label(r.retry_on),
     ]
     timeout = None if spec.timeout is None else float(spec.timeout)
-    # json.dumps makes the mixed-type row sortable as a string key without comparing None to float.
-    return [spec.name, json.dumps([spec.kind, retry, timeout, spec.thread])]
+    # A string inside the node's row, as the hash has always had it (rows once sorted whole, and a
+    # string never compares None to a float).
+    return json.dumps([spec.kind, retry, timeout, spec.thread])
 
 
 def _conditional_json(edge: ConditionalEdge) -> list[object]:
@@ -437,7 +473,7 @@ class GraphBuilder:
             NodeSpec(
                 name=name,
                 fn=fn,
-                retry=retry if retry is not None else RetryPolicy(),
+                retry=retry if retry is not None else _NO_RETRY,
                 timeout=timeout,
                 thread=thread,
                 kind=kind,
