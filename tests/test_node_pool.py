@@ -108,3 +108,42 @@ async def test_a_parked_node_actor_keeps_nothing_of_its_last_execution() -> None
                 gc.collect()
                 assert [ref() for ref in seen] == [None] * len(seen)
                 assert len(seen) == (2 if session == "a" else 4)
+
+
+# What a parked node actor keeps alive, each object visited by every full garbage collection (a
+# wide graph parks thousands, and a first run that starts them sets off collections in proportion):
+# its trio task with the task's context and child-nursery list (3), its coroutine (1), the wait
+# inside trio's MemoryReceiveChannel.receive (3 frames, the trap's record and its dict, the abort
+# callback with its closure: 9), the trio memory channel (state, buffer, two ends, their task sets
+# and the state's two wait queues: 8), and the mailbox around it (sender, receiver, shared core, the
+# receiver's receive frame: 4). It was 30 when the mailbox kept its perturbation records, the actor
+# waited through ``async for`` inside ``with inbox:`` and the pool kept a list per node.
+TRACKED_PER_PARKED_ACTOR = 25
+
+
+async def test_a_parked_node_actor_keeps_few_objects_for_the_garbage_collector() -> None:
+    async def kept(width: int) -> tuple[int, int]:
+        """Objects left alive by a first session of ``wide_app(width)``, then by a second."""
+        grown = []
+        with trio.fail_after(30):
+            async with AppRunner(
+                wide_app(width), concurrency_limit=width, autosave=False
+            ) as runner:
+                for session in ("first", "second"):
+                    gc.collect()
+                    before = len(gc.get_objects())
+                    await runner.create_session(session, VersionedState())
+                    await runner.run_until_complete(session)
+                    await runner.close_session(session)
+                    gc.collect()
+                    grown.append(len(gc.get_objects()) - before)
+                assert runner.statistics().idle_node_actors == width + 2
+        return grown[0], grown[1]
+
+    narrow, wide = await kept(100), await kept(300)
+    # The difference leaves out what a runner and a session keep whatever their width (give or
+    # take a few objects, hence the half: one more object per actor fails the test).
+    per_actor = (wide[0] - narrow[0]) / 200
+    assert per_actor < TRACKED_PER_PARKED_ACTOR + 0.5
+    # A session that reuses parked actors adds nothing per actor.
+    assert max(narrow[1], wide[1]) < 50
