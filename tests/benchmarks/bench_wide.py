@@ -3,11 +3,14 @@
 Run: ``python tests/benchmarks/bench_wide.py [W ...]`` (default 2500 5000 10000). For each W it
 prints, on a fresh runner without checkpoints (``concurrency_limit=W``): the first run (which
 starts W node actors), a second run (which reuses them) and the time to close the runner, in
-seconds, with the load average. Doubling W should at most double each time.
+seconds, with the load average, and how many full (generation 2) garbage collections each of the
+three set off: each visits every live object, the parked node actors' too. Doubling W should at
+most double each time.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sys
@@ -36,14 +39,26 @@ def build(width: int) -> Any:
 async def measure(width: int) -> None:
     app = build(width)
     row: dict[str, Any] = {"w": width, "load1": round(os.getloadavg()[0], 1)}
-    async with AppRunner(app, autosave=False, concurrency_limit=width) as runner:
-        for label in ("first_s", "second_s"):
-            started = time.perf_counter()
-            await runner.create_session(label, VersionedState())
-            await runner.run_until_complete(label)
-            row[label] = round(time.perf_counter() - started, 3)
-        closing = time.perf_counter()
-    row["close_s"] = round(time.perf_counter() - closing, 3)
+    full = [0]
+
+    def count(phase: str, info: dict[str, int]) -> None:
+        if phase == "start" and info["generation"] == 2:
+            full[0] += 1
+
+    gc.callbacks.append(count)
+    try:
+        async with AppRunner(app, autosave=False, concurrency_limit=width) as runner:
+            for label in ("first", "second"):
+                started, full[0] = time.perf_counter(), 0
+                await runner.create_session(label, VersionedState())
+                await runner.run_until_complete(label)
+                row[f"{label}_s"] = round(time.perf_counter() - started, 3)
+                row[f"{label}_full_gc"] = full[0]
+            closing, full[0] = time.perf_counter(), 0
+        row["close_s"] = round(time.perf_counter() - closing, 3)
+        row["close_full_gc"] = full[0]
+    finally:
+        gc.callbacks.remove(count)
     print(json.dumps(row), flush=True)
 
 
