@@ -110,15 +110,16 @@ async def test_a_save_that_committed_but_reported_failure_is_recognised_on_retry
 
             for seam, commit in commits.items():
                 setattr(store, seam, ack_lost(commit))
-            statement = getattr(store, "_put_draft", None)  # PostgreSQL: run from the Trio thread
-            if statement is not None:
-                store._put_draft = AckLostStatement(statement)
+            # PostgreSQL: the statements run from the Trio thread, one per shape of step.
+            statements = dict(getattr(store, "_put_drafts", {}))
+            for name, statement in statements.items():
+                store._put_drafts[name] = AckLostStatement(statement)
             with pytest.raises(CheckpointBackendError):
                 await store.save_with_concurrency_check(step2, 1)
             for seam, commit in commits.items():
                 setattr(store, seam, commit)
-            if statement is not None:
-                store._put_draft = statement
+            if statements:
+                store._put_drafts.update(statements)
             # The retry re-ran the step (same content, a later time): recognised, not a conflict.
             retry = attrs.evolve(step2, created_at=step2.created_at + 5)
             await store.save_with_concurrency_check(retry, 1)

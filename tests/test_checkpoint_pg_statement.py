@@ -15,9 +15,10 @@ import psycopg
 import pytest
 import trio
 
-from treadle import Checkpoint, CheckpointBackendError, VersionedState
+from treadle import Checkpoint, CheckpointBackendError, Message, VersionedState
 from treadle.runtime.checkpointers import PostgresCheckpointer
 from treadle.runtime.checkpointers.postgres import _lock_key
+from treadle.runtime.checkpointers.sql import RUN
 
 pytest_plugins = ["pg_fixtures"]
 
@@ -88,8 +89,35 @@ async def test_a_drafted_step_is_stored_by_a_statement_prepared_once_per_connect
         assert stored_steps(postgres_url, pg_schema) == [0, 1, 2, 3]
         status, prepared = await connection_state(store)
         assert status == psycopg.pq.TransactionStatus.IDLE
-        assert "treadle_put_draft" in prepared
+        assert "treadle_put_step" in prepared
         assert (await store.load("s", 3)).state == checkpoint(3).state
+
+
+def talking(step: int, messages: int) -> Checkpoint:
+    """Step ``step`` of session ``s`` holding ``messages`` messages."""
+    said = [Message("user", f"m{i}") for i in range(messages)]
+    state = VersionedState(messages=said, extra={"n": step})
+    return Checkpoint("s", step, state, ("tick",), {}, {}, 1, step)
+
+
+async def test_a_step_is_stored_by_the_cheapest_statement_that_holds_its_new_messages(
+    postgres_url: str, pg_schema: str, store: PostgresCheckpointer
+) -> None:
+    with trio.fail_after(30):
+        await store.save(talking(1, 2))  # one row of the log, sent as stored
+        assert (await connection_state(store))[1] == ["treadle_put_run"]
+        await store.save(talking(2, 2))  # no new message: no log part
+        assert (await connection_state(store))[1] == ["treadle_put_run", "treadle_put_step"]
+        await store.save(talking(3, 3 + RUN))  # more than a row: runs split by the server
+        await store.save(talking(4, 3 + RUN))
+        assert (await connection_state(store))[1] == [
+            "treadle_put_draft", "treadle_put_run", "treadle_put_step",
+        ]  # fmt: skip
+        assert stored_steps(postgres_url, pg_schema) == [0, 1, 2, 3, 4]
+        for step, messages in [(1, 2), (2, 2), (3, 3 + RUN), (4, 3 + RUN)]:
+            assert (await store.load("s", step)).state == talking(step, messages).state
+        log = f'SELECT seq, count FROM "{pg_schema}".messages ORDER BY seq'
+        assert query(postgres_url, log) == [(0, 2), (2, RUN), (2 + RUN, 1)]
 
 
 async def test_a_cancelled_drafted_save_cancels_its_statement_and_the_connection_still_works(
@@ -157,4 +185,4 @@ async def test_a_statement_dropped_on_the_server_is_prepared_again(
         assert await connection_state(store) == (psycopg.pq.TransactionStatus.IDLE, [])
         await store.save(checkpoint(2))
         assert stored_steps(postgres_url, pg_schema) == [0, 1, 2]
-        assert "treadle_put_draft" in (await connection_state(store))[1]
+        assert "treadle_put_step" in (await connection_state(store))[1]

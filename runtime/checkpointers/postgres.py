@@ -32,6 +32,7 @@ from .codec import (
     StepCodec,
     draft_steps,
     load_step,
+    messages_json,
     prune_session,
 )
 from .connection import ConnectionThread
@@ -92,22 +93,30 @@ _APPEND_MESSAGES = (
     "INSERT INTO messages (session_id, seq, count, messages) "
     f"SELECT %(session_id)s, r.* FROM ({_RUN_ROWS}) AS r"
 )
-_PUT_DRAFT = (
-    # A drafted step in one statement: take the session's write lock, move the head from the
-    # draft's base to the step (a compare-and-set on the session row, rechecked on the row's
-    # newest version if another writer changed it meanwhile), append its messages and insert its
-    # row, each only if the head moved. If the stored head is no longer the draft's base, the step
-    # row's session_id comes out NULL and the NOT NULL constraint fails the statement, and so the
-    # transaction: nothing is written, and the step is stored the long way (read, then write).
+# A drafted step in one statement: take the session's write lock, move the head from the draft's
+# base to the step (a compare-and-set on the session row, rechecked on the row's newest version if
+# another writer changed it meanwhile), append its messages and insert its row, each only if the
+# head moved. If the stored head is no longer the draft's base, the step row's session_id comes out
+# NULL and the NOT NULL constraint fails the statement, and so the transaction: nothing is written,
+# and the step is stored the long way (read, then write).
+_DRAFT_HEAD = (
     "WITH lock AS MATERIALIZED (SELECT pg_advisory_xact_lock(%(lock)s)), "
     "head AS (UPDATE sessions SET latest_step = %(step)s, token = %(token)s, "
     "log_end = %(log_end)s, updated_at = %(created_at)s FROM lock "
     "WHERE session_id = %(session_id)s "
     "AND latest_step = %(base_step)s AND token = %(base_token)s AND log_end = %(start)s "
-    "RETURNING session_id), "
-    "log AS (INSERT INTO messages (session_id, seq, count, messages) "
-    f"SELECT head.session_id, r.* FROM head, ({_RUN_ROWS}) AS r) "
-    f"INSERT INTO steps ({ROW_COLUMNS}) "
+    "RETURNING session_id)"
+)
+_DRAFT_LOG = (
+    ", log AS (INSERT INTO messages (session_id, seq, count, messages) "
+    f"SELECT head.session_id, r.* FROM head, ({_RUN_ROWS}) AS r)"
+)
+_DRAFT_RUN = (
+    ", log AS (INSERT INTO messages (session_id, seq, count, messages) "
+    "SELECT head.session_id, %(start)s, %(count)s::int, %(run)s::json FROM head)"
+)
+_DRAFT_ROW = (
+    f" INSERT INTO steps ({ROW_COLUMNS}) "
     "SELECT head.session_id, %(step)s, %(created_at)s, %(kind)s, %(row_base_step)s, "
     "%(root_step)s, %(messages_start)s, %(messages_len)s, %(ran_nodes)s::jsonb, "
     "%(skipped_nodes)s::jsonb, %(updated_channels)s::jsonb, %(body)s::json "
@@ -118,12 +127,34 @@ _PUT_DRAFT = (
     "ran_nodes = EXCLUDED.ran_nodes, skipped_nodes = EXCLUDED.skipped_nodes, "
     "updated_channels = EXCLUDED.updated_channels, body = EXCLUDED.body"
 )
+_PUT_DRAFT = _DRAFT_HEAD + _DRAFT_LOG + _DRAFT_ROW
+_PUT_DRAFT_RUN = _DRAFT_HEAD + _DRAFT_RUN + _DRAFT_ROW
+""":data:`_PUT_DRAFT` for a step that appends at most :data:`RUN` messages: one row of the log, its
+JSON array sent as it is stored instead of an array of runs for the server to split."""
+_PUT_DRAFT_NO_LOG = _DRAFT_HEAD + _DRAFT_ROW
+""":data:`_PUT_DRAFT` for a step that appends no messages: no JSON to parse, no empty insert."""
+
+
+def _draft_statement(draft: Draft) -> str:
+    """Which statement stores ``draft``: the name of its prepared form, a key of
+    :data:`_DRAFT_STATEMENTS` (the cheapest that holds the messages it appends)."""
+    count = len(draft.encoded.log_messages)
+    if not count:
+        return "treadle_put_step"
+    return "treadle_put_run" if count <= RUN else "treadle_put_draft"
+
+
+_DRAFT_STATEMENTS: Final = {
+    "treadle_put_step": _PUT_DRAFT_NO_LOG,
+    "treadle_put_run": _PUT_DRAFT_RUN,
+    "treadle_put_draft": _PUT_DRAFT,
+}
 
 
 _PUT_DRAFT_TYPES: Final = {
     **dict.fromkeys(
         (
-            "session_id", "token", "base_token", "runs", "kind",
+            "session_id", "token", "base_token", "run", "runs", "kind",
             "ran_nodes", "skipped_nodes", "updated_channels", "body",
         ),
         TEXT,
@@ -143,6 +174,7 @@ def _draft_params(cp: Checkpoint, draft: Draft, lock: int) -> dict[str, int | st
     """The parameters of :data:`_PUT_DRAFT` that store ``cp`` as drafted, under the write lock
     ``lock``."""
     encoded, row = draft.encoded, draft.encoded.row
+    count = len(encoded.log_messages)
     return {
         "lock": lock,
         "session_id": cp.session_id,
@@ -153,8 +185,9 @@ def _draft_params(cp: Checkpoint, draft: Draft, lock: int) -> dict[str, int | st
         "base_step": draft.base.step,
         "base_token": draft.base.token,
         "start": draft.log_end,
-        "count": len(encoded.log_messages),
-        "runs": _runs_json(draft.log_end, encoded.log_messages),
+        "count": count,
+        "run": messages_json(encoded.log_messages) if 0 < count <= RUN else None,
+        "runs": _runs_json(draft.log_end, encoded.log_messages) if count > RUN else None,
         "kind": row.kind,
         "row_base_step": row.base_step,
         "root_step": row.root_step,
@@ -265,7 +298,9 @@ class _PostgresTx(SqlStepTx["psycopg.Connection[tuple[Any, ...]]"]):
         """Store ``cp`` as drafted, in one statement that takes the write lock ``lock``, if the
         stored head is still the draft's base; otherwise the transaction fails
         (:func:`_is_head_moved`)."""
-        self.conn.execute(_PUT_DRAFT, _draft_params(cp, draft, lock))
+        self.conn.execute(
+            _DRAFT_STATEMENTS[_draft_statement(draft)], _draft_params(cp, draft, lock)
+        )
 
     def delete_steps(self, session_id: str, steps: Sequence[int]) -> None:
         self.conn.execute(
@@ -348,7 +383,10 @@ class PostgresCheckpointer(BatchingStore):
         self._leases: dict[str, str] = {}
         self._pipelines = False
         # One step's drafted save, run from the Trio thread (see _save).
-        self._put_draft = PreparedStatement("treadle_put_draft", _PUT_DRAFT, _PUT_DRAFT_TYPES)
+        self._put_drafts = {
+            name: PreparedStatement(name, sql, _PUT_DRAFT_TYPES)
+            for name, sql in _DRAFT_STATEMENTS.items()
+        }
 
     def __repr__(self) -> str:
         return f"PostgresCheckpointer({mask_url(self.url)!r}, schema={self.schema!r})"
@@ -663,10 +701,10 @@ class PostgresCheckpointer(BatchingStore):
         await self._run(lambda: self._save_sync(cps, drafts, expected, short_way=short_way))
 
     async def _save_drafted_here(self, cp: Checkpoint, draft: Draft) -> bool | None:
-        """Store ``cp`` as drafted (:data:`_PUT_DRAFT`), from the Trio thread, between two calls
-        of the connection thread. False, with nothing written, if the stored head is no longer the
-        draft's base; ``None``, with nothing sent, if the connection needs the thread (to
-        reconnect)."""
+        """Store ``cp`` as drafted (:data:`_PUT_DRAFT` or a cheaper variant, see
+        :func:`_draft_statement`), from the Trio thread, between two calls of the connection thread. False,
+        with nothing written, if the stored head is no longer the draft's base; ``None``, with
+        nothing sent, if the connection needs the thread (to reconnect)."""
         if self._thread is None:
             raise self._not_open()
         async with self._thread.between_calls():
@@ -676,7 +714,8 @@ class PostgresCheckpointer(BatchingStore):
             self._codec.wrote(cp.session_id, cp.step, draft.token)
             params = _draft_params(cp, draft, _lock_key("write", self.schema, cp.session_id))
             try:
-                await self._put_draft.execute(conn, params, cancel_grace=self._thread.cancel_grace)
+                statement = self._put_drafts[_draft_statement(draft)]
+                await statement.execute(conn, params, cancel_grace=self._thread.cancel_grace)
             except trio.BusyResourceError:
                 return None  # the thread is closing the connection
             except _db_error() as exc:
