@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from hypothesis import given, register_random, settings
+from hypothesis import example, given, register_random, settings
 from hypothesis import strategies as st
 
 from treadle.runtime.events.bus import EventBus
@@ -32,29 +32,82 @@ register_random(trio._core._run._r)
 
 @given(
     capacity=st.integers(min_value=1, max_value=6),
-    ops=st.lists(st.sampled_from(["event", "sentinel", "take"]), max_size=60),
+    ops=st.lists(
+        st.tuples(st.sampled_from(["event", "sentinel", "take", "put_back"]), st.booleans()),
+        max_size=60,
+    ),
 )
-def test_buffer_matches_its_model(capacity: int, ops: list[str]) -> None:
-    """Drop-oldest that skips sentinels, unless only sentinels are left; drops counted."""
+# A sentinel taken, then put back in front once the buffer was found empty (put_known forgets
+# what it kept then), then pushed out of room: events go, the sentinel stays.
+@example(
+    capacity=2,
+    ops=[
+        ("sentinel", True),
+        ("take", True),
+        ("event", True),
+        ("put_back", True),
+        ("event", True),
+        ("event", True),
+    ],
+)
+def test_buffer_matches_its_model(capacity: int, ops: list[tuple[str, bool]]) -> None:
+    """Drop-oldest that skips sentinels, unless only sentinels are left; drops counted. Items go
+    in with ``put`` (the buffer asks ``keep``) or ``put_known`` (the publisher tells); taken ones
+    may be put back in front (a sink that failed)."""
     buffer: Buffer[tuple[str, int]] = Buffer(capacity, keep=lambda item: item[0] == "sentinel")
     model: list[tuple[str, int]] = []
     dropped = 0
-    for n, op in enumerate(ops):
-        if op == "take":
-            if model:
-                assert buffer.items.popleft() == model.pop(0)
-            else:
-                assert not buffer.items
-            continue
-        model.append((op, n))
-        if len(model) > capacity:
+
+    def evict_past_capacity() -> None:
+        nonlocal dropped
+        while len(model) > capacity:
             dropped += 1
             victims = [i for i, item in enumerate(model) if item[0] != "sentinel"]
             del model[victims[0] if victims else 0]
-        buffer.put((op, n))
+
+    in_hand: list[tuple[str, int]] = []  # taken and not handled yet
+    for n, (op, known) in enumerate(ops):
+        if op == "take":
+            if model:
+                in_hand.append(buffer.items.popleft())
+                assert in_hand[-1] == model.pop(0)
+            else:
+                assert not buffer.items
+            continue
+        if op == "put_back":
+            buffer.put_back(in_hand)
+            model[:0] = in_hand
+            in_hand = []
+            evict_past_capacity()
+        else:
+            model.append((op, n))
+            evict_past_capacity()
+            if known:
+                buffer.put_known((op, n), op == "sentinel")
+            else:
+                buffer.put((op, n))
         assert list(buffer.items) == model
         assert buffer.dropped == dropped
         assert len(buffer.items) <= capacity
+
+
+def test_a_full_buffer_asks_keep_only_while_a_kept_item_may_be_buffered() -> None:
+    asked: list[str] = []
+
+    def keep(item: str) -> bool:
+        asked.append(item)
+        return item == "end"
+
+    buffer: Buffer[str] = Buffer(2, keep=keep)
+    buffer.put_known("end", True)
+    buffer.put_known("a", False)
+    buffer.put_known("b", False)  # full: "end" is kept, "a" goes
+    assert list(buffer.items) == ["end", "b"]
+    buffer.items.clear()  # read
+    asked.clear()
+    for item in "cdef":
+        buffer.put_known(item, False)
+    assert (list(buffer.items), buffer.dropped, asked) == (["e", "f"], 3, [])
 
 
 # -- the bus under random schedules ----------------------------------------------------------------

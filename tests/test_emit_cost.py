@@ -160,9 +160,10 @@ def emitter_app(count: int) -> Any:
     return GraphBuilder().add_node("emit", emit).add_edge(START, "emit").add_edge("emit", END)
 
 
-def calls_per_event(count: int, overflow: Overflow = "drop_oldest") -> float:
+def calls_per_event(count: int, overflow: Overflow = "drop_oldest", *, read: bool = True) -> float:
     """Python calls into the runtime, per emitted event, in a run that emits ``count`` events to a
-    MemorySink and a live stream (with ``overflow``) read by another task."""
+    MemorySink and a live stream (with ``overflow``) read by another task (or, without ``read``, a
+    stream of 16 events never read, which drops all but its last 16)."""
     app = emitter_app(count).compile()
     calls: Counter[str] = Counter()
 
@@ -173,7 +174,9 @@ def calls_per_event(count: int, overflow: Overflow = "drop_oldest") -> float:
     async def main() -> None:
         with trio.fail_after(60):
             async with AppRunner(app, event_bus=EventBus([MemorySink()])) as runner:
-                stream = runner.event_stream(session_id="s", overflow=overflow)
+                stream = runner.event_stream(
+                    session_id="s", overflow=overflow, capacity=None if read else 16
+                )
 
                 async def consume() -> None:
                     async for ev in stream:
@@ -182,7 +185,8 @@ def calls_per_event(count: int, overflow: Overflow = "drop_oldest") -> float:
 
                 await runner.create_session("s", VersionedState())
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(consume)
+                    if read:
+                        nursery.start_soon(consume)
                     sys.setprofile(profile)
                     try:
                         await runner.run_until_complete("s")
@@ -199,3 +203,9 @@ def test_an_emitted_event_costs_a_few_calls(overflow: Overflow) -> None:
     # sink's handle; a lossless stream adds a check for room. Extra coroutine layers or
     # per-event helpers show up here.
     assert calls_per_event(2_000, overflow) < {"drop_oldest": 7.5, "block": 9.5}[overflow]
+
+
+def test_a_stream_that_fell_behind_drops_without_a_call_per_event() -> None:
+    # Every event evicts the stream's oldest, which is no sentinel: the buffer knows it holds none
+    # and evicts without asking (and without a helper call).
+    assert calls_per_event(2_000, read=False) < 6

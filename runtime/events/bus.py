@@ -443,7 +443,7 @@ class EventBus:
         seq = seqs.get(sid, 0)
         seqs[sid] = seq + 1
         stamped = event.stamped(sid, seq)
-        self._deliver(sid, stamped)
+        self._deliver(sid, stamped, is_sentinel(stamped))
         return stamped
 
     def publish_fresh_nowait(self, event: Event) -> bool:
@@ -462,7 +462,8 @@ class EventBus:
         seq = seqs.get(sid, 0)
         seqs[sid] = seq + 1
         type(event)._set_seq(event, seq)
-        self._deliver(sid, event)
+        # By type first: the runtime's events, node and LLM ones, are never sentinels.
+        self._deliver(sid, event, type(event) is DiagnosticEvent and is_sentinel(event))
         return self._pressure or (bool(self._blocking) and self._must_wait(sid))
 
     def publish_emitted(
@@ -489,7 +490,7 @@ class EventBus:
         _set_timestamp(event, time.time())
         _set_seq(event, seq)
         _set_node_seq(event, node_seq)
-        self._deliver(sid, event)
+        self._deliver(sid, event, False)  # a NodeEvent is never a sentinel
         return self._pressure or (bool(self._blocking) and self._must_wait(sid))
 
     async def publish_fresh(self, event: Event) -> None:
@@ -506,13 +507,14 @@ class EventBus:
         if self._blocking and self._must_wait(session_id):
             await self.wait_room(session_id)
 
-    def _deliver(self, sid: str | None, stamped: Event) -> None:
+    def _deliver(self, sid: str | None, stamped: Event, kept: bool) -> None:
+        """Put ``stamped`` (a sentinel if ``kept``) in every buffer that gets ``sid``'s events."""
         self._published += 1
         # A sink actor over half full makes the publisher yield at once; a subscriber only every
         # _YIELD_EVERY events, since it may never read and must not tax every publish.
         urgent = lagging = False
         for buffer in self._targets:
-            if buffer.put(stamped):
+            if buffer.put_known(stamped, kept):
                 if buffer.patient:
                     lagging = True
                 else:
@@ -521,10 +523,11 @@ class EventBus:
             subscribers = self._by_session.get(sid)
             if subscribers is not None:
                 for buffer in subscribers:
-                    if buffer.put(stamped):
+                    if buffer.put_known(stamped, kept):
                         lagging = True
-                # Checked by type first: a compact node event fills its fields on the first read.
-                if type(stamped) is DiagnosticEvent and stamped.scope == STREAM_END_SCOPE:
+                # Checked for a sentinel first: a compact node event fills its fields on the first
+                # read.
+                if kept and stamped.scope == STREAM_END_SCOPE:
                     # The session's stream is over: its subscribers end after this event.
                     del self._by_session[sid]
                     for buffer in subscribers:

@@ -65,6 +65,10 @@ class Buffer(Generic[T]):
     """The one session whose events this buffer gets, if it is filtered."""
     _waiter: trio.lowlevel.Task | None = None
     _high_water: int = attrs.field(init=False, default=0)
+    # Whether an item that keep protects may be buffered: set as one is put, cleared once the
+    # buffer is found empty. While it is clear, a full buffer evicts its oldest item without asking
+    # keep (the usual case: a reader that fell behind makes every put evict).
+    _kept: bool = attrs.field(init=False, default=False)
     # Publishers waiting for room in a blocking buffer.
     _room: trio.lowlevel.ParkingLot | None = attrs.field(init=False, default=None)
 
@@ -82,13 +86,26 @@ class Buffer(Generic[T]):
             Whether the buffer is more than half full, a hint that the publisher should let
             the reader run.
         """
+        return self.put_known(item, self.keep is not None and self.keep(item))
+
+    def put_known(self, item: T, kept: bool) -> bool:
+        """:meth:`put` for a publisher that already knows whether ``keep`` protects ``item``
+        (``kept``), so that it asks once per item rather than once per buffer."""
         if self.ended:
             return False
         items = self.items
+        if kept:
+            self._kept = True
+        elif not items:
+            self._kept = False
         items.append(item)
         size = len(items)
         if size > self.capacity and not self.blocking:
-            self._evict()
+            if self._kept:
+                self._evict()
+            else:
+                items.popleft()
+                self.dropped += 1
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None
@@ -115,6 +132,8 @@ class Buffer(Generic[T]):
         :meth:`put`. Works after :meth:`end` too, so :meth:`discard` can count them.
         """
         self.items.extendleft(reversed(items))
+        if items:
+            self._kept = True  # which of them keep protects is asked only if one must go
         while len(self.items) > self.capacity:
             self._evict()
 
