@@ -37,7 +37,7 @@ register_random(trio._core._run._r)
         max_size=60,
     ),
 )
-# A sentinel taken, then put back in front once the buffer was found empty (put_known forgets
+# A sentinel taken, then put back in front once the buffer was found empty (put_plain forgets
 # what it kept then), then pushed out of room: events go, the sentinel stays.
 @example(
     capacity=2,
@@ -52,7 +52,7 @@ register_random(trio._core._run._r)
 )
 def test_buffer_matches_its_model(capacity: int, ops: list[tuple[str, bool]]) -> None:
     """Drop-oldest that skips sentinels, unless only sentinels are left; drops counted. Items go
-    in with ``put`` (the buffer asks ``keep``) or ``put_known`` (the publisher tells); taken ones
+    in with ``put`` (the buffer asks ``keep``) or ``put_kept``/``put_plain`` (the publisher tells); taken ones
     may be put back in front (a sink that failed)."""
     buffer: Buffer[tuple[str, int]] = Buffer(capacity, keep=lambda item: item[0] == "sentinel")
     model: list[tuple[str, int]] = []
@@ -83,7 +83,7 @@ def test_buffer_matches_its_model(capacity: int, ops: list[tuple[str, bool]]) ->
             model.append((op, n))
             evict_past_capacity()
             if known:
-                buffer.put_known((op, n), op == "sentinel")
+                (buffer.put_kept if op == "sentinel" else buffer.put_plain)((op, n))
             else:
                 buffer.put((op, n))
         assert list(buffer.items) == model
@@ -99,14 +99,14 @@ def test_a_full_buffer_asks_keep_only_while_a_kept_item_may_be_buffered() -> Non
         return item == "end"
 
     buffer: Buffer[str] = Buffer(2, keep=keep)
-    buffer.put_known("end", True)
-    buffer.put_known("a", False)
-    buffer.put_known("b", False)  # full: "end" is kept, "a" goes
+    buffer.put_kept("end")
+    buffer.put_plain("a")
+    buffer.put_plain("b")  # full: "end" is kept, "a" goes
     assert list(buffer.items) == ["end", "b"]
     buffer.items.clear()  # read
     asked.clear()
     for item in "cdef":
-        buffer.put_known(item, False)
+        buffer.put_plain(item)
     assert (list(buffer.items), buffer.dropped, asked) == (["e", "f"], 3, [])
 
 

@@ -510,11 +510,12 @@ class EventBus:
     def _deliver(self, sid: str | None, stamped: Event, kept: bool) -> None:
         """Put ``stamped`` (a sentinel if ``kept``) in every buffer that gets ``sid``'s events."""
         self._published += 1
+        put = Buffer.put_kept if kept else Buffer.put_plain
         # A sink actor over half full makes the publisher yield at once; a subscriber only every
         # _YIELD_EVERY events, since it may never read and must not tax every publish.
         urgent = lagging = False
         for buffer in self._targets:
-            if buffer.put_known(stamped, kept):
+            if put(buffer, stamped):
                 if buffer.patient:
                     lagging = True
                 else:
@@ -523,7 +524,7 @@ class EventBus:
             subscribers = self._by_session.get(sid)
             if subscribers is not None:
                 for buffer in subscribers:
-                    if buffer.put_known(stamped, kept):
+                    if put(buffer, stamped):
                         lagging = True
                 # Checked for a sentinel first: a compact node event fills its fields on the first
                 # read.

@@ -86,17 +86,24 @@ class Buffer(Generic[T]):
             Whether the buffer is more than half full, a hint that the publisher should let
             the reader run.
         """
-        return self.put_known(item, self.keep is not None and self.keep(item))
+        if self.keep is not None and self.keep(item):
+            return self.put_kept(item)
+        return self.put_plain(item)
 
-    def put_known(self, item: T, kept: bool) -> bool:
-        """:meth:`put` for a publisher that already knows whether ``keep`` protects ``item``
-        (``kept``), so that it asks once per item rather than once per buffer."""
+    def put_kept(self, item: T) -> bool:
+        """:meth:`put` for an item the publisher knows ``keep`` protects (a sentinel)."""
+        hint = self.put_plain(item)
+        if not self.ended:
+            self._kept = True
+        return hint
+
+    def put_plain(self, item: T) -> bool:
+        """:meth:`put` for an item the publisher knows ``keep`` does not protect, so that it asks
+        once per item rather than once per buffer."""
         if self.ended:
             return False
         items = self.items
-        if kept:
-            self._kept = True
-        elif not items:
+        if not items:
             self._kept = False
         items.append(item)
         size = len(items)
