@@ -58,6 +58,9 @@ _new_object = object.__new__
 ) = NodeEvent._slot_setters
 # Under pressure a publisher yields once per this many events (see EventBus._pressure).
 _YIELD_EVERY = 32
+# What _deliver calls for each buffer, looked up once (a class attribute costs a lookup each time).
+_put_plain = Buffer.put_plain
+_put_kept = Buffer.put_kept
 
 
 @attrs.frozen
@@ -510,7 +513,7 @@ class EventBus:
     def _deliver(self, sid: str | None, stamped: Event, kept: bool) -> None:
         """Put ``stamped`` (a sentinel if ``kept``) in every buffer that gets ``sid``'s events."""
         self._published += 1
-        put = Buffer.put_kept if kept else Buffer.put_plain
+        put = _put_kept if kept else _put_plain
         # A sink actor over half full makes the publisher yield at once; a subscriber only every
         # _YIELD_EVERY events, since it may never read and must not tax every publish.
         urgent = lagging = False

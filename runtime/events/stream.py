@@ -103,7 +103,7 @@ class Buffer(Generic[T]):
         if self.ended:
             return False
         items = self.items
-        if not items:
+        if self._kept and not items:
             self._kept = False
         items.append(item)
         size = len(items)
