@@ -604,12 +604,15 @@ class PostgresCheckpointer(BatchingStore):
             pass  # closing the connection frees the locks anyway
         finally:
             conn.close()
+            self._conn = None
 
     async def aclose(self) -> None:
         thread, self._thread = self._thread, None
         if thread is not None:
-            await thread.aclose()  # the thread gives up the leases and closes the connection
-        self._conn = None
+            # The thread gives up the leases and closes the connection in use, then forgets it; a
+            # thread still in a job past its grace does so when the job ends, so the connection
+            # is not forgotten here first.
+            await thread.aclose()
         self._codec.forget()
 
     # -- writes ------------------------------------------------------------------------------------
