@@ -82,10 +82,16 @@ async def main() -> None:
             if r.completed:
                 break
         final = (await runner.get_session("loop")).state
+        # The same loop in one call: run_steps runs steps until the session completes, a step
+        # pauses, or stop() is true before a step.
+        await runner.create_session("again", start)
+        whole = await runner.run_steps("again")
+        assert isinstance(whole, Completed)
     print("count:", final.require_typed(COUNT))
     print("items:", list(final.extra["items"]))
     print("messages:", [m.content for m in final.messages])
     print(f"versions: messages={final.messages_version} extra={final.extra_version}")
+    print(f"run_steps: last step {whole.report.step}, completed {whole.report.completed}")
 
 
 if __name__ == "__main__":

@@ -64,6 +64,7 @@ EXPECTED: dict[str, list[str]] = {
         "items: ['a', 'b', 'c']",
         "messages: ['tick 2', 'tick 3']",
         "versions: messages=4 extra=6",
+        "run_steps: last step 7, completed True",
     ],
     "interrupts_and_retries.py": [
         "  fetch attempt 1",
