@@ -1,4 +1,5 @@
-"""One drafted step is stored by a prepared statement run from the Trio thread (no thread hop), with
+"""One drafted step, or the drafted steps of several sessions together (group commit, in one
+transaction), is stored by prepared statements run from the Trio thread (no thread hop), with
 the guarantees of the connection thread: a cancelled save cancels the statement on the server and
 leaves the connection usable (or, past the grace, closed and reopened by the next call), a refusal
 is the same ``CheckpointBackendError``, a statement dropped on the server is prepared again, and
@@ -186,3 +187,181 @@ async def test_a_statement_dropped_on_the_server_is_prepared_again(
         await store.save(checkpoint(2))
         assert stored_steps(postgres_url, pg_schema) == [0, 1, 2]
         assert "treadle_put_step" in (await connection_state(store))[1]
+
+
+# -- several sessions' steps in one transaction (group commit) --------------------------------------
+
+GROUP = ["a", "b", "c"]
+
+
+def step_of(session: str, step: int) -> Checkpoint:
+    return Checkpoint(session, step, VersionedState(extra={"n": step}), ("tick",), {}, {}, 1, step)
+
+
+def steps_of(url: str, schema: str) -> dict[str, list[int]]:
+    rows = query(
+        url,
+        f'SELECT session_id, step FROM "{schema}".steps WHERE session_id = ANY(%s) '
+        "ORDER BY session_id, step",
+        GROUP,
+    )
+    found: dict[str, list[int]] = {}
+    for session, step in rows:
+        found.setdefault(session, []).append(step)
+    return found
+
+
+def each(steps: list[int]) -> dict[str, list[int]]:
+    """``steps`` stored for every session of the group."""
+    return {session: list(steps) for session in GROUP}
+
+
+def transactions_storing(url: str, schema: str, step: int) -> int:
+    """How many transactions stored the rows of ``step`` that are there now (their ``xmin``)."""
+    rows = query(
+        url,
+        f'SELECT count(DISTINCT xmin::text) FROM "{schema}".steps '
+        "WHERE step = %s AND session_id = ANY(%s)",
+        step,
+        GROUP,
+    )
+    return int(rows[0][0])
+
+
+@pytest.fixture
+async def group_store(store: PostgresCheckpointer) -> PostgresCheckpointer:
+    """The open store holding step 0 of sessions a, b and c too: their next steps are drafted."""
+    for session in GROUP:
+        await store.save(step_of(session, 0))
+    return store
+
+
+async def save_group(store: PostgresCheckpointer, step: int) -> list[BaseException | None]:
+    """Save ``step`` of every session of the group together; each one's error, or None."""
+    outcomes = await store.save_group([step_of(s, step) for s in GROUP], [step - 1] * len(GROUP))
+    errors: list[BaseException | None] = []
+    for one in outcomes:
+        try:
+            one.unwrap()
+        except Exception as exc:
+            errors.append(exc)
+        else:
+            errors.append(None)
+    return errors
+
+
+async def pipeline_state(store: PostgresCheckpointer) -> tuple[Any, Any, int]:
+    """The connection's transaction status, pipeline status and server process."""
+    return await store.run_sync(
+        lambda conn: (
+            conn.info.transaction_status,
+            conn.pgconn.pipeline_status,
+            conn.info.backend_pid,
+        )
+    )
+
+
+async def test_drafted_steps_of_several_sessions_are_stored_in_one_transaction(
+    postgres_url: str, pg_schema: str, group_store: PostgresCheckpointer
+) -> None:
+    with trio.fail_after(30):
+        assert await save_group(group_store, 1) == [None, None, None]
+        assert await save_group(group_store, 2) == [None, None, None]
+        assert steps_of(postgres_url, pg_schema) == each([0, 1, 2])
+        assert transactions_storing(postgres_url, pg_schema, 1) == 1
+        assert transactions_storing(postgres_url, pg_schema, 2) == 1
+        status, pipeline, _ = await pipeline_state(group_store)
+        assert status == psycopg.pq.TransactionStatus.IDLE
+        assert pipeline == psycopg.pq.PipelineStatus.OFF
+        for session in GROUP:
+            assert (await group_store.load(session, 2)).state == step_of(session, 2).state
+
+
+async def test_an_error_in_a_group_applies_none_of_it_and_each_step_is_then_stored_alone(
+    postgres_url: str, pg_schema: str, group_store: PostgresCheckpointer
+) -> None:
+    with trio.fail_after(30):
+        steps = f'"{pg_schema}".steps'
+        # "c" is last in the group's transaction: "a" and "b" ran before it failed.
+        query(
+            postgres_url,
+            f"ALTER TABLE {steps} ADD CONSTRAINT refused CHECK (session_id <> 'c' OR step <> 1)",
+        )
+        errors = await save_group(group_store, 1)
+        assert errors[:2] == [None, None]
+        assert isinstance(errors[2], CheckpointBackendError)
+        assert '"refused"' in str(errors[2])
+        assert steps_of(postgres_url, pg_schema) == {"a": [0, 1], "b": [0, 1], "c": [0]}
+        # The group's transaction left nothing: a and b were stored by one transaction each.
+        assert transactions_storing(postgres_url, pg_schema, 1) == 2
+        status, pipeline, _ = await pipeline_state(group_store)
+        assert (status, pipeline) == (
+            psycopg.pq.TransactionStatus.IDLE,
+            psycopg.pq.PipelineStatus.OFF,
+        )
+        query(postgres_url, f"ALTER TABLE {steps} DROP CONSTRAINT refused")
+        await group_store.save(step_of("c", 1))
+        assert await save_group(group_store, 2) == [None, None, None]
+        assert transactions_storing(postgres_url, pg_schema, 2) == 1
+
+
+@contextmanager
+def write_lock_of(url: str, schema: str, session: str) -> Iterator[None]:
+    with psycopg.connect(url, autocommit=True) as other:
+        other.execute("SELECT pg_advisory_lock(%s)", (_lock_key("write", schema, session),))
+        yield
+
+
+async def test_a_cancelled_group_cancels_its_statements_and_applies_none_of_them(
+    postgres_url: str, pg_schema: str, group_store: PostgresCheckpointer
+) -> None:
+    with trio.fail_after(30):
+        _, _, pid = await pipeline_state(group_store)
+        # "c" waits on the server for its lock, after "a" and "b" ran in the same transaction.
+        with write_lock_of(postgres_url, pg_schema, "c"):
+            start = time.monotonic()
+            with trio.move_on_after(0.5) as scope:
+                await save_group(group_store, 1)
+            assert scope.cancelled_caught
+            assert time.monotonic() - start < 3
+            assert query(
+                postgres_url, "SELECT state FROM pg_stat_activity WHERE pid = %s", pid
+            ) == [("idle",)]
+            assert steps_of(postgres_url, pg_schema) == each([0])
+            assert await pipeline_state(group_store) == (
+                psycopg.pq.TransactionStatus.IDLE,
+                psycopg.pq.PipelineStatus.OFF,
+                pid,
+            )
+        assert await save_group(group_store, 1) == [None, None, None]
+        assert steps_of(postgres_url, pg_schema) == each([0, 1])
+        assert (await pipeline_state(group_store))[2] == pid
+
+
+async def test_a_group_that_outlives_the_cancel_grace_closes_its_connection(
+    postgres_url: str, pg_schema: str, group_store: PostgresCheckpointer
+) -> None:
+    with trio.fail_after(30):
+        _, _, pid = await pipeline_state(group_store)
+        assert group_store._thread is not None
+        group_store._thread.cancel_grace = 0
+        with write_lock_of(postgres_url, pg_schema, "c"):
+            with trio.move_on_after(0.5) as scope:
+                await save_group(group_store, 1)
+            assert scope.cancelled_caught
+        # The server rolled the group back when its connection ended; the next call reconnects.
+        assert steps_of(postgres_url, pg_schema) == each([0])
+        assert await save_group(group_store, 1) == [None, None, None]
+        assert steps_of(postgres_url, pg_schema) == each([0, 1])
+        assert (await pipeline_state(group_store))[2] != pid
+
+
+async def test_statements_dropped_on_the_server_are_prepared_again_for_a_group(
+    postgres_url: str, pg_schema: str, group_store: PostgresCheckpointer
+) -> None:
+    with trio.fail_after(30):
+        assert await save_group(group_store, 1) == [None, None, None]
+        await group_store.run_sync(lambda conn: conn.execute("DEALLOCATE ALL"))
+        assert await save_group(group_store, 2) == [None, None, None]
+        assert transactions_storing(postgres_url, pg_schema, 2) == 1
+        assert steps_of(postgres_url, pg_schema) == each([0, 1, 2])

@@ -1,12 +1,12 @@
-"""One PostgreSQL statement run from the Trio thread through libpq's non-blocking API (``psycopg.pq``):
-no thread hop, prepared once per connection, cancelled on the server when its caller is cancelled.
+"""PostgreSQL statements run from the Trio thread through libpq's non-blocking API (``psycopg.pq``):
+no thread hop, prepared once per connection, cancelled on the server when their caller is cancelled.
 """
 
 from __future__ import annotations
 
 import re
 import weakref
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 import trio
@@ -20,6 +20,10 @@ TEXT: Final = 25
 """Parameter types (``pg_type`` OIDs); values travel as text."""
 
 _PLACEHOLDER = re.compile(r"%\((\w+)\)s")
+
+# libpq's result statuses (psycopg.pq.ExecStatus), here so that reading results imports nothing.
+_FATAL_ERROR: Final = 7
+_PIPELINE_SYNC: Final = 10
 
 
 class PreparedStatement:
@@ -76,44 +80,102 @@ class PreparedStatement:
             failed raises the cancellation. One that outlives the grace has its connection
             closed, so that nothing is left half-read; the next user reconnects.
         """
-        from psycopg import errors  # psycopg is optional: imported once a connection exists
+        await execute_together(conn, [(self, params)], cancel_grace=cancel_grace)
 
-        await trio.lowlevel.checkpoint_if_cancelled()
-        # psycopg's own lock, as its methods take it: a thread that uses the connection anyway
-        # (closing it) waits for the statement instead of interleaving with it.
-        if not conn.lock.acquire(blocking=False):
-            raise trio.BusyResourceError(f"{conn!r} is in use by another thread")
-        try:
-            encoding = conn.info.encoding
-            values = [
-                None if value is None else str(value).encode(encoding)
-                for value in map(params.get, self.params)
-            ]
-            if self._prepared_on is None or self._prepared_on() is not conn:
-                await self._prepare(conn, encoding, cancel_grace)
-                await trio.lowlevel.checkpoint_if_cancelled()  # cancelled as it prepared
-            try:
-                conn.pgconn.send_query_prepared(self.name, values)
-                await _finish(conn, encoding, cancel_grace)
-            except errors.InvalidSqlStatementName:
-                # Dropped meanwhile: psycopg sends DEALLOCATE ALL after a rollback. Nothing ran.
-                await self._prepare(conn, encoding, cancel_grace)
-                conn.pgconn.send_query_prepared(self.name, values)
-                await _finish(conn, encoding, cancel_grace)
-        finally:
-            conn.lock.release()
+    def _values(self, params: Mapping[str, int | str | None], encoding: str) -> list[bytes | None]:
+        return [
+            None if value is None else str(value).encode(encoding)
+            for value in map(params.get, self.params)
+        ]
+
+    def _is_prepared_on(self, conn: psycopg.Connection[Any]) -> bool:
+        return self._prepared_on is not None and self._prepared_on() is conn
 
     async def _prepare(self, conn: psycopg.Connection[Any], encoding: str, grace: float) -> None:
         self._prepared_on = None
         conn.pgconn.send_prepare(self.name, self.sql, self.types)
-        await _finish(conn, encoding, grace)
+        await _finish(conn, encoding, grace, pipeline=False)
         self._prepared_on = weakref.ref(conn)
 
 
-async def _finish(conn: psycopg.Connection[Any], encoding: str, cancel_grace: float) -> None:
-    """Send what libpq holds, read every result, and raise the first error among them."""
+async def execute_together(
+    conn: psycopg.Connection[Any],
+    calls: Sequence[tuple[PreparedStatement, Mapping[str, int | str | None]]],
+    *,
+    cancel_grace: float,
+) -> None:
+    """Run each ``(statement, params)`` of ``calls`` on ``conn``, in order, in one transaction and
+    one round trip, and wait for them to end. Several go in libpq's pipeline mode with one sync
+    point after the last: the statements up to a sync point are one implicit transaction, committed
+    there, so that an error in any of them leaves none applied.
+
+    Raises and cancels as :meth:`PreparedStatement.execute` does; a cancelled group that still
+    committed returns normally, one that failed was rolled back whole.
+    """
+    from psycopg import errors  # psycopg is optional: imported once a connection exists
+
+    await trio.lowlevel.checkpoint_if_cancelled()
+    # psycopg's own lock, as its methods take it: a thread that uses the connection anyway
+    # (closing it) waits for the statements instead of interleaving with them.
+    if not conn.lock.acquire(blocking=False):
+        raise trio.BusyResourceError(f"{conn!r} is in use by another thread")
     try:
-        results = await _flush_and_read(conn.pgconn)
+        encoding = conn.info.encoding
+        sends = [
+            (statement.name, statement._values(params, encoding)) for statement, params in calls
+        ]
+        statements = list(dict.fromkeys(statement for statement, _ in calls))
+        unprepared = [s for s in statements if not s._is_prepared_on(conn)]
+        if unprepared:
+            for statement in unprepared:
+                await statement._prepare(conn, encoding, cancel_grace)
+            await trio.lowlevel.checkpoint_if_cancelled()  # cancelled as it prepared
+        try:
+            await _send(conn, sends, encoding, cancel_grace)
+        except errors.InvalidSqlStatementName:
+            # Dropped meanwhile: psycopg sends DEALLOCATE ALL after a rollback. Nothing ran.
+            for statement in statements:
+                await statement._prepare(conn, encoding, cancel_grace)
+            await _send(conn, sends, encoding, cancel_grace)
+    finally:
+        conn.lock.release()
+
+
+async def _send(
+    conn: psycopg.Connection[Any],
+    sends: Sequence[tuple[bytes, list[bytes | None]]],
+    encoding: str,
+    cancel_grace: float,
+) -> None:
+    pgconn = conn.pgconn
+    if len(sends) == 1:
+        pgconn.send_query_prepared(*sends[0])
+        await _finish(conn, encoding, cancel_grace, pipeline=False)
+        return
+    pgconn.enter_pipeline_mode()
+    try:
+        for name, values in sends:
+            pgconn.send_query_prepared(name, values)
+        pgconn.pipeline_sync()
+        await _finish(conn, encoding, cancel_grace, pipeline=True)
+    finally:
+        if not conn.closed:
+            try:
+                pgconn.exit_pipeline_mode()
+            except Exception:
+                # Results left unread (the connection failed): nothing may read them for the
+                # next statement; the next user reconnects.
+                conn.close()
+
+
+async def _finish(
+    conn: psycopg.Connection[Any], encoding: str, cancel_grace: float, *, pipeline: bool
+) -> None:
+    """Send what libpq holds, read every result (up to the sync point, in pipeline mode), and raise
+    the first error among them."""
+    results: list[pq.abc.PGresult] = []  # kept across a cancellation: read once, never again
+    try:
+        await _flush_and_read(conn.pgconn, results, pipeline)
     except trio.Cancelled:
         try:
             conn.cancel()
@@ -121,7 +183,8 @@ async def _finish(conn: psycopg.Connection[Any], encoding: str, cancel_grace: fl
             pass  # the bounded wait below still holds
         with trio.move_on_after(cancel_grace, shield=True):
             try:
-                ended = _first_error(await _flush_and_read(conn.pgconn)) is None
+                await _flush_and_read(conn.pgconn, results, pipeline)
+                ended = _first_error(results) is None
             except Exception:
                 ended = False
             if ended:
@@ -137,25 +200,39 @@ async def _finish(conn: psycopg.Connection[Any], encoding: str, cancel_grace: fl
 
 
 def _first_error(results: list[pq.abc.PGresult]) -> pq.abc.PGresult | None:
-    from psycopg.pq import ExecStatus
-
     for result in results:
-        if result.status == ExecStatus.FATAL_ERROR:
+        if result.status == _FATAL_ERROR:
             return result
     return None
 
 
-async def _flush_and_read(pgconn: pq.abc.PGconn) -> list[pq.abc.PGresult]:
-    """Wait until libpq has sent everything it holds, then collect results until the last."""
+async def _flush_and_read(
+    pgconn: pq.abc.PGconn, results: list[pq.abc.PGresult], pipeline: bool
+) -> None:
+    """Wait until libpq has sent everything it holds, then collect results into ``results`` until
+    the last: the end of the statement's, or, in pipeline mode, the sync point."""
     fd = pgconn.socket
     while pgconn.flush():
         await trio.lowlevel.wait_writable(fd)
-    results: list[pq.abc.PGresult] = []
+    ended = False  # in pipeline mode: a statement's results just ended
     while True:
         pgconn.consume_input()
         while not pgconn.is_busy():
             result = pgconn.get_result()
             if result is None:
-                return results
+                if not pipeline:
+                    return
+                if ended:
+                    # Every statement yields a result before its end: the connection failed.
+                    from psycopg import errors
+
+                    raise errors.OperationalError(
+                        pgconn.get_error_message() or "the connection was lost in a pipeline"
+                    )
+                ended = True
+                continue
+            ended = False
+            if pipeline and result.status == _PIPELINE_SYNC:
+                return
             results.append(result)
         await trio.lowlevel.wait_readable(fd)

@@ -36,7 +36,7 @@ from .codec import (
     prune_session,
 )
 from .connection import ConnectionThread
-from .pg_statement import BIGINT, TEXT, PreparedStatement
+from .pg_statement import BIGINT, TEXT, PreparedStatement, execute_together
 from .sql import ROW_COLUMNS, RUN, SqlStepTx, dump_names, message_runs
 
 if TYPE_CHECKING:
@@ -317,7 +317,8 @@ class PostgresCheckpointer(BatchingStore):
     ``schema`` (``treadle`` by default; also settable as ``?schema=`` in the URL). The psycopg
     connection lives in its connection thread (:class:`.ConnectionThread`), one call at a time; a
     running session's step, the hot write, is sent from the Trio thread between two of those calls
-    instead (a prepared statement driven through libpq's non-blocking API, no thread hop).
+    instead (a prepared statement driven through libpq's non-blocking API, no thread hop), and so
+    are the steps of a group commit (those statements in pipeline mode, one transaction).
 
     Writers of one session are serialised by a transaction-scoped advisory lock, so of two writers
     expecting the same latest step exactly one wins. A step encoded on the head this store last
@@ -697,39 +698,54 @@ class PostgresCheckpointer(BatchingStore):
         if len(cps) == 1:
             draft = self._ready(cps[0], drafts[0], UNCHECKED if expected is None else expected[0])
             if draft is not None:
-                stored = await self._save_drafted_here(cps[0], draft)
+                stored = await self._save_drafted_here([cps[0]], [draft])
                 if stored:
                     return
                 short_way = stored is None
         await self._run(lambda: self._save_sync(cps, drafts, expected, short_way=short_way))
 
-    async def _save_drafted_here(self, cp: Checkpoint, draft: Draft) -> bool | None:
-        """Store ``cp`` as drafted (:data:`_PUT_DRAFT` or a cheaper variant, see
-        :func:`_draft_statement`), from the Trio thread, between two calls of the connection thread. False,
-        with nothing written, if the stored head is no longer the draft's base; ``None``, with
-        nothing sent, if the connection needs the thread (to reconnect)."""
+    async def _save_drafted_here(
+        self, cps: Sequence[Checkpoint], drafts: Sequence[Draft]
+    ) -> bool | None:
+        """Store ``cps`` as drafted (:data:`_PUT_DRAFT` or a cheaper variant each, see
+        :func:`_draft_statement`), from the Trio thread, between two calls of the connection
+        thread: one statement, or several in one transaction and one round trip
+        (:func:`.execute_together`). False, with nothing written, if a stored head is no longer
+        its draft's base; ``None``, with nothing sent, if the connection needs the thread (to
+        reconnect)."""
         if self._thread is None:
             raise self._not_open()
         async with self._thread.between_calls():
             conn = self._conn
             if conn is None or conn.closed:
                 return None
-            self._codec.wrote(cp.session_id, cp.step, draft.token)
-            params = _draft_params(cp, draft, _lock_key("write", self.schema, cp.session_id))
+            calls = []
+            # In session order: two processes' groups then take the rows in the same order.
+            for cp, draft in sorted(zip(cps, drafts, strict=True), key=_by_session):
+                self._codec.wrote(cp.session_id, cp.step, draft.token)
+                lock = _lock_key("write", self.schema, cp.session_id)
+                calls.append(
+                    (self._put_drafts[_draft_statement(draft)], _draft_params(cp, draft, lock))
+                )
             try:
-                statement = self._put_drafts[_draft_statement(draft)]
-                await statement.execute(conn, params, cancel_grace=self._thread.cancel_grace)
+                grace = self._thread.cancel_grace
+                if len(calls) == 1:
+                    statement, params = calls[0]
+                    await statement.execute(conn, params, cancel_grace=grace)
+                else:
+                    await execute_together(conn, calls, cancel_grace=grace)
             except trio.BusyResourceError:
                 return None  # the thread is closing the connection
             except _db_error() as exc:
-                self._codec.forget(cp.session_id)
+                self._forget([cp.session_id for cp in cps])
                 if _is_head_moved(exc):
                     return False
                 raise self._error("query failed on", exc) from exc
             except BaseException:
-                self._codec.forget(cp.session_id)
+                self._forget([cp.session_id for cp in cps])
                 raise
-        self._codec.remember(draft.encoded.tip)
+        for draft in drafts:
+            self._codec.remember(draft.encoded.tip)
         return True
 
     def _save_group_sync(
@@ -737,20 +753,28 @@ class PostgresCheckpointer(BatchingStore):
         cps: Sequence[Checkpoint],
         drafts: Sequence[Draft | None],
         expected: Sequence[Expected],
+        *,
+        stored: Sequence[int] = (),
+        together_first: bool = False,
     ) -> list[outcome.Outcome[None]]:
+        """Each step's outcome: those at the positions ``stored`` are already stored; the others
+        are stored alone (the short way if drafted, else the long way), after trying the drafted
+        ones in one transaction if ``together_first``."""
         outcomes: list[outcome.Outcome[None] | None] = [None] * len(cps)
+        for i in stored:
+            outcomes[i] = outcome.Value(None)
         ready = [self._ready(cp, d, e) for cp, d, e in zip(cps, drafts, expected, strict=True)]
         together = [i for i, draft in enumerate(ready) if draft is not None]
-        if len(together) > 1:
+        if together_first and len(together) > 1:
             group = [cps[i] for i in together]
             try:
-                stored = self._save_drafted(group, [d for d in ready if d is not None])
+                done = self._save_drafted(group, [d for d in ready if d is not None])
             except Exception as exc:
                 # Each is tried again alone below, so that one session's failure is its own.
                 log.debug("a group commit of %d steps failed: %s", len(group), exc)
                 self._forget([cp.session_id for cp in group])
             else:
-                if stored:
+                if done:
                     for i in together:
                         outcomes[i] = outcome.Value(None)
         for i, cp in enumerate(cps):
@@ -764,12 +788,39 @@ class PostgresCheckpointer(BatchingStore):
         """Store the steps of several sessions (one each), each checked against its entry of
         ``expected_steps``, and return each one's outcome (the checkpointer actor's group commit).
 
-        Steps drafted on their stored heads go out together: one transaction, one commit, one
-        round trip. Any other step, and every step of a group whose transaction fails, is stored
-        alone, so one session's failure (a conflict, a lost lease, an error) is never another's.
+        Steps drafted on their stored heads go out together, from the Trio thread: one
+        transaction, one commit, one round trip. Any other step, and every step of a group whose
+        transaction fails, is stored alone, in the connection thread, so one session's failure (a
+        conflict, a lost lease, an error) is never another's.
         """
         drafts = draft_steps(self._codec, cps)
-        return await self._run(lambda: self._save_group_sync(cps, drafts, expected_steps))
+        ready = [
+            self._ready(cp, d, e) for cp, d, e in zip(cps, drafts, expected_steps, strict=True)
+        ]
+        together = [i for i, draft in enumerate(ready) if draft is not None]
+        stored: bool | None = None
+        if len(together) > 1 and self._pipelines:  # pipeline mode needs libpq 14 or newer
+            stored = False
+            try:
+                stored = await self._save_drafted_here(
+                    [cps[i] for i in together], [d for d in ready if d is not None]
+                )
+            except Exception as exc:
+                # Each is tried again alone, so that one session's failure is its own.
+                log.debug("a group commit of %d steps failed: %s", len(together), exc)
+        if stored and len(together) == len(cps):
+            return [outcome.Value(None) for _ in cps]
+        return await self._run(
+            lambda: self._save_group_sync(
+                cps,
+                drafts,
+                expected_steps,
+                stored=together if stored else (),
+                # Not sent from here (the connection needs the thread to reconnect, or libpq
+                # has no pipeline mode): the group is tried in the thread.
+                together_first=stored is None,
+            )
+        )
 
     # -- reads -------------------------------------------------------------------------------------
 
