@@ -239,3 +239,20 @@ async def test_concurrent_sessions_commit_in_groups_and_a_refused_step_is_not_ap
         # sessions running side by side shared their commits.
         saves = len(sessions) * (limit + 1) - (limit - 2)
         assert commits_storing_steps(postgres_url, pg_schema) < saves
+
+
+async def test_more_saves_than_a_group_holds_are_committed_in_turns(
+    postgres_url: str, pg_schema: str
+) -> None:
+    import psycopg
+
+    sessions = [f"s{i:02}" for i in range(41)]
+    saves = [(checkpoint(session, 1), 0) for session in sessions]
+    results, _, _ = await saves_while_a_commit_is_in_flight(postgres_url, pg_schema, saves)
+    assert results == dict.fromkeys(sessions)
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        sizes = conn.execute(
+            f'SELECT count(*) FROM "{pg_schema}".steps WHERE step = 1 GROUP BY xmin::text'.encode()
+        ).fetchall()
+    # The first save's commit, then the 40 queued behind it: a group of 32, then one of 8.
+    assert sorted(size for (size,) in sizes) == [1, 8, 32]

@@ -26,6 +26,11 @@ T = TypeVar("T")
 _CLOSE_TIMEOUT = 5.0
 # The most queued pipelined writes stored in one transaction.
 _MAX_BATCH = 256
+# The most sync saves of different sessions stored in one transaction (group commit). Smaller than
+# the mailbox's worth so that sessions whose saves arrived together are acknowledged in turns: the
+# first group's sessions run their next steps while the next group is on the server, instead of
+# every session waiting for one commit and the server waiting for every session.
+_MAX_GROUP = 32
 
 
 @runtime_checkable
@@ -268,7 +273,7 @@ class CheckpointerActor:
                     taken.extend(receive.drain_nowait(_MAX_BATCH))
                     group = [msg]
                     sessions = {msg.checkpoint.session_id}
-                    while taken and len(group) < _MAX_BATCH:
+                    while taken and len(group) < _MAX_GROUP:
                         head = taken[0]
                         if not isinstance(head, Save) or head.checkpoint.session_id in sessions:
                             break
