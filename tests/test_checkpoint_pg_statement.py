@@ -53,11 +53,12 @@ async def store(
 
 
 @contextmanager
-def write_lock_held(url: str, schema: str) -> Iterator[None]:
-    """Another connection holds session ``s``'s write lock: its saves wait on the server."""
+def write_lock_held(url: str, schema: str, session_id: str = "s") -> Iterator[Any]:
+    """Another connection (yielded) holds the session's write lock: its saves wait on the
+    server."""
     with psycopg.connect(url, autocommit=True) as other:
-        other.execute("SELECT pg_advisory_lock(%s)", (_lock_key("write", schema, "s"),))
-        yield
+        other.execute("SELECT pg_advisory_lock(%s)", (_lock_key("write", schema, session_id),))
+        yield other
 
 
 async def give_up_saving(store: PostgresCheckpointer, step: int) -> float:
@@ -101,17 +102,22 @@ def talking(step: int, messages: int) -> Checkpoint:
     return Checkpoint("s", step, state, ("tick",), {}, {}, 1, step)
 
 
+async def put_statements(store: PostgresCheckpointer) -> list[str]:
+    """The statements that move a stored head, prepared on the store's connection."""
+    return [name for name in (await connection_state(store))[1] if name.startswith("treadle_put")]
+
+
 async def test_a_step_is_stored_by_the_cheapest_statement_that_holds_its_new_messages(
     postgres_url: str, pg_schema: str, store: PostgresCheckpointer
 ) -> None:
     with trio.fail_after(30):
         await store.save(talking(1, 2))  # one row of the log, sent as stored
-        assert (await connection_state(store))[1] == ["treadle_put_run"]
+        assert await put_statements(store) == ["treadle_put_run"]
         await store.save(talking(2, 2))  # no new message: no log part
-        assert (await connection_state(store))[1] == ["treadle_put_run", "treadle_put_step"]
+        assert await put_statements(store) == ["treadle_put_run", "treadle_put_step"]
         await store.save(talking(3, 3 + RUN))  # more than a row: runs split by the server
         await store.save(talking(4, 3 + RUN))
-        assert (await connection_state(store))[1] == [
+        assert await put_statements(store) == [
             "treadle_put_draft", "treadle_put_run", "treadle_put_step",
         ]  # fmt: skip
         assert stored_steps(postgres_url, pg_schema) == [0, 1, 2, 3, 4]
@@ -365,3 +371,83 @@ async def test_statements_dropped_on_the_server_are_prepared_again_for_a_group(
         assert await save_group(group_store, 2) == [None, None, None]
         assert transactions_storing(postgres_url, pg_schema, 2) == 1
         assert steps_of(postgres_url, pg_schema) == each([0, 1, 2])
+
+
+def first_step(session_id: str, said: str) -> Checkpoint:
+    """Step 0 of a new session whose input holds one message."""
+    state = VersionedState(messages=[Message("user", said)], extra={"said": said})
+    return Checkpoint(session_id, 0, state, ("tick",), {}, {}, 1, 0)
+
+
+async def test_a_new_sessions_first_step_is_stored_by_one_prepared_statement(
+    postgres_url: str, pg_schema: str, store: PostgresCheckpointer
+) -> None:
+    with trio.fail_after(30):
+        await store.save_with_concurrency_check(first_step("t", "hello"), None)
+        status, prepared = await connection_state(store)
+        assert status == psycopg.pq.TransactionStatus.IDLE
+        assert "treadle_new_run" in prepared  # the head created, the message and the row inserted
+        sessions = f'SELECT session_id, latest_step, log_end FROM "{pg_schema}".sessions'
+        assert query(postgres_url, sessions + " WHERE session_id = 't'") == [("t", 0, 1)]
+        assert (await store.load_latest("t")) == first_step("t", "hello")
+        # The next step is a delta on the step just stored, moved the short way too.
+        nxt = Checkpoint("t", 1, first_step("t", "hello").state, ("tick",), {}, {}, 1, 1)
+        await store.save_with_concurrency_check(nxt, 0)
+        assert (await store.load_latest("t")) == nxt
+
+
+async def test_a_first_step_of_a_session_stored_meanwhile_conflicts_and_changes_nothing(
+    postgres_url: str, pg_schema: str, store: PostgresCheckpointer
+) -> None:
+    from treadle import ConcurrencyConflict
+
+    with trio.fail_after(30):
+        stored = await store.load_latest("s")
+        async with trio.open_nursery() as nursery:
+            other = PostgresCheckpointer(postgres_url, schema=pg_schema)
+            await other.open(nursery)
+            try:
+                with pytest.raises(ConcurrencyConflict):
+                    await other.save_with_concurrency_check(first_step("s", "late"), None)
+                assert "treadle_new_run" in (await connection_state(other))[1]  # tried, refused
+                assert await other.load_latest("s") == stored
+            finally:
+                await other.aclose()
+        assert stored_steps(postgres_url, pg_schema) == [0]
+
+
+async def test_of_two_writers_creating_one_session_at_once_exactly_one_stores_its_first_step(
+    postgres_url: str, pg_schema: str, nursery: trio.Nursery
+) -> None:
+    from treadle import ConcurrencyConflict
+
+    stores = [PostgresCheckpointer(postgres_url, schema=pg_schema) for _ in range(2)]
+    for one in stores:
+        await one.open(nursery)
+    outcomes: dict[str, str] = {}
+
+    async def create(one: PostgresCheckpointer, said: str) -> None:
+        try:
+            await one.save_with_concurrency_check(first_step("new", said), None)
+            outcomes[said] = "stored"
+        except ConcurrencyConflict:
+            outcomes[said] = "conflict"
+
+    pids = [await one.run_sync(lambda conn: conn.info.backend_pid) for one in stores]
+    waiting = f"SELECT count(*) FROM pg_locks WHERE NOT granted AND pid IN ({pids[0]}, {pids[1]})"
+    try:
+        with trio.fail_after(30), write_lock_held(postgres_url, pg_schema, "new") as other:
+            async with trio.open_nursery() as both:
+                both.start_soon(create, stores[0], "one")
+                both.start_soon(create, stores[1], "two")
+                while query(postgres_url, waiting) != [(2,)]:  # both wait on the server
+                    await trio.sleep(0.01)
+                other.execute("SELECT pg_advisory_unlock_all()")
+        assert sorted(outcomes.values()) == ["conflict", "stored"]
+        winner = next(said for said, result in outcomes.items() if result == "stored")
+        for one in stores:
+            assert await one.load_latest("new") == first_step("new", winner)
+        assert query(postgres_url, f'SELECT count(*) FROM "{pg_schema}".messages') == [(1,)]
+    finally:
+        for one in stores:
+            await one.aclose()

@@ -171,15 +171,20 @@ class Draft:
     transaction starts; the transaction then only checks that the stored head is still that tip and
     writes. If anything else wrote the session in between, the draft does not fit and the step is
     encoded again inside the transaction, so a draft never changes what is stored.
+
+    A draft whose ``base`` is ``None`` is the first step of a session not stored yet (step 0 with
+    no tip): it fits only while the session has no head.
     """
 
-    base: Tip
+    base: Tip | None
     log_end: int
     token: str
     encoded: Encoded
 
     def fits(self, head: Head | None) -> bool:
         """Whether ``head`` (read inside the transaction) is still exactly the draft's base."""
+        if self.base is None:
+            return head is None
         return (
             head is not None
             and head.latest_step == self.base.step
@@ -576,7 +581,9 @@ def draft_steps(codec: StepCodec, cps: Sequence[Checkpoint]) -> list[Draft | Non
     """Encode ``cps`` ahead of their transaction, each against the tip the one before would leave.
 
     A step gets no draft (``None``) when the codec has no tip for its session or the step does not
-    come after that tip (a stored step being replaced); the transaction encodes those itself.
+    come after that tip (a stored step being replaced); the transaction encodes those itself. Step
+    0 with no tip is the exception: it is drafted as the first step of a new session (a snapshot
+    on an empty log, as the transaction would encode it for a session with no head).
     Encoding errors (a value JSON cannot hold) are raised here, before anything is written.
     """
     drafts: list[Draft | None] = []
@@ -585,6 +592,12 @@ def draft_steps(codec: StepCodec, cps: Sequence[Checkpoint]) -> list[Draft | Non
     for cp in cps:
         session_id = cp.session_id
         tip = tips[session_id] if session_id in tips else codec.peek_tip(session_id)
+        if tip is None and cp.step == 0 and session_id not in tips:
+            token = secrets.token_hex(8)
+            encoded = codec.encode(cp, None, log_end=0, token=token)
+            drafts.append(Draft(None, 0, token, encoded))
+            tips[session_id] = encoded.tip
+            continue
         if tip is None or cp.step <= tip.step:
             drafts.append(None)
             tips[session_id] = None

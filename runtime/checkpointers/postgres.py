@@ -127,6 +127,14 @@ _DRAFT_ROW = (
     "ran_nodes = EXCLUDED.ran_nodes, skipped_nodes = EXCLUDED.skipped_nodes, "
     "updated_channels = EXCLUDED.updated_channels, body = EXCLUDED.body"
 )
+# The first step of a session not stored yet: the head is created instead of moved. If the session
+# has a head meanwhile, nothing is inserted, and the step row's session_id comes out NULL as above.
+_DRAFT_NEW_HEAD = (
+    "WITH lock AS MATERIALIZED (SELECT pg_advisory_xact_lock(%(lock)s)), "
+    "head AS (INSERT INTO sessions (session_id, latest_step, token, log_end, created_at, "
+    "updated_at) SELECT %(session_id)s, %(step)s, %(token)s, %(log_end)s, %(created_at)s, "
+    "%(created_at)s FROM lock ON CONFLICT (session_id) DO NOTHING RETURNING session_id)"
+)
 _PUT_DRAFT = _DRAFT_HEAD + _DRAFT_LOG + _DRAFT_ROW
 _PUT_DRAFT_RUN = _DRAFT_HEAD + _DRAFT_RUN + _DRAFT_ROW
 """:data:`_PUT_DRAFT` for a step that appends at most :data:`RUN` messages: one row of the log, its
@@ -137,17 +145,22 @@ _PUT_DRAFT_NO_LOG = _DRAFT_HEAD + _DRAFT_ROW
 
 def _draft_statement(draft: Draft) -> str:
     """Which statement stores ``draft``: the name of its prepared form, a key of
-    :data:`_DRAFT_STATEMENTS` (the cheapest that holds the messages it appends)."""
+    :data:`_DRAFT_STATEMENTS` (the cheapest that holds the messages it appends; one that creates
+    the head for a new session's first step)."""
     count = len(draft.encoded.log_messages)
+    verb = "put" if draft.base is not None else "new"
     if not count:
-        return "treadle_put_step"
-    return "treadle_put_run" if count <= RUN else "treadle_put_draft"
+        return f"treadle_{verb}_step"
+    return f"treadle_{verb}_run" if count <= RUN else f"treadle_{verb}_draft"
 
 
 _DRAFT_STATEMENTS: Final = {
     "treadle_put_step": _PUT_DRAFT_NO_LOG,
     "treadle_put_run": _PUT_DRAFT_RUN,
     "treadle_put_draft": _PUT_DRAFT,
+    "treadle_new_step": _DRAFT_NEW_HEAD + _DRAFT_ROW,
+    "treadle_new_run": _DRAFT_NEW_HEAD + _DRAFT_RUN + _DRAFT_ROW,
+    "treadle_new_draft": _DRAFT_NEW_HEAD + _DRAFT_LOG + _DRAFT_ROW,
 }
 
 
@@ -182,8 +195,8 @@ def _draft_params(cp: Checkpoint, draft: Draft, lock: int) -> dict[str, int | st
         "token": draft.token,
         "log_end": draft.log_end + len(encoded.log_messages),
         "created_at": cp.created_at,
-        "base_step": draft.base.step,
-        "base_token": draft.base.token,
+        "base_step": draft.base.step if draft.base is not None else None,
+        "base_token": draft.base.token if draft.base is not None else None,
         "start": draft.log_end,
         "count": count,
         "run": messages_json(encoded.log_messages) if 0 < count <= RUN else None,
@@ -644,7 +657,8 @@ class PostgresCheckpointer(BatchingStore):
         it builds on the step the writer expects, and the session's lease is not lost."""
         if draft is None or cp.session_id in self._lost_leases:
             return None
-        if expected is not UNCHECKED and expected != draft.base.step:
+        base_step = draft.base.step if draft.base is not None else None
+        if expected is not UNCHECKED and expected != base_step:
             return None  # the long way raises the conflict (or recognises a committed retry)
         return draft
 
