@@ -248,6 +248,59 @@ async def test_a_lease_dies_with_its_connection(postgres_url: str, pair: tuple[A
     assert rows == [("survivor",)]
 
 
+@pytest.fixture
+def counted(
+    pair: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch
+) -> tuple[PostgresCheckpointer, PostgresCheckpointer, list[str]]:
+    """The pair, and the sessions whose latest step the first reads from the server from now on."""
+    first, second = pair
+    asked: list[str] = []
+    read = first._load_sync
+
+    def load(session_id: str, step: int | None) -> Checkpoint | None:
+        asked.append(session_id)
+        return read(session_id, step)
+
+    monkeypatch.setattr(first, "_load_sync", load)
+    return first, second, asked
+
+
+async def test_taking_the_lease_of_a_session_not_stored_spares_its_load_a_round_trip(
+    counted: tuple[PostgresCheckpointer, PostgresCheckpointer, list[str]],
+) -> None:
+    first, second, asked = counted
+    with trio.fail_after(30):
+        await second.save(checkpoint(0))  # "s" is stored, "n" is not
+        await first.acquire_lease("n", "me")
+        await first.acquire_lease("s", "me")
+        assert await first.load_latest("n") is None
+        assert await first.load_latest("s") == checkpoint(0)
+        assert asked == ["s"]
+        assert await first.load_latest("n") is None  # asked again: read again
+        assert asked == ["s", "n"]
+
+
+async def test_a_session_found_not_stored_by_its_lease_is_read_again_once_anything_changed(
+    counted: tuple[PostgresCheckpointer, PostgresCheckpointer, list[str]],
+) -> None:
+    first, second, asked = counted
+    with trio.fail_after(30):
+        # Stored by its leaseholder.
+        await first.acquire_lease("s", "me")
+        await first.save(checkpoint(0))
+        assert await first.load_latest("s") == checkpoint(0)
+        await first.delete_session("s")
+        # Stored by another process once the lease was given up.
+        await first.acquire_lease("s", "me")
+        await first.release_lease("s", "me")
+        await second.save(checkpoint(1))
+        assert await first.load_latest("s") == checkpoint(1)
+        # Taken again: found stored.
+        await first.acquire_lease("s", "me")
+        assert await first.load_latest("s") == checkpoint(1)
+        assert asked == ["s", "s", "s"]
+
+
 async def test_a_run_whose_connection_the_server_ends_fails_one_step_then_reconnects(
     postgres_url: str, pg_schema: str
 ) -> None:

@@ -235,6 +235,8 @@ _TAKE_LEASE: Final = (
     "SELECT got.ok, (SELECT owner FROM session_leases WHERE session_id = %(session_id)s) FROM got"
 )
 
+_IS_STORED: Final = "SELECT EXISTS (SELECT 1 FROM sessions WHERE session_id = %(session_id)s)"
+
 
 def _by_session(pair: tuple[Checkpoint, Draft]) -> str:
     return pair[0].session_id
@@ -391,6 +393,10 @@ class PostgresCheckpointer(BatchingStore):
         self._reconnects = 0  # failed reconnection attempts in a row
         self._next_reconnect = 0.0  # time.monotonic() before which no new attempt is made
         self._lost_leases: dict[str, str] = {}
+        # Sessions whose lease this store has just taken and found not stored, read in the same
+        # round trip after the lock was got: the load that follows needs no round trip. Dropped
+        # by that load, and by anything else done to the session meanwhile.
+        self._unstored: set[str] = set()
         self._codec = StepCodec(max_chain=max_chain)
         self._thread: ConnectionThread[psycopg.Connection[tuple[Any, ...]]] | None = None
         self._conn: psycopg.Connection[tuple[Any, ...]] | None = None
@@ -465,6 +471,7 @@ class PostgresCheckpointer(BatchingStore):
                 self._acquire_sync(session_id, owner)
             except (SessionLeased, CheckpointBackendError):
                 self._lost_leases[session_id] = owner
+        self._unstored.clear()
         return conn
 
     @contextmanager
@@ -707,6 +714,7 @@ class PostgresCheckpointer(BatchingStore):
     ) -> None:
         # One step drafted on the stored head is stored from here, with no thread hop; anything
         # else, or that step if the head moved meanwhile, in the connection thread.
+        self._unstored.difference_update(cp.session_id for cp in cps)
         drafts = draft_steps(self._codec, cps)
         short_way = True
         if len(cps) == 1:
@@ -807,6 +815,7 @@ class PostgresCheckpointer(BatchingStore):
         transaction fails, is stored alone, in the connection thread, so one session's failure (a
         conflict, a lost lease, an error) is never another's.
         """
+        self._unstored.difference_update(cp.session_id for cp in cps)
         drafts = draft_steps(self._codec, cps)
         ready = [
             self._ready(cp, d, e) for cp, d, e in zip(cps, drafts, expected_steps, strict=True)
@@ -848,6 +857,14 @@ class PostgresCheckpointer(BatchingStore):
             tx.conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
             return load_step(self._codec, tx, session_id, step)
 
+    async def load_latest(self, session_id: str) -> Checkpoint | None:
+        if session_id in self._unstored:
+            # Found not stored as its lease was taken, and nothing written since: no round trip.
+            self._unstored.discard(session_id)
+            await trio.lowlevel.checkpoint()
+            return None
+        return await super().load_latest(session_id)
+
     def _list_sessions_sync(self) -> list[str]:
         with self._transaction() as tx:
             rows = tx.conn.execute("SELECT session_id FROM sessions ORDER BY session_id")
@@ -869,6 +886,7 @@ class PostgresCheckpointer(BatchingStore):
 
     def _delete_sync(self, session_id: str) -> bool:
         self._codec.forget(session_id)
+        self._unstored.discard(session_id)
         with self._transaction([session_id]) as tx:
             cursor = tx.conn.execute(
                 "DELETE FROM sessions WHERE session_id = %s RETURNING session_id", (session_id,)
@@ -898,18 +916,33 @@ class PostgresCheckpointer(BatchingStore):
             "ttl": self.lease_ttl,
             "key": _lock_key("lease", self.schema, session_id),
         }
+        self._unstored.discard(session_id)
         try:
             if held is not None:
                 conn.execute("INSERT INTO session_leases " + _LEASE_ROW.format(""), params)
+            elif self._pipelines:
+                # One round trip: the lock, the row if the lock was free, else who has the lease;
+                # then, in a statement of its own (a snapshot taken once the lock is got), whether
+                # the session is stored, which the load that follows need not ask again.
+                with conn.pipeline():
+                    taking = conn.execute(_TAKE_LEASE, params)
+                    stored = conn.execute(_IS_STORED, params)
+                got, is_stored = taking.fetchone(), stored.fetchone()
+                self._check_taken(session_id, got)
+                if is_stored is not None and not is_stored[0]:
+                    self._unstored.add(session_id)
             else:
-                # One round trip: the lock, the row if the lock was free, else who has the lease.
-                got = conn.execute(_TAKE_LEASE, params).fetchone()
-                if got is None or not got[0]:
-                    found = got[1] if got is not None else None
-                    raise SessionLeased(session_id, found or "another connection")
+                self._check_taken(session_id, conn.execute(_TAKE_LEASE, params).fetchone())
         except _db_error() as exc:
             raise self._error("cannot take the lease of a session on", exc) from exc
         self._leases[session_id] = owner
+
+    @staticmethod
+    def _check_taken(session_id: str, got: tuple[Any, ...] | None) -> None:
+        """Raise unless :data:`_TAKE_LEASE` answered ``got`` the lock."""
+        if got is None or not got[0]:
+            found = got[1] if got is not None else None
+            raise SessionLeased(session_id, found or "another connection")
 
     async def acquire_lease(self, session_id: str, owner: str) -> None:
         """Claim ``session_id`` for ``owner`` (idempotent for the same owner).
@@ -920,6 +953,7 @@ class PostgresCheckpointer(BatchingStore):
         await self._run(lambda: self._acquire_sync(session_id, owner))
 
     def _release_sync(self, session_id: str, owner: str) -> None:
+        self._unstored.discard(session_id)
         if self._lost_leases.get(session_id) == owner:
             del self._lost_leases[session_id]
         if self._leases.get(session_id) != owner:
