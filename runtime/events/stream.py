@@ -11,6 +11,7 @@ from typing import Generic, Literal, TypeVar
 import attrs
 import trio
 
+from ...actors.cancel_point import run_context
 from ...actors.closing import ClosesSynchronously
 from .types import Event
 
@@ -290,7 +291,12 @@ class BufferedStream(ClosesSynchronously, trio.abc.ReceiveChannel[T]):
         buffer = self._buffer
         items = buffer.items
         if items and not self._closed and self._streak < YIELD_EVERY:
-            await _checkpoint_if_cancelled()
+            # checkpoint_if_cancelled(), without a coroutine (see actors.cancel_point).
+            task = run_context.task
+            if task._cancel_status.effectively_cancelled or task is task._runner.main_task:
+                await _checkpoint_if_cancelled()  # raises what is pending
+            else:
+                task._cancel_points += 1
             # _pop(), inline: this runs for every event a stream reads.
             self._streak += 1
             item = items.popleft()

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import attrs
 import trio
 
+from ...actors.cancel_point import run_context
 from ..events.types import (
     LLM_CHUNK_SCOPE,
     LLM_ERROR_SCOPE,
@@ -119,7 +120,12 @@ class NodeContext:
             return
         # The usual case (plain text, no metadata of the caller's, the system clock): the bus
         # builds the event, compact, and publishes it.
-        await _checkpoint_if_cancelled()
+        # trio.lowlevel.checkpoint_if_cancelled(), without a coroutine (see actors.cancel_point).
+        task = run_context.task
+        if task._cancel_status.effectively_cancelled or task is task._runner.main_task:
+            await _checkpoint_if_cancelled()  # raises what is pending
+        else:
+            task._cancel_points += 1
         self._seq += 1
         if bus.publish_emitted(self._origin, scope, message, self._seq):
             await bus.settle(self.session_id)
