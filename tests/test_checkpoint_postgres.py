@@ -280,6 +280,19 @@ async def test_taking_the_lease_of_a_session_not_stored_spares_its_load_a_round_
         assert asked == ["s", "n"]
 
 
+async def test_without_pipeline_mode_a_lease_is_taken_alone_and_the_load_reads_the_server(
+    counted: tuple[PostgresCheckpointer, PostgresCheckpointer, list[str]],
+) -> None:
+    first, second, asked = counted
+    first._pipelines = second._pipelines = False  # a libpq older than 14
+    with trio.fail_after(30):
+        await first.acquire_lease("n", "me")
+        with pytest.raises(SessionLeased):
+            await second.acquire_lease("n", "you")
+        assert await first.load_latest("n") is None
+        assert asked == ["n"]
+
+
 async def test_a_session_found_not_stored_by_its_lease_is_read_again_once_anything_changed(
     counted: tuple[PostgresCheckpointer, PostgresCheckpointer, list[str]],
 ) -> None:
