@@ -451,3 +451,30 @@ async def test_of_two_writers_creating_one_session_at_once_exactly_one_stores_it
     finally:
         for one in stores:
             await one.aclose()
+
+
+def talking_of(session: str, step: int, messages: int) -> Checkpoint:
+    said = [Message("user", f"m{i}") for i in range(messages)]
+    state = VersionedState(messages=said, extra={"n": step})
+    return Checkpoint(session, step, state, ("tick",), {}, {}, 1, step)
+
+
+async def test_one_statement_of_a_group_dropped_on_the_server_is_prepared_again(
+    postgres_url: str, pg_schema: str, group_store: PostgresCheckpointer
+) -> None:
+    async def save_talking_group(step: int) -> None:
+        # "a" appends a message (treadle_put_run), b and c none (treadle_put_step).
+        group = [talking_of("a", step, step), step_of("b", step), step_of("c", step)]
+        outcomes = await group_store.save_group(group, [step - 1] * 3)
+        for one in outcomes:
+            one.unwrap()
+
+    with trio.fail_after(30):
+        await save_talking_group(1)
+        await group_store.run_sync(lambda conn: conn.execute("DEALLOCATE treadle_put_run"))
+        await save_talking_group(2)
+        await save_talking_group(3)
+        assert steps_of(postgres_url, pg_schema) == each([0, 1, 2, 3])
+        for step in (2, 3):
+            assert transactions_storing(postgres_url, pg_schema, step) == 1
+        assert (await group_store.load("a", 3)).state == talking_of("a", 3, 3).state

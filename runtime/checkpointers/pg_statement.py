@@ -92,9 +92,14 @@ class PreparedStatement:
         return self._prepared_on is not None and self._prepared_on() is conn
 
     async def _prepare(self, conn: psycopg.Connection[Any], encoding: str, grace: float) -> None:
+        from psycopg import errors
+
         self._prepared_on = None
         conn.pgconn.send_prepare(self.name, self.sql, self.types)
-        await _finish(conn, encoding, grace, pipeline=False)
+        try:
+            await _finish(conn, encoding, grace, pipeline=False)
+        except errors.DuplicatePreparedStatement:
+            pass  # still there: another statement of its group was the one dropped
         self._prepared_on = weakref.ref(conn)
 
 
