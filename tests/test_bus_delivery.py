@@ -477,11 +477,14 @@ async def test_add_sink_while_running_and_after_close(autojump_clock: trio.abc.C
         early, late = MemorySink(name="early"), MemorySink(name="late")
         bus = EventBus([early])
         async with running(bus):
+            # A session with a subscriber of its own: its events still reach the late sink.
+            stream = bus.subscribe(session_id="s")
             first = await bus.publish("s", node(0))
             await bus.add_sink(late)
             second = await bus.publish("s", node(1))
         assert early.snapshot() == [first, second]
         assert late.snapshot() == [second]
+        assert [stream.receive_nowait(), stream.receive_nowait()] == [first, second]
         assert [h.sink for h in bus.sink_health()] == ["early", "late"]
         assert bus.sinks == (early, late)
         with pytest.raises(trio.ClosedResourceError, match="closed"):

@@ -247,6 +247,9 @@ class EventBus:
         # Replaced, never mutated, so a fan-out loop never sees a change mid-way.
         self._targets: tuple[Buffer[Event], ...] = ()
         self._by_session: dict[str, tuple[Buffer[Event], ...]] = {}
+        # For each session in _by_session, every buffer that gets its events (_targets first), so
+        # a publish walks one tuple.
+        self._routes: dict[str | None, tuple[Buffer[Event], ...]] = {}
         # Subscribers' buffers with overflow="block" (lossless): async publishers wait for them.
         self._blocking: tuple[Buffer[Event], ...] = ()
         self._diagnostic_buffers: tuple[Buffer[SinkDiagnostic], ...] = ()
@@ -286,11 +289,23 @@ class EventBus:
             close_timeout=close_timeout,
         )
         self._slots.append(slot)
-        self._targets = (*self._targets, slot.buffer)
+        self._set_targets((*self._targets, slot.buffer))
         return slot
 
     def _detach_buffer(self, buffer: Buffer[Event]) -> None:
-        self._targets = tuple(b for b in self._targets if b is not buffer)
+        self._set_targets(tuple(b for b in self._targets if b is not buffer))
+
+    def _set_targets(self, targets: tuple[Buffer[Event], ...]) -> None:
+        self._targets = targets
+        self._routes = {sid: (*targets, *subs) for sid, subs in self._by_session.items()}
+
+    def _set_subscribers(self, session_id: str, subscribers: tuple[Buffer[Event], ...]) -> None:
+        if subscribers:
+            self._by_session[session_id] = subscribers
+            self._routes[session_id] = (*self._targets, *subscribers)
+        else:
+            self._by_session.pop(session_id, None)
+            self._routes.pop(session_id, None)
 
     async def add_sink(self, sink: Sink) -> None:
         """Attach another sink; it receives events published from now on.
@@ -341,7 +356,7 @@ class EventBus:
         if blocking:
             self._blocking = (*self._blocking, buffer)
         if session_id is None:
-            self._targets = (*self._targets, buffer)
+            self._set_targets((*self._targets, buffer))
 
             def unsubscribe() -> None:
                 self._subscribers -= 1
@@ -349,17 +364,14 @@ class EventBus:
                 self._unblock(buffer)
 
         else:
-            self._by_session[session_id] = (*self._by_session.get(session_id, ()), buffer)
+            self._set_subscribers(session_id, (*self._by_session.get(session_id, ()), buffer))
 
             def unsubscribe() -> None:
                 self._subscribers -= 1
                 remaining = tuple(
                     b for b in self._by_session.get(session_id, ()) if b is not buffer
                 )
-                if remaining:
-                    self._by_session[session_id] = remaining
-                else:
-                    self._by_session.pop(session_id, None)
+                self._set_subscribers(session_id, remaining)
                 self._unblock(buffer)
 
         return EventStream(buffer, unsubscribe)
@@ -517,25 +529,19 @@ class EventBus:
         # A sink actor over half full makes the publisher yield at once; a subscriber only every
         # _YIELD_EVERY events, since it may never read and must not tax every publish.
         urgent = lagging = False
-        for buffer in self._targets:
+        for buffer in self._routes.get(sid, self._targets):
             if put(buffer, stamped):
                 if buffer.patient:
                     lagging = True
                 else:
                     urgent = True
-        if sid is not None and self._by_session:
-            subscribers = self._by_session.get(sid)
-            if subscribers is not None:
-                for buffer in subscribers:
-                    if put(buffer, stamped):
-                        lagging = True
-                # Checked for a sentinel first: a compact node event fills its fields on the first
-                # read.
-                if kept and stamped.scope == STREAM_END_SCOPE:
-                    # The session's stream is over: its subscribers end after this event.
-                    del self._by_session[sid]
-                    for buffer in subscribers:
-                        buffer.end()
+        # Checked for a sentinel first: a compact node event fills its fields on the first read.
+        if kept and stamped.scope == STREAM_END_SCOPE and sid in self._by_session:
+            # The session's stream is over: its subscribers end after this event.
+            subscribers = self._by_session[sid]
+            self._set_subscribers(sid, ())
+            for buffer in subscribers:
+                buffer.end()
         if urgent:
             self._pressure = True
         elif lagging:
@@ -804,6 +810,7 @@ class EventBus:
                 for buffer in subscribers:
                     buffer.end()
             self._by_session = {}
+            self._routes = {}
             self._blocking = ()
             if self._phase == "running":
                 with trio.move_on_after(flush_timeout):
@@ -815,7 +822,7 @@ class EventBus:
         finally:
             if self._nursery is not None:
                 self._nursery.cancel_scope.cancel()
-            self._targets = ()
+            self._set_targets(())
             for diagnostic_buffer in self._diagnostic_buffers:
                 diagnostic_buffer.end()
             self._diagnostic_buffers = ()
