@@ -1,15 +1,16 @@
 """Mailboxes: bounded, named, typed channels between actors, with a stated policy when full.
 
-``BLOCK`` mailboxes are a thin layer over ``trio.open_memory_channel``; ``DROP_OLDEST`` ones evict.
+``BLOCK`` mailboxes behave as ``trio.open_memory_channel`` does, built on trio's lowlevel wait in
+fewer objects; ``DROP_OLDEST`` ones evict.
 """
 
 from __future__ import annotations
 
 import abc
 import enum
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable
-from typing import ClassVar, Generic, Literal, Protocol, Self, TypeAlias, TypeVar
+from typing import ClassVar, Generic, Literal, Self, TypeAlias, TypeVar
 
 import attrs
 import outcome
@@ -222,144 +223,23 @@ def _check_limit(limit: int | None) -> int:
     return limit
 
 
-# -- BLOCK: a thin layer over trio memory channels ------------------------------------------------
-
-
-class _TrioChannel(Protocol):
-    def clone(self) -> Self: ...
-    def statistics(self) -> trio.MemoryChannelStatistics: ...
-
-
-C = TypeVar("C", bound=_TrioChannel)
-
-
-class _BlockEnd(_MailboxEnd, Generic[C]):
-    """What both ends of a blocking mailbox share: the trio channel end they wrap, and cloning."""
-
-    __slots__ = ("_chan",)
-    _END: ClassVar[str]
-
-    def __init__(self, core: _MailboxCore, perturb: Perturbation | None, chan: C) -> None:
-        super().__init__(core, perturb)
-        self._chan = chan
-
-    def clone(self) -> Self:
-        try:
-            chan = self._chan.clone()
-        except trio.ClosedResourceError:
-            raise _closed(self._core, self._END) from None
-        return type(self)(self._core, self._perturb, chan)
-
-    def statistics(self) -> MailboxStatistics:
-        return _block_statistics(self._core, self._chan.statistics())
-
-
-class _BlockSender(_BlockEnd[trio.MemorySendChannel[T]], MailboxSender[T]):
-    __slots__ = ()
-    _END = "sender"
-
-    async def send(self, msg: T) -> None:
-        if self._perturb is not None:
-            await self._perturb(self._core.op("send"))
-        try:
-            await self._chan.send(msg)
-        except trio.BrokenResourceError:
-            raise _broken(self._core) from None
-        except trio.ClosedResourceError:
-            raise _closed(self._core, "sender") from None
-        self._core.sent += 1
-
-    def send_nowait(self, msg: T) -> None:
-        try:
-            self._chan.send_nowait(msg)
-        except trio.BrokenResourceError:
-            raise _broken(self._core) from None
-        except trio.ClosedResourceError:
-            raise _closed(self._core, "sender") from None
-        self._core.sent += 1
-
-    def close(self) -> None:
-        self._chan.close()
-
-
-class _BlockReceiver(_BlockEnd[trio.MemoryReceiveChannel[T]], MailboxReceiver[T]):
-    __slots__ = ()
-    _END = "receiver"
-
-    async def receive(self) -> T:
-        if self._perturb is not None:
-            await self._perturb(self._core.op("receive"))
-        try:
-            msg = await self._chan.receive()
-        except trio.ClosedResourceError:
-            raise _closed(self._core, "receiver") from None
-        core = self._core
-        core.received += 1
-        if core.watched:
-            core.watched.pop(id(msg), None)
-        return msg
-
-    def receive_nowait(self) -> T:
-        try:
-            msg = self._chan.receive_nowait()
-        except trio.ClosedResourceError:
-            raise _closed(self._core, "receiver") from None
-        core = self._core
-        core.received += 1
-        if core.watched:
-            core.watched.pop(id(msg), None)
-        return msg
-
-    def drain_nowait(self, limit: int | None = None) -> list[T]:
-        remaining = _check_limit(limit)
-        chan = self._chan
-        batch: list[T] = []
-        while remaining != 0:
-            try:
-                batch.append(chan.receive_nowait())
-            except (trio.WouldBlock, trio.EndOfChannel):
-                break
-            except trio.ClosedResourceError:
-                raise _closed(self._core, "receiver") from None
-            remaining -= 1
-        core = self._core
-        core.received += len(batch)
-        if core.watched:
-            for msg in batch:
-                core.watched.pop(id(msg), None)
-        return batch
-
-    def close(self) -> None:
-        self._chan.close()
-        if self._core.watched and self._chan.statistics().open_receive_channels == 0:
-            self._core.strand_all()
-
-
-def _block_statistics(core: _MailboxCore, stats: trio.MemoryChannelStatistics) -> MailboxStatistics:
-    return MailboxStatistics(
-        name=core.name,
-        capacity=core.capacity,
-        overflow=core.overflow,
-        buffered=stats.current_buffer_used,
-        peak_buffered=stats.peak_buffer_used,
-        sent=core.sent,
-        received=core.received,
-        dropped=0,
-        open_senders=stats.open_send_channels,
-        open_receivers=stats.open_receive_channels,
-        waiting_senders=stats.tasks_waiting_send,
-        waiting_receivers=stats.tasks_waiting_receive,
-    )
-
-
-# -- DROP_OLDEST: a deque that evicts, with trio's close semantics --------------------------------
+# -- BLOCK: trio memory channel semantics, on trio's lowlevel wait -------------------------------
+#
+# The same behaviour as ``trio.open_memory_channel`` (and tested as such), in fewer objects: a
+# node actor parks on its mailbox for as long as its session lives, and often long after, so each
+# object of a parked receive is one more for every full garbage collection to visit, thousands of
+# times over in a wide graph. Trio's pair keeps 8 objects and its parked receive 9 more; here a
+# mailbox is its core with a buffer and a wait queue, two ends, and a parked receive one coroutine
+# and one waiter besides trio's own trap.
 
 
 @attrs.define(eq=False)
-class _DropOldestCore(_MailboxCore, Generic[T]):
+class _BlockCore(_MailboxCore, Generic[T]):
     data: deque[T] = attrs.Factory(deque)
-    # Receivers parked in receive(), oldest first, with the clone each one waits on.
-    waiting: OrderedDict[trio.lowlevel.Task, _DropOldestReceiver[T]] = attrs.Factory(OrderedDict)
+    # Tasks parked in receive() / send(), oldest first. Plain dicts: an empty one is not tracked
+    # by the garbage collector, and a parked receiver leaves ``senders`` empty.
+    receivers: dict[trio.lowlevel.Task, _Waiter] = attrs.Factory(dict)
+    senders: dict[trio.lowlevel.Task, _Waiter] = attrs.Factory(dict)
     open_senders: int = 0
     open_receivers: int = 0
     peak_buffered: int = 0
@@ -376,22 +256,50 @@ class _DropOldestCore(_MailboxCore, Generic[T]):
             dropped=self.dropped,
             open_senders=self.open_senders,
             open_receivers=self.open_receivers,
-            waiting_senders=0,
-            waiting_receivers=len(self.waiting),
+            waiting_senders=len(self.senders),
+            waiting_receivers=len(self.receivers),
         )
 
 
-class _DropOldestEnd(_MailboxEnd, Generic[T]):
-    """What both ends of a drop-oldest mailbox share: the core, their own closed flag, cloning."""
+class _Waiter:
+    """A task parked on one end (with the message it sends, for a sender); its own abort function."""
+
+    __slots__ = ("end", "msg", "queue", "task")
+
+    def __init__(
+        self,
+        end: object,
+        task: trio.lowlevel.Task,
+        queue: dict[trio.lowlevel.Task, _Waiter],
+        msg: object = None,
+    ) -> None:
+        self.end = end
+        self.task = task
+        self.queue = queue
+        self.msg = msg
+
+    def __call__(self, _: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
+        del self.queue[self.task]
+        return trio.lowlevel.Abort.SUCCEEDED
+
+
+def _wake_first(queue: dict[trio.lowlevel.Task, _Waiter]) -> _Waiter:
+    task = next(iter(queue))
+    return queue.pop(task)
+
+
+class _BlockEnd(_MailboxEnd, Generic[T]):
+    """What both ends of a blocking mailbox share: the core, their own closed flag, cloning."""
 
     __slots__ = ("_closed", "_state")
     _END: ClassVar[str]
 
-    def __init__(self, state: _DropOldestCore[T], perturb: Perturbation | None) -> None:
+    def __init__(self, state: _BlockCore[T], perturb: Perturbation | None) -> None:
         super().__init__(state, perturb)
         self._state = state
         self._closed = False
 
+    @trio.lowlevel.enable_ki_protection
     def clone(self) -> Self:
         if self._closed:
             raise _closed(self._state, self._END)
@@ -400,33 +308,50 @@ class _DropOldestEnd(_MailboxEnd, Generic[T]):
     def statistics(self) -> MailboxStatistics:
         return self._state.statistics()
 
+    def _wake_own(self, queue: dict[trio.lowlevel.Task, _Waiter]) -> None:
+        """Wake the tasks parked on this end (which is closing) with ClosedResourceError."""
+        for task in [task for task, waiter in queue.items() if waiter.end is self]:
+            del queue[task]
+            trio.lowlevel.reschedule(task, outcome.Error(_closed(self._state, self._END)))
 
-class _DropOldestSender(_DropOldestEnd[T], MailboxSender[T]):
+
+class _BlockSender(_BlockEnd[T], MailboxSender[T]):
     __slots__ = ()
     _END = "sender"
 
-    def __init__(self, state: _DropOldestCore[T], perturb: Perturbation | None) -> None:
+    def __init__(self, state: _BlockCore[T], perturb: Perturbation | None) -> None:
         super().__init__(state, perturb)
         state.open_senders += 1
 
+    @trio.lowlevel.enable_ki_protection
     async def send(self, msg: T) -> None:
         if self._perturb is not None:
             await self._perturb(self._core.op("send"))
         await trio.lowlevel.checkpoint_if_cancelled()
-        self.send_nowait(msg)
-        await trio.lowlevel.cancel_shielded_checkpoint()
+        try:
+            self.send_nowait(msg)
+        except trio.WouldBlock:
+            pass
+        else:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return
+        task = trio.lowlevel.current_task()
+        senders = self._state.senders
+        waiter = senders[task] = _Waiter(self, task, senders, msg)
+        await trio.lowlevel.wait_task_rescheduled(waiter)
+        self._state.sent += 1
 
+    @trio.lowlevel.enable_ki_protection
     def send_nowait(self, msg: T) -> None:
         if self._closed:
             raise _closed(self._state, "sender")
         state = self._state
         if not state.open_receivers:
             raise _broken(state)
-        state.sent += 1
-        if state.waiting:
+        if state.receivers:
             # Hand over directly: a waiting receiver means the buffer is empty.
-            task, owner = state.waiting.popitem(last=False)
-            owner._tasks.remove(task)
+            task = _wake_first(state.receivers).task
+            state.sent += 1
             state.received += 1
             if state.watched:
                 state.watched.pop(id(msg), None)
@@ -434,37 +359,38 @@ class _DropOldestSender(_DropOldestEnd[T], MailboxSender[T]):
             return
         data = state.data
         if len(data) >= state.capacity:
-            evicted = data.popleft()
-            state.dropped += 1
-            if state.watched:
-                state.undelivered(evicted, "dropped")
+            raise trio.WouldBlock
         data.append(msg)
+        state.sent += 1
         if len(data) > state.peak_buffered:
             state.peak_buffered = len(data)
 
+    @trio.lowlevel.enable_ki_protection
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
         state = self._state
+        self._wake_own(state.senders)
         state.open_senders -= 1
         if state.open_senders == 0:
-            for task, owner in state.waiting.items():
-                owner._tasks.remove(task)
+            receivers, state.receivers = state.receivers, {}
+            for task in receivers:
                 trio.lowlevel.reschedule(task, outcome.Error(trio.EndOfChannel()))
-            state.waiting.clear()
 
 
-class _DropOldestReceiver(_DropOldestEnd[T], MailboxReceiver[T]):
-    __slots__ = ("_tasks",)
+class _BlockReceiver(_BlockEnd[T], MailboxReceiver[T]):
+    __slots__ = ()
     _END = "receiver"
+    # Trio drops what is buffered when the last receiver closes; a drop-oldest mailbox keeps it
+    # (counted in ``buffered``, see MailboxStatistics).
+    _CLEARS_WHEN_LAST_CLOSES: ClassVar[bool] = True
 
-    def __init__(self, state: _DropOldestCore[T], perturb: Perturbation | None) -> None:
+    def __init__(self, state: _BlockCore[T], perturb: Perturbation | None) -> None:
         super().__init__(state, perturb)
-        # Tasks parked on this clone, so that closing it wakes exactly them.
-        self._tasks: set[trio.lowlevel.Task] = set()
         state.open_receivers += 1
 
+    @trio.lowlevel.enable_ki_protection
     async def receive(self) -> T:
         if self._perturb is not None:
             await self._perturb(self._core.op("receive"))
@@ -476,26 +402,25 @@ class _DropOldestReceiver(_DropOldestEnd[T], MailboxReceiver[T]):
         else:
             await trio.lowlevel.cancel_shielded_checkpoint()
             return msg
-
         task = trio.lowlevel.current_task()
-        state = self._state
-        self._tasks.add(task)
-        state.waiting[task] = self
-
-        def abort_fn(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
-            self._tasks.remove(task)
-            del state.waiting[task]
-            return trio.lowlevel.Abort.SUCCEEDED
-
+        receivers = self._state.receivers
+        waiter = receivers[task] = _Waiter(self, task, receivers)
         # The sender reschedules us with exactly one T (or an error outcome).
-        return await trio.lowlevel.wait_task_rescheduled(abort_fn)  # type: ignore[no-any-return]
+        return await trio.lowlevel.wait_task_rescheduled(waiter)  # type: ignore[no-any-return]
 
+    @trio.lowlevel.enable_ki_protection
     def receive_nowait(self) -> T:
         if self._closed:
             raise _closed(self._state, "receiver")
         state = self._state
-        if state.data:
-            msg = state.data.popleft()
+        data = state.data
+        if state.senders:
+            # A parked sender's message joins the buffer (behind what was there) and it returns.
+            waiter = _wake_first(state.senders)
+            data.append(waiter.msg)  # type: ignore[arg-type]
+            trio.lowlevel.reschedule(waiter.task)
+        if data:
+            msg = data.popleft()
             state.received += 1
             if state.watched:
                 state.watched.pop(id(msg), None)
@@ -506,30 +431,62 @@ class _DropOldestReceiver(_DropOldestEnd[T], MailboxReceiver[T]):
 
     def drain_nowait(self, limit: int | None = None) -> list[T]:
         remaining = _check_limit(limit)
-        if self._closed:
-            raise _closed(self._state, "receiver")
-        data = self._state.data
-        count = len(data) if remaining < 0 else min(remaining, len(data))
-        batch = [data.popleft() for _ in range(count)]
-        state = self._state
-        state.received += count
-        if state.watched:
-            for msg in batch:
-                state.watched.pop(id(msg), None)
+        batch: list[T] = []
+        while remaining != 0:
+            try:
+                batch.append(self.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+            remaining -= 1
         return batch
 
+    @trio.lowlevel.enable_ki_protection
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
         state = self._state
-        for task in self._tasks:
-            trio.lowlevel.reschedule(task, outcome.Error(_closed(state, "receiver")))
-            del state.waiting[task]
-        self._tasks.clear()
+        self._wake_own(state.receivers)
         state.open_receivers -= 1
-        if state.open_receivers == 0 and state.watched:
-            state.strand_all()
+        if state.open_receivers == 0:
+            senders, state.senders = state.senders, {}
+            for task in senders:
+                trio.lowlevel.reschedule(task, outcome.Error(_broken(state)))
+            if self._CLEARS_WHEN_LAST_CLOSES:
+                state.data.clear()
+            if state.watched:
+                state.strand_all()
+
+
+# -- DROP_OLDEST: a BLOCK mailbox whose sends never wait: the oldest buffered message is evicted --
+
+
+class _DropOldestSender(_BlockSender[T]):
+    __slots__ = ()
+
+    async def send(self, msg: T) -> None:
+        if self._perturb is not None:
+            await self._perturb(self._core.op("send"))
+        await trio.lowlevel.checkpoint_if_cancelled()
+        self.send_nowait(msg)
+        await trio.lowlevel.cancel_shielded_checkpoint()
+
+    @trio.lowlevel.enable_ki_protection
+    def send_nowait(self, msg: T) -> None:
+        state = self._state
+        data = state.data
+        # A full buffer has no receiver waiting: make room for ``msg``, if it can be sent at all.
+        if len(data) >= state.capacity and not self._closed and state.open_receivers:
+            evicted = data.popleft()
+            state.dropped += 1
+            if state.watched:
+                state.undelivered(evicted, "dropped")
+        super().send_nowait(msg)
+
+
+class _DropOldestReceiver(_BlockReceiver[T]):
+    __slots__ = ()
+    _CLEARS_WHEN_LAST_CLOSES = False
 
 
 # Written as a class, like trio.open_memory_channel, so that ``open_mailbox[Msg](8, name="x")``
@@ -570,15 +527,14 @@ class open_mailbox(tuple[MailboxSender[T], MailboxReceiver[T]]):
         if overflow is Overflow.BLOCK:
             if capacity < 0:
                 raise ValueError(f"mailbox {name!r}: capacity must be >= 0, not {capacity}")
-            core = _MailboxCore(name, capacity, overflow)
-            tx, rx = trio.open_memory_channel[T](capacity)
-            return _BlockSender(core, perturb, tx), _BlockReceiver(core, perturb, rx)
+            core = _BlockCore[T](name, capacity, overflow)
+            return _BlockSender(core, perturb), _BlockReceiver(core, perturb)
         if overflow is Overflow.DROP_OLDEST:
             if capacity < 1:
                 raise ValueError(
                     f"mailbox {name!r}: a drop-oldest mailbox needs capacity >= 1, not {capacity}"
                 )
-            state = _DropOldestCore[T](name, capacity, overflow)
+            state = _BlockCore[T](name, capacity, overflow)
             return _DropOldestSender(state, perturb), _DropOldestReceiver(state, perturb)
         raise TypeError(f"mailbox {name!r}: overflow must be an Overflow, not {overflow!r}")
 

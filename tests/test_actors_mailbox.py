@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import attrs
 import hypothesis.strategies as st
@@ -539,3 +542,112 @@ async def test_one_plan_shared_by_clones_steps_in_global_order(
         async for msg in rx.clone():  # ops 2, 3, 4 alternate 0 s and 10 s
             arrivals.append((msg, trio.current_time()))
         assert arrivals == [("first", 10.0), ("second", 20.0)]
+
+
+# -- BLOCK behaves as a trio memory channel ------------------------------------------------------
+
+channel_ops = st.lists(
+    st.tuples(
+        st.sampled_from(
+            [
+                "send",
+                "receive",
+                "send_nowait",
+                "receive_nowait",
+                "drain",
+                "close_tx",
+                "close_rx",
+                "clone_tx",
+                "clone_rx",
+                "cancel",
+            ]
+        ),
+        st.integers(0, 3),
+    ),
+    max_size=40,
+)
+
+
+def _replay_on(ends: tuple[Any, Any], operations: list[tuple[str, int]]) -> list[object]:
+    """What a program of operations observes on one channel: after each operation, the outcome of
+    every finished task and of the operation itself, and the channel's counts."""
+
+    async def main() -> list[object]:
+        txs: list[Any] = [ends[0]]
+        rxs: list[Any] = [ends[1]]
+        results: dict[int, str] = {}
+        scopes: list[trio.CancelScope] = []
+        seen: list[object] = []
+
+        def name(exc: BaseException) -> str:
+            return type(exc).__name__
+
+        async def parked(i: int, call: Callable[[], Awaitable[object]]) -> None:
+            with scopes[i]:
+                try:
+                    results[i] = repr(await call())
+                except (trio.TooSlowError, Exception) as exc:
+                    results[i] = name(exc)
+            if scopes[i].cancelled_caught:
+                results[i] = "cancelled"
+
+        async with trio.open_nursery() as nursery:
+            for n, (op, k) in enumerate(operations):
+                tx, rx = txs[k % len(txs)], rxs[k % len(rxs)]
+                outcome: str = ""
+                try:
+                    if op in ("send", "receive"):
+                        scopes.append(trio.CancelScope())
+                        call = functools.partial(tx.send, n) if op == "send" else rx.receive
+                        nursery.start_soon(parked, len(scopes) - 1, call)
+                    elif op == "send_nowait":
+                        tx.send_nowait(n)
+                    elif op == "receive_nowait":
+                        outcome = repr(rx.receive_nowait())
+                    elif op == "drain":
+                        got = []
+                        while True:
+                            try:
+                                got.append(rx.receive_nowait())
+                            except (trio.WouldBlock, trio.EndOfChannel):
+                                break
+                        outcome = repr(got)
+                    elif op == "close_tx":
+                        tx.close()
+                    elif op == "close_rx":
+                        rx.close()
+                    elif op == "clone_tx":
+                        txs.append(tx.clone())
+                    elif op == "clone_rx":
+                        rxs.append(rx.clone())
+                    elif scopes:
+                        scopes[k % len(scopes)].cancel()
+                except Exception as exc:
+                    outcome = name(exc)
+                await trio.testing.wait_all_tasks_blocked()
+                stats = rxs[0].statistics()
+                if isinstance(stats, MailboxStatistics):
+                    counts = (stats.buffered, stats.open_senders, stats.open_receivers)
+                    waits = (stats.waiting_senders, stats.waiting_receivers)
+                else:
+                    counts = (
+                        stats.current_buffer_used,
+                        stats.open_send_channels,
+                        stats.open_receive_channels,
+                    )
+                    waits = (stats.tasks_waiting_send, stats.tasks_waiting_receive)
+                seen.append((op, outcome, dict(results), counts, waits))
+            nursery.cancel_scope.cancel()
+        return seen
+
+    return trio.run(main)
+
+
+@given(capacity=st.integers(0, 2), operations=channel_ops)
+@settings(deadline=None, max_examples=300)
+def test_block_mailbox_behaves_as_a_trio_memory_channel(
+    capacity: int, operations: list[tuple[str, int]]
+) -> None:
+    mailbox = _replay_on(open_mailbox[int](capacity, name="m"), operations)
+    channel = _replay_on(trio.open_memory_channel[int](capacity), operations)
+    assert mailbox == channel
