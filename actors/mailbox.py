@@ -235,7 +235,9 @@ def _check_limit(limit: int | None) -> int:
 
 @attrs.define(eq=False)
 class _BlockCore(_MailboxCore, Generic[T]):
-    data: deque[T] = attrs.Factory(deque)
+    # Made when a message is first buffered: a node's inbox hands its messages straight to its
+    # parked actor, and never needs one.
+    data: deque[T] | None = None
     # Tasks parked in receive() / send(), oldest first. Plain dicts: an empty one is not tracked
     # by the garbage collector, and a parked receiver leaves ``senders`` empty.
     receivers: dict[trio.lowlevel.Task, _Waiter] = attrs.Factory(dict)
@@ -244,12 +246,17 @@ class _BlockCore(_MailboxCore, Generic[T]):
     open_receivers: int = 0
     peak_buffered: int = 0
 
+    def buffer(self) -> deque[T]:
+        if self.data is None:
+            self.data = deque()
+        return self.data
+
     def statistics(self) -> MailboxStatistics:
         return MailboxStatistics(
             name=self.name,
             capacity=self.capacity,
             overflow=self.overflow,
-            buffered=len(self.data),
+            buffered=len(self.data or ()),
             peak_buffered=self.peak_buffered,
             sent=self.sent,
             received=self.received,
@@ -357,9 +364,9 @@ class _BlockSender(_BlockEnd[T], MailboxSender[T]):
                 state.watched.pop(id(msg), None)
             trio.lowlevel.reschedule(task, outcome.Value(msg))
             return
-        data = state.data
-        if len(data) >= state.capacity:
+        if len(state.data or ()) >= state.capacity:
             raise trio.WouldBlock
+        data = state.buffer()
         data.append(msg)
         state.sent += 1
         if len(data) > state.peak_buffered:
@@ -413,12 +420,12 @@ class _BlockReceiver(_BlockEnd[T], MailboxReceiver[T]):
         if self._closed:
             raise _closed(self._state, "receiver")
         state = self._state
-        data = state.data
         if state.senders:
             # A parked sender's message joins the buffer (behind what was there) and it returns.
             waiter = _wake_first(state.senders)
-            data.append(waiter.msg)  # type: ignore[arg-type]
+            state.buffer().append(waiter.msg)  # type: ignore[arg-type]
             trio.lowlevel.reschedule(waiter.task)
+        data = state.data
         if data:
             msg = data.popleft()
             state.received += 1
@@ -452,7 +459,7 @@ class _BlockReceiver(_BlockEnd[T], MailboxReceiver[T]):
             senders, state.senders = state.senders, {}
             for task in senders:
                 trio.lowlevel.reschedule(task, outcome.Error(_broken(state)))
-            if self._CLEARS_WHEN_LAST_CLOSES:
+            if self._CLEARS_WHEN_LAST_CLOSES and state.data:
                 state.data.clear()
             if state.watched:
                 state.strand_all()
@@ -476,7 +483,7 @@ class _DropOldestSender(_BlockSender[T]):
         state = self._state
         data = state.data
         # A full buffer has no receiver waiting: make room for ``msg``, if it can be sent at all.
-        if len(data) >= state.capacity and not self._closed and state.open_receivers:
+        if data and len(data) >= state.capacity and not self._closed and state.open_receivers:
             evicted = data.popleft()
             state.dropped += 1
             if state.watched:
