@@ -750,8 +750,12 @@ class PostgresCheckpointer(BatchingStore):
                     (self._put_drafts[_draft_statement(draft)], _draft_params(cp, draft, lock))
                 )
             try:
-                # One statement alone, several in pipeline mode: execute_together chooses.
-                await execute_together(conn, calls, cancel_grace=self._thread.cancel_grace)
+                grace = self._thread.cancel_grace
+                if len(calls) == 1:
+                    statement, params = calls[0]
+                    await statement.execute(conn, params, cancel_grace=grace)
+                else:
+                    await execute_together(conn, calls, cancel_grace=grace)
             except trio.BusyResourceError:
                 return None  # the thread is closing the connection
             except _db_error() as exc:
