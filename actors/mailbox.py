@@ -16,6 +16,7 @@ import attrs
 import outcome
 import trio
 
+from . import trap
 from .closing import ClosesSynchronously
 from .perturb import MailboxOp, Perturbation
 
@@ -229,8 +230,8 @@ def _check_limit(limit: int | None) -> int:
 # node actor parks on its mailbox for as long as its session lives, and often long after, so each
 # object of a parked receive is one more for every full garbage collection to visit, thousands of
 # times over in a wide graph. Trio's pair keeps 8 objects and its parked receive 9 more; here a
-# mailbox is its core with a buffer and a wait queue, two ends, and a parked receive one coroutine
-# and one waiter besides trio's own trap.
+# mailbox is its core and two ends, and a receive parked alone its coroutine and a two-object trap
+# (``actors.trap``). The buffer, and a queue of waiters, are made only when needed.
 
 
 @attrs.define(eq=False)
@@ -242,9 +243,29 @@ class _BlockCore(_MailboxCore, Generic[T]):
     # by the garbage collector, and a parked receiver leaves ``senders`` empty.
     receivers: dict[trio.lowlevel.Task, _Waiter] = attrs.Factory(dict)
     senders: dict[trio.lowlevel.Task, _Waiter] = attrs.Factory(dict)
+    # The first receiver to park while none waits takes this slot instead of ``receivers``, with
+    # no waiter: the core is its abort function (see ``actors.trap``). Whoever holds the slot
+    # parked before everyone in ``receivers``.
+    parked: trio.lowlevel.Task | None = None
+    parked_end: object = None
     open_senders: int = 0
     open_receivers: int = 0
     peak_buffered: int = 0
+
+    def __call__(self, _: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
+        """Abort the receive parked in the slot (trio calls this only while it is parked)."""
+        self.parked = self.parked_end = None
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    def wake_receiver(self) -> trio.lowlevel.Task | None:
+        """Take the longest-parked receiver off its queue, if one is parked."""
+        task = self.parked
+        if task is not None:
+            self.parked = self.parked_end = None
+            return task
+        if self.receivers:
+            return _wake_first(self.receivers).task
+        return None
 
     def buffer(self) -> deque[T]:
         if self.data is None:
@@ -264,7 +285,7 @@ class _BlockCore(_MailboxCore, Generic[T]):
             open_senders=self.open_senders,
             open_receivers=self.open_receivers,
             waiting_senders=len(self.senders),
-            waiting_receivers=len(self.receivers),
+            waiting_receivers=len(self.receivers) + (self.parked is not None),
         )
 
 
@@ -355,9 +376,9 @@ class _BlockSender(_BlockEnd[T], MailboxSender[T]):
         state = self._state
         if not state.open_receivers:
             raise _broken(state)
-        if state.receivers:
+        task = state.wake_receiver()
+        if task is not None:
             # Hand over directly: a waiting receiver means the buffer is empty.
-            task = _wake_first(state.receivers).task
             state.sent += 1
             state.received += 1
             if state.watched:
@@ -381,8 +402,7 @@ class _BlockSender(_BlockEnd[T], MailboxSender[T]):
         self._wake_own(state.senders)
         state.open_senders -= 1
         if state.open_senders == 0:
-            receivers, state.receivers = state.receivers, {}
-            for task in receivers:
+            while (task := state.wake_receiver()) is not None:
                 trio.lowlevel.reschedule(task, outcome.Error(trio.EndOfChannel()))
 
 
@@ -410,9 +430,12 @@ class _BlockReceiver(_BlockEnd[T], MailboxReceiver[T]):
             await trio.lowlevel.cancel_shielded_checkpoint()
             return msg
         task = trio.lowlevel.current_task()
-        receivers = self._state.receivers
-        waiter = receivers[task] = _Waiter(self, task, receivers)
+        state = self._state
         # The sender reschedules us with exactly one T (or an error outcome).
+        if state.parked is None and not state.receivers:
+            state.parked, state.parked_end = task, self
+            return await trap.park(trap.record(state))  # type: ignore[no-any-return]
+        waiter = state.receivers[task] = _Waiter(self, task, state.receivers)
         return await trio.lowlevel.wait_task_rescheduled(waiter)  # type: ignore[no-any-return]
 
     @trio.lowlevel.enable_ki_protection
@@ -453,6 +476,10 @@ class _BlockReceiver(_BlockEnd[T], MailboxReceiver[T]):
             return
         self._closed = True
         state = self._state
+        if state.parked_end is self:
+            task = state.wake_receiver()
+            assert task is not None
+            trio.lowlevel.reschedule(task, outcome.Error(_closed(state, self._END)))
         self._wake_own(state.receivers)
         state.open_receivers -= 1
         if state.open_receivers == 0:

@@ -8,7 +8,7 @@ import pytest
 import trio
 
 from treadle import EventBus
-from treadle.actors import cancel_point
+from treadle.actors import cancel_point, trap
 from treadle.runtime.events import stream as stream_module
 from treadle.runtime.execution import context as context_module
 from treadle.runtime.execution.context import NodeContext
@@ -60,3 +60,7 @@ async def test_without_trio_private_fields_the_public_check_is_taken(
     monkeypatch.setattr(context_module, "run_context", stand_in)
     monkeypatch.setattr(stream_module, "run_context", stand_in)
     await check_cancel_points()
+
+
+def test_the_installed_trio_gets_the_one_generator_wait() -> None:
+    assert trap.FAST
