@@ -230,7 +230,7 @@ def _check_limit(limit: int | None) -> int:
 # node actor parks on its mailbox for as long as its session lives, and often long after, so each
 # object of a parked receive is one more for every full garbage collection to visit, thousands of
 # times over in a wide graph. Trio's pair keeps 8 objects and its parked receive 9 more; here a
-# mailbox is its core and two ends, and a receive parked alone its coroutine and a two-object trap
+# mailbox is its core and two ends, and a receive parked alone its coroutine and one generator
 # (``actors.trap``). The buffer, and a queue of waiters, are made only when needed.
 
 
@@ -434,7 +434,7 @@ class _BlockReceiver(_BlockEnd[T], MailboxReceiver[T]):
         # The sender reschedules us with exactly one T (or an error outcome).
         if state.parked is None and not state.receivers:
             state.parked, state.parked_end = task, self
-            return await trap.park(trap.record(state))  # type: ignore[no-any-return]
+            return await trap.wait(state)  # type: ignore[no-any-return]
         waiter = state.receivers[task] = _Waiter(self, task, state.receivers)
         return await trio.lowlevel.wait_task_rescheduled(waiter)  # type: ignore[no-any-return]
 

@@ -3,17 +3,12 @@
 ``await trio.lowlevel.wait_task_rescheduled(abort_fn)`` keeps four objects alive while a task is
 parked (its coroutine, trio's trap generator, the trap's record and the record's dict), and makes
 them again on every wait. A wide graph parks thousands of node actors, and each full garbage
-collection visits every object they keep. Here a wait keeps two::
+collection visits every object they keep. ``await trap.wait(abort_fn)`` is the same wait in one
+object: a generator that yields trio's record itself, made without the instance dict the record's
+``__init__`` fills, and does not keep it (trio's run loop keeps the abort function, not the record).
 
-    msg = await trap.park(trap.record(abort_fn))
-
-``park`` is trio's own trap (yield the record to trio's run loop, unwrap what the waker sends) as
-one generator, and ``record`` makes trio's record without the instance dict its ``__init__``
-fills: both are written against the record type private to trio. A trio without it gets the public
-call: the same behaviour, at the public call's cost (``record`` is then the abort function itself).
-
-Keep the record out of the object its abort function belongs to: a record cached there would make
-a reference cycle, which only the garbage collector frees.
+It is written against the record type private to trio. A trio without it gets the public call
+(``FAST`` is then false): the same behaviour, at the public call's cost.
 """
 
 from __future__ import annotations
@@ -25,7 +20,7 @@ from typing import Any
 import attrs
 import trio
 
-__all__ = ["FAST", "park", "record"]
+__all__ = ["FAST", "wait"]
 
 AbortFn = Callable[[trio.lowlevel.RaiseCancelT], trio.lowlevel.Abort]
 
@@ -38,23 +33,20 @@ except ImportError:  # pragma: no cover  (a trio whose internals moved)
 FAST = WaitTaskRescheduled is not None and attrs.fields_dict(WaitTaskRescheduled).keys() == {
     "abort_func"
 }
-"""Whether the installed trio has the record type ``park`` yields (it then parks in one object)."""
+"""Whether the installed trio has the record type ``wait`` yields."""
 
 
-def record(abort_fn: AbortFn) -> Any:
-    """What ``park`` waits on: trio's record of ``abort_fn`` (or ``abort_fn``, on another trio)."""
-    if not FAST:  # pragma: no cover
-        return abort_fn
-    # The frozen record's own __init__ would fill an instance dict (one more object to collect).
+def _record(abort_fn: AbortFn) -> Any:
     made = object.__new__(WaitTaskRescheduled)
     object.__setattr__(made, "abort_func", abort_fn)
     return made
 
 
 @types.coroutine
-def _park(record: Any) -> Generator[Any, Any, Any]:
-    return (yield record).unwrap()
+def _wait(abort_fn: AbortFn) -> Generator[Any, Any, Any]:
+    # The record is made in the yield, so this frame does not keep it.
+    return (yield _record(abort_fn)).unwrap()
 
 
-park: Callable[[Any], Any] = _park if FAST else trio.lowlevel.wait_task_rescheduled
-"""``await park(record)`` is ``await trio.lowlevel.wait_task_rescheduled(abort_fn)``."""
+wait: Callable[[AbortFn], Any] = _wait if FAST else trio.lowlevel.wait_task_rescheduled
+"""``await wait(abort_fn)`` is ``await trio.lowlevel.wait_task_rescheduled(abort_fn)``."""

@@ -62,5 +62,5 @@ async def test_without_trio_private_fields_the_public_check_is_taken(
     await check_cancel_points()
 
 
-def test_the_installed_trio_gets_the_one_generator_wait() -> None:
+def test_the_installed_trio_lets_a_wait_yield_its_trap_itself() -> None:
     assert trap.FAST

@@ -113,14 +113,14 @@ async def test_a_parked_node_actor_keeps_nothing_of_its_last_execution() -> None
 # What a parked node actor keeps alive, each object visited by every full garbage collection (a
 # wide graph parks thousands, and a first run that starts them sets off collections in proportion):
 # its trio task with the task's context and child-nursery list (3), its coroutine (1), its wait in
-# the mailbox's receive (the receive frame, and the trap: one generator and trio's record, see
-# actors.trap: 3), and the mailbox (core and two ends: 3; its buffer is made when a message first
-# has to wait in it, its queue of parked receivers when a second receiver parks). It was 14 while
-# the receive went through trio.lowlevel.wait_task_rescheduled with a waiter in a queue, 25 while a
-# BLOCK mailbox wrapped a trio memory channel pair (8 objects, and 9 for a receive parked in it),
-# 30 before that, when the mailbox kept its perturbation records, the actor waited through
-# ``async for`` inside ``with inbox:`` and the pool kept a list per node.
-TRACKED_PER_PARKED_ACTOR = 10
+# the mailbox (the receive's frame and trio's trap as one generator: 2, see actors.trap), and the
+# mailbox (core and two ends: 3; its buffer is made when a message first has to wait in it, its
+# queue of parked receivers when a second receiver parks). It was 14 while the receive waited
+# through trio.lowlevel.wait_task_rescheduled with a waiter in a queue, 25 while a BLOCK mailbox
+# wrapped a trio memory channel pair (8 objects, and 9 for a receive parked in it), 30 before
+# that, when the mailbox kept its perturbation records, the actor waited through ``async for``
+# inside ``with inbox:`` and the pool kept a list per node.
+TRACKED_PER_PARKED_ACTOR = 9
 
 
 async def test_a_parked_node_actor_keeps_few_objects_for_the_garbage_collector() -> None:
