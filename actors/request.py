@@ -129,7 +129,7 @@ async def ask(
     Cancellation:
         Cancelling the asker closes the reply end; the actor's later reply is discarded.
     """
-    reply_to = ReplyTo[T]()
+    reply_to: ReplyTo[T] = ReplyTo()  # not ReplyTo[T](): subscripting costs at run time
     request = make_request(reply_to)
     dropped = False
 

@@ -115,9 +115,11 @@ class Save:
     # Set by the actor when the save joins a group (a one-item list: the message is frozen).
     group: list[_Waiters] = attrs.field(factory=list, eq=False)
 
-    def stop_waiting(self) -> None:
-        """The asker's last act, answered or not."""
-        self.abandon.cancel(reason="the asker stopped waiting")
+    def stop_waiting(self, *, answered: bool) -> None:
+        """The asker's last act, answered or not. An answered save has nothing left to stop
+        (and a cancel is not free: trio describes its source task for the reason)."""
+        if not answered:
+            self.abandon.cancel(reason="the asker stopped waiting")
         if self.group:
             self.group[0].gone()
 
@@ -440,11 +442,13 @@ class CheckpointerActor:
             msg = Save(cp, expected_step, reply_to)
             return msg
 
+        answered = False
         try:
             await ask(self._send, make, actor="checkpointer")
+            answered = True
         finally:
             if msg is not None:
-                msg.stop_waiting()
+                msg.stop_waiting(answered=answered)
 
     async def _save_one(self, cp: Checkpoint, expected_step: Expected) -> None:
         if expected_step is UNCHECKED:
