@@ -13,8 +13,7 @@ from __future__ import annotations
 import socket
 import weakref
 from collections import deque
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from typing import Any, Final, Generic, TypeVar
 
 import outcome
@@ -215,20 +214,15 @@ class ConnectionThread(Generic[C]):
             self._turn.release()
             raise CheckpointerError(f"{self!r} takes no calls")
 
-    @asynccontextmanager
-    async def between_calls(self) -> AsyncIterator[None]:
-        """Hold the connection between two calls: none runs until the block ends, so the Trio
-        thread may use the connection itself meanwhile, if it can without blocking (a
-        non-blocking driver API waited on with ``trio.lowlevel.wait_readable``).
+    def between_calls(self) -> _BetweenCalls:
+        """``async with`` it to hold the connection between two calls: none runs until the block
+        ends, so the Trio thread may use the connection itself meanwhile, if it can without
+        blocking (a non-blocking driver API waited on with ``trio.lowlevel.wait_readable``).
 
         Raises:
             CheckpointerError: The thread is not running (not started, stopped or closed).
         """
-        await self._take_turn()
-        try:
-            yield
-        finally:
-            self._turn.release()
+        return _BetweenCalls(self)
 
     async def _wait_for_byte(self) -> bool:
         """Wait, shielded but at most ``cancel_grace`` seconds, for the job in hand to end; False
@@ -265,3 +259,20 @@ class ConnectionThread(Generic[C]):
 def _close_all(sockets: tuple[socket.socket, ...]) -> None:
     for sock in sockets:
         sock.close()
+
+
+class _BetweenCalls:
+    """:meth:`ConnectionThread.between_calls`, as a class: a sync save enters it once per step,
+    and an ``asynccontextmanager`` would make an async generator (registered with trio's hooks)
+    each time."""
+
+    __slots__ = ("_thread",)
+
+    def __init__(self, thread: ConnectionThread[Any]) -> None:
+        self._thread = thread
+
+    async def __aenter__(self) -> None:
+        await self._thread._take_turn()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._thread._turn.release()
