@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import attrs
 import pytest
 import trio
 
@@ -185,3 +186,23 @@ async def test_a_value_at_the_depth_limit_is_stored_compared_and_resumed(tmp_pat
     assert final.extra["n"] == 2
     assert final.extra_version == 3  # the second write changed only "n"
     assert resumed.state == final
+
+
+def test_freezing_extra_keeps_every_other_field_of_the_partial() -> None:
+    from treadle.runtime.execution.node_actor import check_output
+    from treadle.runtime.graph.frozen import FrozenDict
+    from treadle.runtime.graph.partial import Replace
+
+    given = NodePartial(
+        messages=[Message.user("hi")],
+        extra={"k": [1, 2]},
+        errors=None,
+        frontier=Replace(("a",)),
+    )
+    checked = check_output("n", given)
+    assert type(checked.extra) is FrozenDict
+    assert checked.extra == {"k": (1, 2)}
+    # Every field but extra is carried over, whatever fields NodePartial has.
+    for field in attrs.fields(NodePartial):
+        if field.name != "extra":
+            assert getattr(checked, field.name) == getattr(given, field.name), field.name
