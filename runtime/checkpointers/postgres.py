@@ -5,6 +5,7 @@ session leases so that two processes never run one session.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import re
@@ -266,6 +267,7 @@ def migrations() -> list[tuple[int, str, str]]:
     return sorted(found)
 
 
+@functools.lru_cache(maxsize=4096)  # a sync step asks for its session's key once per step
 def _lock_key(kind: str, schema: str, name: str) -> int:
     """A signed 64-bit advisory-lock key; 64 bits make collisions between sessions negligible."""
     digest = hashlib.blake2b(f"treadle\0{kind}\0{schema}\0{name}".encode(), digest_size=8).digest()

@@ -107,4 +107,5 @@ class SessionView:
 
 def is_complete(frontier: Sequence[str]) -> bool:
     """A session is complete when its frontier is empty or holds only END."""
-    return all(node == END for node in frontier)
+    # Counted in C, not all() over a generator: this runs once per step.
+    return frontier.count(END) == len(frontier)
