@@ -716,7 +716,8 @@ class PostgresCheckpointer(BatchingStore):
     ) -> None:
         # One step drafted on the stored head is stored from here, with no thread hop; anything
         # else, or that step if the head moved meanwhile, in the connection thread.
-        self._unstored.difference_update(cp.session_id for cp in cps)
+        if self._unstored:  # empty but for the instant after a lease is taken
+            self._unstored.difference_update(cp.session_id for cp in cps)
         drafts = draft_steps(self._codec, cps)
         short_way = True
         if len(cps) == 1:
@@ -817,7 +818,8 @@ class PostgresCheckpointer(BatchingStore):
         transaction fails, is stored alone, in the connection thread, so one session's failure (a
         conflict, a lost lease, an error) is never another's.
         """
-        self._unstored.difference_update(cp.session_id for cp in cps)
+        if self._unstored:  # empty but for the instant after a lease is taken
+            self._unstored.difference_update(cp.session_id for cp in cps)
         drafts = draft_steps(self._codec, cps)
         ready = [
             self._ready(cp, d, e) for cp, d, e in zip(cps, drafts, expected_steps, strict=True)
