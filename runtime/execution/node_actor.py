@@ -34,7 +34,6 @@ log = logging.getLogger("treadle.node")
 NodeFn = Callable[[StateSnapshot, NodeContext], Any]
 # For the casts in _call: a subscripted Callable built there would be built again on every call.
 _AsyncNodeFn = Callable[[StateSnapshot, NodeContext], Awaitable[object]]
-_SyncNodeFn = Callable[[StateSnapshot, NodeContext], object]
 
 
 async def node_actor(
@@ -281,7 +280,7 @@ async def _call(
     if spec.kind == "runner":
         run = cast(_AsyncNodeFn, spec.fn.run)  # type: ignore[attr-defined]
         return await run(snapshot, ctx)
-    fn = cast(_SyncNodeFn, spec.fn)
+    fn = cast(NodeFn, spec.fn)
     if spec.thread:
         # A thread cannot be interrupted. With a timeout the node stops waiting for it when
         # cancelled (at the deadline, or when its step or runner ends): the thread runs on to its
