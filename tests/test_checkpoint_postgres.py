@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import attrs
 import psycopg
 import pytest
 import trio
@@ -16,7 +17,7 @@ from treadle.runtime.checkpointers import PostgresCheckpointer
 from treadle.runtime.checkpointers.checkpoint import Checkpoint
 from treadle.runtime.checkpointers.postgres import _PostgresTx, migrations
 from treadle.runtime.errors import CheckpointBackendError, SessionLeased
-from treadle.runtime.graph.state import VersionedState
+from treadle.runtime.graph.state import Message, VersionedState
 
 pytest_plugins = ["pg_fixtures"]
 
@@ -100,6 +101,34 @@ async def test_a_schema_from_a_newer_treadle_is_refused(
     )
     with pytest.raises(CheckpointBackendError, match=r"migrated by a newer treadle.*999"):
         await PostgresCheckpointer(postgres_url, schema=pg_schema).open(nursery)
+
+
+async def test_deleting_a_session_deletes_its_steps_and_messages_and_no_other(
+    postgres_url: str, pg_schema: str, nursery: trio.Nursery
+) -> None:
+    # The tables have no foreign keys (schema 4): the delete itself removes every row of the session.
+    store = PostgresCheckpointer(postgres_url, schema=pg_schema)
+    await store.open(nursery)
+    for session in ("gone", "kept"):
+        for step in range(3):
+            state = VersionedState(
+                messages=tuple(Message("user", f"{session} {n}") for n in range(step + 1)),
+                extra={"step": step},
+            )
+            await store.save(attrs.evolve(checkpoint(step), session_id=session, state=state))
+    assert await store.delete_session("gone") is True
+    await store.aclose()
+
+    def rows(table: str) -> list[tuple[Any, ...]]:
+        return query(
+            postgres_url,
+            f'SELECT session_id, count(*) FROM "{pg_schema}".{table} '
+            "GROUP BY session_id ORDER BY session_id",
+        )
+
+    assert rows("sessions") == [("kept", 1)]
+    assert rows("steps") == [("kept", 3)]
+    assert [session for session, _ in rows("messages")] == ["kept"]
 
 
 @pytest.mark.parametrize("pipelined", [True, False], ids=["pipeline", "plain"])

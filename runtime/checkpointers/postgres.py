@@ -892,6 +892,9 @@ class PostgresCheckpointer(BatchingStore):
         self._codec.forget(session_id)
         self._unstored.discard(session_id)
         with self._transaction([session_id]) as tx:
+            # No foreign keys (schema 4): the session's rows go in the same transaction as its head.
+            tx.conn.execute("DELETE FROM steps WHERE session_id = %s", (session_id,))
+            tx.conn.execute("DELETE FROM messages WHERE session_id = %s", (session_id,))
             cursor = tx.conn.execute(
                 "DELETE FROM sessions WHERE session_id = %s RETURNING session_id", (session_id,)
             )
