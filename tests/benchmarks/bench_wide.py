@@ -6,13 +6,23 @@ starts W node actors), a second run (which reuses them) and the time to close th
 seconds, with the load average, and how many full (generation 2) garbage collections each of the
 three set off: each visits every live object, the parked node actors' too. Doubling W should at
 most double each time.
+
+With ``--rounds N`` each measurement runs in a fresh process instead, the widths one after another
+in each round, in an order rotated from round to round, so that the machine's drift over the run
+falls on every width alike; it then prints min / median / max per width and, for each doubling,
+the ratio of the medians and the per-round ratios (two measurements taken close together):
+``python tests/benchmarks/bench_wide.py 5000 10000 --rounds 9``.
 """
 
 from __future__ import annotations
 
+import argparse
 import gc
+import itertools
 import json
 import os
+import statistics
+import subprocess
 import sys
 import time
 from typing import Any
@@ -62,6 +72,53 @@ async def measure(width: int) -> None:
     print(json.dumps(row), flush=True)
 
 
+PHASES = ("first_s", "second_s", "close_s")
+
+
+def rounds(widths: list[int], count: int) -> None:
+    """``count`` rounds of every width, each measurement in a fresh process; then the summary."""
+    rows: dict[int, list[dict[str, Any]]] = {width: [] for width in widths}
+    for round_no in range(count):
+        shift = round_no % len(widths)
+        for width in widths[shift:] + widths[:shift]:
+            done = subprocess.run(
+                [sys.executable, __file__, str(width)],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            row = json.loads(done.stdout.strip().splitlines()[-1])
+            row["round"] = round_no
+            rows[width].append(row)
+            print(json.dumps(row), flush=True)
+    print(f"\n{count} rounds, seconds, min / median / max")
+    for width in widths:
+        cells = []
+        for phase in PHASES:
+            values = sorted(row[phase] for row in rows[width])
+            median = statistics.median(values)
+            cells.append(f"{phase[:-2]} {values[0]:.3f} / {median:.3f} / {values[-1]:.3f}")
+        loads = [row["load1"] for row in rows[width]]
+        print(f"W={width}: " + ", ".join(cells) + f" (load {min(loads)}-{max(loads)})")
+    for small, big in itertools.pairwise(widths):
+        for phase in PHASES:
+            medians = [statistics.median(row[phase] for row in rows[w]) for w in (small, big)]
+            paired = sorted(
+                b[phase] / a[phase] for a, b in zip(rows[small], rows[big], strict=True)
+            )
+            print(
+                f"{phase[:-2]} {small} -> {big}: medians {medians[1] / medians[0]:.2f}x, "
+                f"per round {paired[0]:.2f} / {statistics.median(paired):.2f} / {paired[-1]:.2f}x"
+            )
+
+
 if __name__ == "__main__":
-    for width in [int(arg) for arg in sys.argv[1:]] or [2500, 5000, 10000]:
-        trio.run(measure, width)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("widths", nargs="*", type=int, default=[2500, 5000, 10000])
+    parser.add_argument("--rounds", type=int, default=None, help="fresh processes, interleaved")
+    args = parser.parse_args()
+    if args.rounds is None:
+        for width in args.widths:
+            trio.run(measure, width)
+    else:
+        rounds(args.widths, args.rounds)
