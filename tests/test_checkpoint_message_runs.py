@@ -266,6 +266,21 @@ async def test_a_schema_2_postgres_database_is_migrated_and_resumes(
         conn.execute(f'SET search_path TO "{pg_schema}"'.encode())
         versions = [row[0] for row in conn.execute("SELECT version FROM schema_migrations")]
         assert versions == [version for version, _, _ in migrations()]
+        # Schema 4: no foreign keys, no (session_id, created_at) index.
+        foreign = conn.execute(
+            "SELECT conname FROM pg_constraint WHERE contype = 'f' "
+            "AND connamespace = %s::regnamespace",
+            (pg_schema,),
+        ).fetchall()
+        assert foreign == []
+        indexes = [
+            row[0]
+            for row in conn.execute(
+                "SELECT indexname FROM pg_indexes WHERE schemaname = %s AND tablename = 'steps'",
+                (pg_schema,),
+            )
+        ]
+        assert indexes == ["steps_pkey"]
         n = len(TRICKY) + 3
         rows = conn.execute("SELECT seq, count, messages::text FROM messages ORDER BY seq")
         found = [(seq, count) for seq, count, _ in rows]

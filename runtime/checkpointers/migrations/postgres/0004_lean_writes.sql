@@ -5,6 +5,6 @@
 -- session without one; deleting a session deletes its steps and messages in the transaction that
 -- deletes its head. The (session_id, created_at) index goes too: no query reads it, and every step
 -- paid an index insert for it.
-ALTER TABLE steps DROP CONSTRAINT steps_session_id_fkey;
-ALTER TABLE messages DROP CONSTRAINT messages_session_id_fkey;
-DROP INDEX steps_session_created_at;
+ALTER TABLE steps DROP CONSTRAINT IF EXISTS steps_session_id_fkey;
+ALTER TABLE messages DROP CONSTRAINT IF EXISTS messages_session_id_fkey;
+DROP INDEX IF EXISTS steps_session_created_at;
