@@ -690,6 +690,11 @@ class PostgresCheckpointer(BatchingStore):
             self._codec.remember(draft.encoded.tip)
         return True
 
+    def _no_longer_unstored(self, cps: Sequence[Checkpoint]) -> None:
+        """Forget that the sessions of ``cps`` had nothing stored: they are being stored now."""
+        if self._unstored:  # empty but for the instant after a lease is taken
+            self._unstored.difference_update(cp.session_id for cp in cps)
+
     def _save_sync(
         self,
         cps: Sequence[Checkpoint],
@@ -716,8 +721,7 @@ class PostgresCheckpointer(BatchingStore):
     ) -> None:
         # One step drafted on the stored head is stored from here, with no thread hop; anything
         # else, or that step if the head moved meanwhile, in the connection thread.
-        if self._unstored:  # empty but for the instant after a lease is taken
-            self._unstored.difference_update(cp.session_id for cp in cps)
+        self._no_longer_unstored(cps)
         drafts = draft_steps(self._codec, cps)
         short_way = True
         if len(cps) == 1:
@@ -818,8 +822,7 @@ class PostgresCheckpointer(BatchingStore):
         transaction fails, is stored alone, in the connection thread, so one session's failure (a
         conflict, a lost lease, an error) is never another's.
         """
-        if self._unstored:  # empty but for the instant after a lease is taken
-            self._unstored.difference_update(cp.session_id for cp in cps)
+        self._no_longer_unstored(cps)
         drafts = draft_steps(self._codec, cps)
         ready = [
             self._ready(cp, d, e) for cp, d, e in zip(cps, drafts, expected_steps, strict=True)
