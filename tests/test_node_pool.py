@@ -114,8 +114,8 @@ async def test_a_parked_node_actor_keeps_nothing_of_its_last_execution() -> None
 # wide graph parks thousands, and a first run that starts them sets off collections in proportion):
 # its trio task with the task's context and child-nursery list (3), its coroutine (1), its wait in
 # the mailbox (the receive's frame and trio's trap as one generator: 2, see actors.trap), and the
-# mailbox (core and two ends: 3; its buffer is made when a message first has to wait in it, its
-# queue of parked receivers when a second receiver parks). It was 14 while the receive waited
+# mailbox (core and two ends: 3; its buffer is made when a message first has to wait in it, and
+# its queues of waiters are empty dicts, which the collector does not track). It was 14 while the receive waited
 # through trio.lowlevel.wait_task_rescheduled with a waiter in a queue, 25 while a BLOCK mailbox
 # wrapped a trio memory channel pair (8 objects, and 9 for a receive parked in it), 30 before
 # that, when the mailbox kept its perturbation records, the actor waited through ``async for``
