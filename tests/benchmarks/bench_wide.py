@@ -12,6 +12,9 @@ in each round, in an order rotated from round to round, so that the machine's dr
 falls on every width alike; it then prints min / median / max per width and, for each doubling,
 the ratio of the medians and the per-round ratios (two measurements taken close together):
 ``python tests/benchmarks/bench_wide.py 5000 10000 --rounds 9``.
+
+``--memory`` runs with the default in-memory checkpointer (autosave on) instead, as the wide
+probe's second configuration does: every step is stored, and the first run hashes the graph.
 """
 
 from __future__ import annotations
@@ -46,9 +49,10 @@ def build(width: int) -> Any:
     return builder.add_edge(names, "join").add_edge("join", END).compile()
 
 
-async def measure(width: int) -> None:
+async def measure(width: int, memory: bool = False) -> None:
     app = build(width)
     row: dict[str, Any] = {"w": width, "load1": round(os.getloadavg()[0], 1)}
+    store: dict[str, Any] = {} if memory else {"autosave": False}
     full = [0]
 
     def count(phase: str, info: dict[str, int]) -> None:
@@ -57,7 +61,7 @@ async def measure(width: int) -> None:
 
     gc.callbacks.append(count)
     try:
-        async with AppRunner(app, autosave=False, concurrency_limit=width) as runner:
+        async with AppRunner(app, concurrency_limit=width, **store) as runner:
             for label in ("first", "second"):
                 started, full[0] = time.perf_counter(), 0
                 await runner.create_session(label, VersionedState())
@@ -75,14 +79,14 @@ async def measure(width: int) -> None:
 PHASES = ("first_s", "second_s", "close_s")
 
 
-def rounds(widths: list[int], count: int) -> None:
+def rounds(widths: list[int], count: int, memory: bool = False) -> None:
     """``count`` rounds of every width, each measurement in a fresh process; then the summary."""
     rows: dict[int, list[dict[str, Any]]] = {width: [] for width in widths}
     for round_no in range(count):
         shift = round_no % len(widths)
         for width in widths[shift:] + widths[:shift]:
             done = subprocess.run(
-                [sys.executable, __file__, str(width)],
+                [sys.executable, __file__, str(width), *(["--memory"] if memory else [])],
                 capture_output=True,
                 text=True,
                 check=True,
@@ -116,9 +120,12 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("widths", nargs="*", type=int, default=[2500, 5000, 10000])
     parser.add_argument("--rounds", type=int, default=None, help="fresh processes, interleaved")
+    parser.add_argument(
+        "--memory", action="store_true", help="the in-memory checkpointer instead of none"
+    )
     args = parser.parse_args()
     if args.rounds is None:
         for width in args.widths:
-            trio.run(measure, width)
+            trio.run(measure, width, args.memory)
     else:
-        rounds(args.widths, args.rounds)
+        rounds(args.widths, args.rounds, args.memory)
