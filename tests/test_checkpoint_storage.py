@@ -5,17 +5,19 @@ messages again, and rebuilding a step replays a bounded number of deltas."""
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import trio
 
 from treadle import END, START, AppRunner, GraphBuilder, Message, NodePartial, VersionedState
 from treadle.runtime.checkpointers import PostgresCheckpointer, SQLiteCheckpointer
 from treadle.runtime.checkpointers.checkpoint import Checkpoint
-from treadle.runtime.checkpointers.codec import DELTA, chain_to
+from treadle.runtime.checkpointers.codec import DELTA, SNAPSHOT, StepCodec, chain_to
 
 pytest_plugins = ["pg_fixtures"]
 
@@ -201,3 +203,96 @@ async def test_a_big_state_is_snapshotted_once_per_kib_of_deltas_by_default(
     assert latest is not None
     assert latest.state == state
     await store.aclose()
+
+
+WIDTH = 2000
+LOOPS = 50
+# dispatch -> WIDTH workers -> join -> tick, and tick loops LOOPS times (the benchmark's graph).
+sys.path.insert(0, str(Path(__file__).parent / "benchmarks"))
+from bench_seen import build as wide_then_loop  # noqa: E402
+
+
+async def test_a_step_stores_the_versions_seen_of_the_nodes_it_ran_not_of_every_node(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """``versions_seen`` grows with every node that ever ran; a delta stores the entries of the
+    nodes its step ran, so the steps after a wide fan-out stay small, and every step still reads
+    back with the whole map."""
+    path = tmp_path / "wide.db"
+    with trio.fail_after(60):
+        async with AppRunner(
+            wide_then_loop(WIDTH, LOOPS, []), checkpointer=f"sqlite:///{path}"
+        ) as runner:
+            await runner.create_session("s", VersionedState())
+            final = await runner.run_until_complete("s")
+    assert final.extra["ticks"] == LOOPS
+    store = SQLiteCheckpointer(path)  # a new process: nothing cached
+    await store.open(nursery)
+
+    def loop_rows() -> list[Any]:
+        from treadle.runtime.checkpointers.sqlite import _SQLiteTx
+
+        assert store._db is not None
+        rows = _SQLiteTx(store._db).rows("s", 0, 10**9)
+        return [row for step, row in sorted(rows.items()) if step > 4]
+
+    rows = await store._run(loop_rows)
+    assert len(rows) == LOOPS - 1
+    # The whole map of WIDTH + 3 nodes is about 27 KB of JSON; a step that ran one node stores one.
+    assert sum(row.kind == DELTA for row in rows) >= LOOPS - 2
+    assert max(len(row.body) for row in rows if row.kind == DELTA) < 1_000
+    seen_everywhere = {"dispatch", "join", "tick", *(f"w{i}" for i in range(WIDTH))}
+    first = await store.load("s", 3)  # the join's step: tick has not run yet
+    assert set(first.versions_seen) == seen_everywhere - {"tick"}
+    messages, extra = (await store.load("s", 4)).versions_seen["tick"]
+    for step in (5, 20, LOOPS + 3):
+        cp = await store.load("s", step)
+        assert set(cp.versions_seen) == seen_everywhere
+        assert cp.versions_seen["tick"] == (messages, extra + step - 4)  # each tick sets extra
+        assert cp.versions_seen["w7"] == first.versions_seen["w7"]
+    await store.aclose()
+
+
+def test_a_chain_of_either_format_rebuilds_the_whole_versions_seen() -> None:
+    """A delta of format 2 holds the entries its step set; one of format 1 (or one whose map was
+    not made from the one before) holds the whole map. A chain mixing them folds to the map of its
+    last step."""
+    import json
+
+    from treadle.runtime.checkpointers.codec import dumps
+    from treadle.runtime.graph.persistent import FrozenMap
+
+    codec = StepCodec(inline_messages=True)
+    state = VersionedState()
+    seen0 = FrozenMap({f"n{i}": (0, 0) for i in range(100)})
+    seen1 = seen0.updated({"n1": (1, 1), "new": (1, 1)})
+    seen2 = seen1.updated({"n2": (2, 2)})
+
+    def cp(step: int, seen: Any) -> Checkpoint:
+        return attrs.evolve(record(step, state), versions_seen=seen)
+
+    rows, tip = [], None
+    for step, seen in enumerate((seen0, seen1, seen2, dict(seen2))):
+        encoded = codec.encode(cp(step, seen), tip, log_end=0, token=f"t{step}")
+        rows.append(encoded.row)
+        tip = encoded.tip
+    bodies = [json.loads(row.body) for row in rows]
+    assert [row.kind for row in rows] == [SNAPSHOT, DELTA, DELTA, DELTA]
+    assert bodies[1]["versions_seen_set"] == {"n1": [1, 1], "new": [1, 1]}
+    assert bodies[2]["versions_seen_set"] == {"n2": [2, 2]}
+    assert "versions_seen" not in bodies[1]
+    assert "versions_seen" not in bodies[2]
+    assert len(bodies[3]["versions_seen"]) == 101  # a plain dict: not known what changed
+    for last, expected in enumerate((seen0, seen1, seen2, seen2)):
+        assert codec.decode(rows[: last + 1], None).versions_seen == dict(expected)
+
+    # The delta of step 1 as format 1 wrote it: the whole map, in a chain before a format-2 delta.
+    old = {**bodies[1], "format": 1, "versions_seen": {k: list(v) for k, v in seen1.items()}}
+    del old["versions_seen_set"]
+    chain = [rows[0], attrs.evolve(rows[1], body=dumps(old)), rows[2]]
+    rebuilt = codec.decode(chain, None).versions_seen
+    assert rebuilt == dict(seen2)
+    assert all(type(pair) is tuple for pair in rebuilt.values())
+    assert json.loads(codec.materialize(chain).body)["versions_seen"] == {
+        k: list(v) for k, v in seen2.items()
+    }

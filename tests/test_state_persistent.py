@@ -91,7 +91,10 @@ def test_a_map_never_sees_what_is_set_after_it(
     parents = [-1]
     for index, changes in ops:
         base = index % len(versions)
-        versions.append(versions[base].updated(dict(changes)))
+        if index % 2 and all(value is not DELETED for value in changes.values()):
+            versions.append(versions[base].assigned(dict(changes)))  # the set-only way
+        else:
+            versions.append(versions[base].updated(dict(changes)))
         model = dict(models[base])
         for key, value in changes.items():
             if value is DELETED:

@@ -17,6 +17,7 @@ import attrs
 import trio
 
 from ..errors import CheckpointNotFound, ConcurrencyConflict
+from ..graph.persistent import FrozenMap
 from ..graph.state import VersionedState
 
 # -- the record ------------------------------------------------------------------------------------
@@ -38,9 +39,10 @@ def _versions_seen(value: Mapping[str, Iterable[int]]) -> dict[str, tuple[int, i
 
 
 def _versions_seen_field(value: Mapping[str, Iterable[int]]) -> Mapping[str, tuple[int, int]]:
-    # One record per step: the scheduler hands over a fresh dict of (int, int) pairs, taken as it
-    # is; documents read back from storage go through the strict conversion in from_json_value.
-    if type(value) is dict:
+    # One record per step: the scheduler hands over its read-only map of (int, int) pairs, and the
+    # codec a fresh dict of them, taken as they are; documents read back from storage go through
+    # the strict conversion in from_json_value.
+    if type(value) is FrozenMap or type(value) is dict:
         return value
     return _versions_seen(value)
 

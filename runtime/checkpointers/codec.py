@@ -24,8 +24,10 @@ from .checkpoint import UNCHECKED, Checkpoint, Expected, StepInfo, parse_invocat
 SNAPSHOT: Final = "snapshot"
 DELTA: Final = "delta"
 
-FORMAT: Final = 1
-"""Version of the body layout below; bumped if it ever changes incompatibly."""
+FORMAT: Final = 2
+"""Version of the body layout below; bumped when it changes incompatibly. Format 2: a delta holds
+the ``versions_seen`` entries its step set (``versions_seen_set``) instead of the whole map. Rows of
+format 1 are still read."""
 
 DEFAULT_CHAIN: Final = 64
 """The fewest deltas a chain may hold when ``max_chain`` is not set."""
@@ -152,6 +154,8 @@ class Tip:
     delta_bytes: int
     snapshot_bytes: int
     messages_start: int
+    # The step's versions_seen: the next delta stores only what its step changed in it.
+    versions_seen: Mapping[str, tuple[int, int]] | None = None
 
 
 @attrs.frozen
@@ -261,6 +265,29 @@ def _extra_delta(
     return changed, deleted
 
 
+def _seen_changes(
+    old: Mapping[str, tuple[int, int]] | None, new: Mapping[str, tuple[int, int]]
+) -> Mapping[str, tuple[int, int]] | None:
+    """The ``versions_seen`` entries set on the way from ``old`` to ``new``, when ``new`` was made
+    from ``old`` by :meth:`FrozenMap.updated` (as the scheduler makes each step's); ``None`` when
+    that is not known, and the map is stored whole."""
+    if old is new:
+        return {}
+    if type(new) is FrozenMap and type(old) is FrozenMap:
+        changes = new.changes_since(old)
+        if changes is not None and all(value is not DELETED for value in changes.values()):
+            return changes
+    return None
+
+
+def _seen_json(seen: Mapping[str, tuple[int, int]]) -> dict[str, list[int]]:
+    return {node: list(pair) for node, pair in seen.items()}
+
+
+def _seen_from_json(value: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
+    return {node: (int(pair[0]), int(pair[1])) for node, pair in value.items()}
+
+
 def _errors_json(errors: tuple[ErrorEvent, ...]) -> list[dict[str, Any]]:
     return [error.to_json_value() for error in errors]
 
@@ -346,10 +373,11 @@ class StepCodec:
     def encode(self, cp: Checkpoint, tip: Tip | None, *, log_end: int, token: str) -> Encoded:
         """Encode ``cp`` as a delta against ``tip`` when worthwhile, else as a snapshot.
 
-        The body holds ``frontier``, ``versions_seen``, ``join_state``, ``concurrency_limit``,
-        ``versions`` and ``graph_hash`` (when known); a snapshot adds ``extra`` and ``errors`` (and
-        ``messages`` inline); a delta adds ``extra_set``, ``extra_deleted``, ``errors`` only when
-        they changed (and ``messages_appended`` inline).
+        The body holds ``frontier``, ``join_state``, ``concurrency_limit``, ``versions`` and
+        ``graph_hash`` (when known); a snapshot adds ``versions_seen``, ``extra`` and ``errors``
+        (and ``messages`` inline); a delta adds ``versions_seen_set`` (the entries its step set;
+        the whole ``versions_seen`` when that is not known), ``extra_set``, ``extra_deleted``,
+        ``errors`` only when they changed (and ``messages_appended`` inline).
         """
         state = cp.state
         appended: tuple[Message, ...] | None = None
@@ -366,7 +394,6 @@ class StepCodec:
         body: dict[str, Any] = {
             "format": FORMAT,
             "frontier": list(cp.frontier),
-            "versions_seen": {node: list(pair) for node, pair in cp.versions_seen.items()},
             "join_state": {key: list(sources) for key, sources in cp.join_state.items()},
             "concurrency_limit": cp.concurrency_limit,
             "versions": {
@@ -382,6 +409,11 @@ class StepCodec:
         if is_delta:
             assert tip is not None
             assert appended is not None
+            seen = _seen_changes(tip.versions_seen, cp.versions_seen)
+            if seen is None:
+                body["versions_seen"] = _seen_json(cp.versions_seen)
+            else:
+                body["versions_seen_set"] = _seen_json(seen)
             changed, deleted = _extra_delta(tip.state.extra, state.extra)
             body["extra_set"] = changed
             body["extra_deleted"] = deleted
@@ -390,6 +422,7 @@ class StepCodec:
             if self.inline_messages:
                 body["messages_appended"] = [_message_json(m) for m in appended]
         else:
+            body["versions_seen"] = _seen_json(cp.versions_seen)
             body["extra"] = dict(state.extra.items())
             body["errors"] = _errors_json(state.errors)
             if self.inline_messages:
@@ -429,12 +462,22 @@ class StepCodec:
                 tip.delta_bytes + len(text),
                 tip.snapshot_bytes,
                 messages_start,
+                cp.versions_seen,
             )
         else:
             base_step = None
             root_step = cp.step
             new_tip = Tip(
-                cp.session_id, cp.step, token, state, cp.step, 0, 0, len(text), messages_start
+                cp.session_id,
+                cp.step,
+                token,
+                state,
+                cp.step,
+                0,
+                0,
+                len(text),
+                messages_start,
+                cp.versions_seen,
             )
         row = StepRow(
             session_id=cp.session_id,
@@ -456,16 +499,22 @@ class StepCodec:
 
     def _replay(
         self, chain: Sequence[StepRow]
-    ) -> tuple[dict[str, Any], dict[str, Any], list[Any], list[Any]]:
-        """Fold a chain (snapshot first): the last body, and the extra, errors and inline messages."""
+    ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], list[Any], list[Any]]:
+        """Fold a chain (snapshot first): the last body, and the versions_seen (as stored), extra,
+        errors and inline messages."""
         first = chain[0]
         try:
             body = json.loads(first.body)
+            seen: dict[str, Any] = dict(body["versions_seen"])
             extra: dict[str, Any] = dict(body["extra"])
             errors: list[Any] = list(body["errors"])
             messages: list[Any] = list(body.get("messages", ()))
             for row in chain[1:]:
                 body = json.loads(row.body)
+                if "versions_seen" in body:  # written whole (and in every row of format 1)
+                    seen = dict(body["versions_seen"])
+                else:
+                    seen.update(body["versions_seen_set"])
                 extra.update(body["extra_set"])
                 for key in body["extra_deleted"]:
                     extra.pop(key, None)
@@ -477,13 +526,13 @@ class StepCodec:
             raise BrokenHistory(
                 last.session_id, last.step, f"a stored body is malformed ({exc!r})"
             ) from exc
-        return body, extra, errors, messages
+        return body, seen, extra, errors, messages
 
     def decode(
         self, chain: Sequence[StepRow], log_messages: Sequence[Mapping[str, Any]] | None
     ) -> Checkpoint:
         """Rebuild the checkpoint of ``chain[-1]``; ``log_messages`` are its messages (log mode)."""
-        body, extra, errors, inline = self._replay(chain)
+        body, seen, extra, errors, inline = self._replay(chain)
         row = chain[-1]
         messages = list(log_messages) if log_messages is not None else inline
         if len(messages) != row.messages_len:
@@ -506,7 +555,7 @@ class StepCodec:
                 step=row.step,
                 state=state,
                 frontier=body["frontier"],
-                versions_seen=body["versions_seen"],
+                versions_seen=_seen_from_json(seen),
                 join_state=body["join_state"],
                 concurrency_limit=body["concurrency_limit"],
                 created_at=row.created_at,
@@ -523,9 +572,10 @@ class StepCodec:
 
     def materialize(self, chain: Sequence[StepRow]) -> StepRow:
         """``chain[-1]`` rewritten as a self-contained snapshot (same checkpoint, no base)."""
-        body, extra, errors, inline = self._replay(chain)
-        for key in ("extra_set", "extra_deleted", "messages_appended"):
+        body, seen, extra, errors, inline = self._replay(chain)
+        for key in ("versions_seen_set", "extra_set", "extra_deleted", "messages_appended"):
             body.pop(key, None)
+        body["versions_seen"] = seen
         body["extra"] = extra
         body["errors"] = errors
         if self.inline_messages:
@@ -547,6 +597,7 @@ class StepCodec:
             delta_bytes=sum(len(row.body) for row in chain[1:]),
             snapshot_bytes=len(chain[0].body),
             messages_start=chain[-1].messages_start,
+            versions_seen=cp.versions_seen,
         )
 
 

@@ -25,6 +25,7 @@ from ..errors import (
 from ..events.types import DiagnosticEvent, invocation_end, stream_end
 from ..graph.builder import END, START, CompiledGraph
 from ..graph.partial import NodePartial
+from ..graph.persistent import FrozenMap
 from ..graph.state import StateSnapshot, VersionedState
 from .barrier import apply_barrier
 from .frontier import Routing, initial_frontier
@@ -141,7 +142,7 @@ async def _invoke(scheduler: Scheduler, op: Invoke) -> SessionView:
     core.frontier = routing.frontier
     core.join_state = dict(routing.join_state)
     # Identical consecutive inputs must still run the entry path: no node has "seen" anything.
-    core.versions_seen = {}
+    core.versions_seen = FrozenMap()
     core.invocation += 1
     scheduler.invocation_id = f"{core.session_id}:{core.invocation}"
     try:
@@ -209,7 +210,7 @@ class _Before:
     state: VersionedState
     step: int
     frontier: tuple[str, ...]
-    versions_seen: dict[str, tuple[int, int]]
+    versions_seen: FrozenMap
     join_state: dict[str, tuple[str, ...]]
     invocation: int | None
 
@@ -219,7 +220,7 @@ class _Before:
             core.state,
             core.step,
             core.frontier,
-            dict(core.versions_seen),
+            core.versions_seen,  # read-only
             dict(core.join_state),
             core.invocation,
         )

@@ -46,6 +46,7 @@ from ..events.types import DiagnosticEvent
 from ..graph.app import App
 from ..graph.builder import START
 from ..graph.partial import NodePartial
+from ..graph.persistent import FrozenMap
 from ..graph.state import VersionedState
 from ..workers import queue
 from .clock import Clock
@@ -448,7 +449,7 @@ class AppRunner:
             state=state,
             step=0,
             frontier=routing.frontier,
-            versions_seen={},
+            versions_seen=FrozenMap(),
             join_state=dict(routing.join_state),
             concurrency_limit=concurrency_limit or self.concurrency_limit,
             invocation=None if iterative_entry is None else 0,

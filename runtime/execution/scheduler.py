@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Literal, TypeVar
 
 import attrs
@@ -27,6 +27,7 @@ from ..events.lifecycle import NODE_SKIPPED_SCOPE, STEP_COMPLETED_SCOPE, runtime
 from ..events.types import DiagnosticEvent, stream_end
 from ..graph.builder import END, START, CompiledGraph
 from ..graph.partial import NodePartial
+from ..graph.persistent import FrozenMap
 from ..graph.state import ErrorEvent, ErrorScope, StateSnapshot, VersionedState
 from .barrier import apply_barrier
 from .clock import Clock
@@ -52,6 +53,13 @@ T = TypeVar("T")
 Durability = Literal["sync", "async", "exit"]
 
 
+def frozen_versions_seen(value: Mapping[str, Sequence[int]]) -> FrozenMap:
+    """``value`` as a session keeps its ``versions_seen``: a :class:`FrozenMap` of ``(int, int)``."""
+    if type(value) is FrozenMap:
+        return value
+    return FrozenMap((node, (int(pair[0]), int(pair[1]))) for node, pair in value.items())
+
+
 @attrs.define
 class SessionCore:
     """Everything a session is between steps; the scheduler actor is its only owner."""
@@ -60,7 +68,9 @@ class SessionCore:
     state: VersionedState
     step: int
     frontier: tuple[str, ...]
-    versions_seen: dict[str, tuple[int, int]]
+    # Per node that ran, the (messages, extra) versions it last ran on. A persistent map: a step
+    # makes the next one from the nodes it ran, and its checkpoint stores just those.
+    versions_seen: FrozenMap
     join_state: dict[str, tuple[str, ...]]
     concurrency_limit: int
     # Iterative sessions (see iterative.py): inputs applied so far (None: a plain session), and
@@ -75,7 +85,7 @@ class SessionCore:
             state=cp.state,
             step=cp.step,
             frontier=tuple(cp.frontier),
-            versions_seen={k: (v[0], v[1]) for k, v in cp.versions_seen.items()},
+            versions_seen=frozen_versions_seen(cp.versions_seen),
             join_state={k: tuple(v) for k, v in cp.join_state.items()},
             concurrency_limit=cp.concurrency_limit,
             invocation=cp.invocation,
@@ -341,17 +351,18 @@ class Scheduler:
         except RouterFailed as exc:
             await self._fail(step, exc.node, exc.cause)
 
-        # Only the nodes that ran change their entry: they are written into the session's dict when
-        # the step commits (a checkpoint takes a copy), so a step costs O(nodes ran), not O(nodes
-        # that ever ran).
+        # Only the nodes that ran change their entry, in a new persistent map that remembers them:
+        # the step, its checkpoint and the stored delta cost O(nodes ran), not O(nodes that ever
+        # ran).
         seen = dict.fromkeys(ran, versions)
+        versions_seen = core.versions_seen.assigned(seen) if seen else core.versions_seen
         # Every field, spelled out: attrs.evolve costs more than the rest of a small step's bookkeeping.
         after = SessionCore(
             session_id=core.session_id,
             state=state,
             step=step,
             frontier=routing.frontier,
-            versions_seen=core.versions_seen,
+            versions_seen=versions_seen,
             join_state=dict(routing.join_state),
             concurrency_limit=core.concurrency_limit,
             invocation=core.invocation,
@@ -365,7 +376,7 @@ class Scheduler:
             next_frontier=routing.frontier,
             completed=is_complete(routing.frontier),
         )
-        await self._commit(after, report, seen)
+        await self._commit(after, report)
         if self.config.lifecycle:
             await self._publish_step(report)
         for source, target in routing.unknown_targets:
@@ -489,18 +500,14 @@ class Scheduler:
         for node, mailbox in nodes.items():
             self.config.pool.give(node, mailbox)
 
-    def _record(
-        self, core: SessionCore, report: StepReport, seen: dict[str, tuple[int, int]] | None = None
-    ) -> Checkpoint:
-        versions_seen = dict(core.versions_seen)  # a copy: the session's dict changes in place
-        if seen:
-            versions_seen.update(seen)
+    def _record(self, core: SessionCore, report: StepReport) -> Checkpoint:
         return Checkpoint(
             session_id=core.session_id,
             step=core.step,
             state=core.state,
             frontier=core.frontier,
-            versions_seen=versions_seen,
+            # Read-only, and each step makes a new one: shared, not copied.
+            versions_seen=core.versions_seen,
             # The core never changes this dict in place (each step makes a new one): shared.
             join_state=core.join_state,
             concurrency_limit=core.concurrency_limit,
@@ -512,14 +519,8 @@ class Scheduler:
             invocation=core.invocation,
         )
 
-    async def _commit(
-        self,
-        after: SessionCore,
-        report: StepReport,
-        seen: dict[str, tuple[int, int]] | None = None,
-    ) -> None:
-        """Checkpoint the session as ``after`` with ``seen`` added to its ``versions_seen``, then
-        make it the session's state.
+    async def _commit(self, after: SessionCore, report: StepReport) -> None:
+        """Checkpoint the session as ``after``, then make it the session's state.
 
         A step that cannot be stored is not applied: if the save fails (or is cancelled), the
         session stays as it was, so a retry runs the same step again and the stored history has no
@@ -530,14 +531,12 @@ class Scheduler:
             if config.durability == "exit":
                 self._dirty = True
             else:
-                await self._save(self._record(after, report, seen))
+                await self._save(self._record(after, report))
         core = self.core
         core.step = after.step
         core.state = after.state
         core.frontier = after.frontier
         core.versions_seen = after.versions_seen
-        if seen:
-            core.versions_seen.update(seen)
         core.join_state = after.join_state
 
     async def _save(self, record: Checkpoint) -> None:
@@ -578,7 +577,7 @@ class Scheduler:
         core.step = stored.step
         core.state = stored.state
         core.frontier = stored.frontier
-        core.versions_seen = dict(stored.versions_seen)
+        core.versions_seen = frozen_versions_seen(stored.versions_seen)
         core.join_state = dict(stored.join_state)
         self.stored_step = stored.step
 

@@ -258,6 +258,18 @@ class FrozenMap(Mapping[str, Any]):
         result._changes = changes
         return result
 
+    def assigned(self, changes: dict[str, Any]) -> FrozenMap:
+        """:meth:`updated` for ``changes`` that only set keys (no :data:`DELETED`): one call into
+        the map's own update, several times cheaper for a few keys.
+
+        The values must be frozen already; ``changes`` is kept, so the caller must not change it.
+        """
+        result = object.__new__(FrozenMap)
+        result._map = self._map.update(changes)
+        result._parent = weakref.ref(self)
+        result._changes = changes
+        return result
+
     def changes_since(self, older: FrozenMap) -> dict[str, Any] | None:
         """What :meth:`updated` changed on the way from ``older`` to ``self`` (a value per key set,
         :data:`DELETED` per key removed), or ``None`` when that path is not known any more: the
