@@ -111,8 +111,8 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     _from_checkpoint(
         "versions_seen",
-        "versions_seen={k: (v[0], v[1]) for k, v in cp.versions_seen.items()},",
-        "versions_seen={},",
+        "versions_seen=frozen_versions_seen(cp.versions_seen),",
+        "versions_seen=FrozenMap(),",
     ),
     _from_checkpoint(
         "concurrency_limit",
@@ -124,7 +124,7 @@ MUTANTS: tuple[Mutant, ...] = (
     _decode("step", "                step=row.step,\n", "                step=row.step + 1,\n"),
     _decode("state-versions", '"versions": body["versions"],', '"versions": {},'),
     _decode("frontier", 'frontier=body["frontier"],', 'frontier=body["frontier"][:1],'),
-    _decode("versions_seen", 'versions_seen=body["versions_seen"],', "versions_seen={},"),
+    _decode("versions_seen", "versions_seen=_seen_from_json(seen),", "versions_seen={},"),
     _decode("join_state", 'join_state=body["join_state"],', "join_state={},"),
     _decode(
         "concurrency_limit",
@@ -137,6 +137,14 @@ MUTANTS: tuple[Mutant, ...] = (
     _decode("updated_channels", "updated_channels=row.updated_channels,", "updated_channels=(),"),
     _decode("graph_hash", 'graph_hash=body.get("graph_hash"),', "graph_hash=None,"),
     # Scheduling, routing and merging.
+    Mutant(
+        "delta-drops-versions_seen",
+        "runtime/checkpointers/codec.py",
+        'seen.update(body["versions_seen_set"])',
+        "seen.update({})",
+        ("tests/test_checkpoint_storage.py", FIELDS_TEST),
+        "a step rebuilt from deltas has every versions_seen entry its steps set",
+    ),
     Mutant(
         "gating-off",
         "runtime/execution/scheduler.py",
