@@ -259,7 +259,7 @@ def test_a_chain_of_either_format_rebuilds_the_whole_versions_seen() -> None:
     last step."""
     import json
 
-    from treadle.runtime.checkpointers.codec import dumps
+    from treadle.runtime.checkpointers.codec import BrokenHistory, dumps
     from treadle.runtime.graph.persistent import FrozenMap
 
     codec = StepCodec(inline_messages=True)
@@ -296,3 +296,7 @@ def test_a_chain_of_either_format_rebuilds_the_whole_versions_seen() -> None:
     assert json.loads(codec.materialize(chain).body)["versions_seen"] == {
         k: list(v) for k, v in seen2.items()
     }
+    # A stored pair that is not two numbers is a broken history, not a crash.
+    broken = {**bodies[0], "versions_seen": {"n0": []}}
+    with pytest.raises(BrokenHistory, match="malformed"):
+        codec.decode([attrs.evolve(rows[0], body=dumps(broken))], None)

@@ -269,8 +269,8 @@ def _seen_changes(
     old: Mapping[str, tuple[int, int]] | None, new: Mapping[str, tuple[int, int]]
 ) -> Mapping[str, tuple[int, int]] | None:
     """The ``versions_seen`` entries set on the way from ``old`` to ``new``, when ``new`` was made
-    from ``old`` by :meth:`FrozenMap.updated` (as the scheduler makes each step's); ``None`` when
-    that is not known, and the map is stored whole."""
+    from ``old`` by :meth:`FrozenMap.assigned` (as the scheduler makes each step's) or
+    :meth:`FrozenMap.updated`; ``None`` when that is not known, and the map is stored whole."""
     if old is new:
         return {}
     if type(new) is FrozenMap and type(old) is FrozenMap:
@@ -285,7 +285,11 @@ def _seen_json(seen: Mapping[str, tuple[int, int]]) -> dict[str, list[int]]:
 
 
 def _seen_from_json(value: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
-    return {node: (int(pair[0]), int(pair[1])) for node, pair in value.items()}
+    """Stored pairs as ``(int, int)``; a malformed one raises ValueError or TypeError."""
+    seen: dict[str, tuple[int, int]] = {}
+    for node, (messages, extra) in value.items():
+        seen[node] = (int(messages), int(extra))
+    return seen
 
 
 def _errors_json(errors: tuple[ErrorEvent, ...]) -> list[dict[str, Any]]:
