@@ -175,8 +175,12 @@ def test_views_are_read_only() -> None:
         lambda: frozen.clear(),
         lambda: frozen.setdefault("b", 1),
     ):
-        with pytest.raises(TypeError, match="read-only"):
+        with pytest.raises(TypeError, match="read-only") as raised:
             mutate()
+        # The same map holds a session's versions_seen (a checkpoint hands it out): the message
+        # names both uses, and how a node changes extra.
+        assert "versions_seen" in str(raised.value)
+        assert "NodePartial(extra=...)" in str(raised.value)
     # Calling the constructor again on an existing view changes nothing.
     log.__init__([9])  # type: ignore[misc]  # deliberate misuse
     frozen.__init__({"z": 9})  # type: ignore[misc]  # deliberate misuse

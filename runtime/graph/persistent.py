@@ -180,7 +180,8 @@ _MAX_LINKS: Final = 1024
 
 def _read_only(self: FrozenMap, *args: object, **kwargs: object) -> NoReturn:
     raise TypeError(
-        "the state's extra is read-only: return the keys to change in NodePartial(extra=...)"
+        "this map is read-only (a state's extra, or a session's versions_seen): a node changes "
+        "extra by returning the keys to change in NodePartial(extra=...)"
     )
 
 
