@@ -300,3 +300,45 @@ def test_a_chain_of_either_format_rebuilds_the_whole_versions_seen() -> None:
     broken = {**bodies[0], "versions_seen": {"n0": []}}
     with pytest.raises(BrokenHistory, match="malformed"):
         codec.decode([attrs.evolve(rows[0], body=dumps(broken))], None)
+
+
+async def test_the_first_step_after_a_resume_stores_only_what_it_set(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """A resumed session's versions_seen is the map the store read back, so its next step's delta
+    holds the entries that step set, as before the resume (a worker resumes sessions often)."""
+    import json
+
+    from treadle.runtime.execution.scheduler import frozen_versions_seen
+    from treadle.runtime.graph.persistent import FrozenMap
+
+    seen = FrozenMap({f"n{i}": (0, 0) for i in range(500)})
+    store = SQLiteCheckpointer(tmp_path / "resume.db")
+    await store.open(nursery)
+    for step in range(3):
+        seen = seen.assigned({"n0": (step, step)})
+        await store.save(attrs.evolve(record(step, VersionedState()), versions_seen=seen))
+    await store.aclose()
+
+    store = SQLiteCheckpointer(tmp_path / "resume.db")  # a new process: nothing cached
+    await store.open(nursery)
+    latest = await store.load_latest("s")
+    assert latest is not None
+    resumed = frozen_versions_seen(latest.versions_seen)  # as the scheduler takes it up
+    await store.save(
+        attrs.evolve(record(3, VersionedState()), versions_seen=resumed.assigned({"n1": (3, 3)}))
+    )
+
+    def body_of_step_3() -> dict[str, Any]:
+        from treadle.runtime.checkpointers.sqlite import _SQLiteTx
+
+        assert store._db is not None
+        row = _SQLiteTx(store._db).rows("s", 3, 3)[3]
+        assert row.kind == DELTA
+        return dict(json.loads(row.body))
+
+    body = await store._run(body_of_step_3)
+    assert body["versions_seen_set"] == {"n1": [3, 3]}
+    assert "versions_seen" not in body
+    assert (await store.load("s", 3)).versions_seen == {**seen, "n1": (3, 3)}
+    await store.aclose()

@@ -559,7 +559,9 @@ class StepCodec:
                 step=row.step,
                 state=state,
                 frontier=body["frontier"],
-                versions_seen=_seen_from_json(seen),
+                # A persistent map, as a session keeps it: resumed, the session's next step makes
+                # its map from this one, and its delta stores only what that step set.
+                versions_seen=FrozenMap(_seen_from_json(seen)),
                 join_state=body["join_state"],
                 concurrency_limit=body["concurrency_limit"],
                 created_at=row.created_at,
