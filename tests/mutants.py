@@ -124,7 +124,11 @@ MUTANTS: tuple[Mutant, ...] = (
     _decode("step", "                step=row.step,\n", "                step=row.step + 1,\n"),
     _decode("state-versions", '"versions": body["versions"],', '"versions": {},'),
     _decode("frontier", 'frontier=body["frontier"],', 'frontier=body["frontier"][:1],'),
-    _decode("versions_seen", "versions_seen=_seen_from_json(seen),", "versions_seen={},"),
+    _decode(
+        "versions_seen",
+        "versions_seen=FrozenMap(_seen_from_json(seen)),",
+        "versions_seen=FrozenMap(),",
+    ),
     _decode("join_state", 'join_state=body["join_state"],', "join_state={},"),
     _decode(
         "concurrency_limit",
@@ -196,8 +200,10 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "shutdown-skips-flush",
         "runtime/execution/runner.py",
-        "            if not self._checkpoints.volatile:\n                await self._checkpoints.flush()",
-        "            if False:\n                await self._checkpoints.flush()",
+        "            if not self._checkpoints.volatile:\n                await self._checkpoints.flush()\n"
+        "                for session_id in self._sessions:",
+        "            if False:\n                await self._checkpoints.flush()\n"
+        "                for session_id in self._sessions:",
         (CANCEL_TEST,),
         "leaving a runner stores every step it acknowledged",
     ),
@@ -216,8 +222,9 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "abandoned-step-advances",
         "runtime/execution/scheduler.py",
-        "            except trio.Cancelled:\n",
-        "            except trio.Cancelled:\n                self.core.step = step\n",
+        "            except trio.Cancelled:\n                # Abandoned mid-step",
+        "            except trio.Cancelled:\n                self.core.step = step\n"
+        "                # Abandoned mid-step",
         (CANCEL_TEST,),
         "a step abandoned by its caller leaves no trace",
     ),

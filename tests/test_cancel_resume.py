@@ -321,3 +321,24 @@ async def test_a_step_whose_save_landed_as_its_caller_gave_up_is_applied_not_run
     assert sorted(store.steps) == [0, 1, 2, 3, 4]
     assert all(count == 1 for count in store.writes.values())
     assert [store.steps[s].state.extra["n"] for s in range(1, 5)] == [1, 2, 3, 4]
+
+
+async def test_a_step_abandoned_while_its_node_runs_leaves_no_trace(autojump_clock: Any) -> None:
+    """The caller's deadline passes while step 1's node runs: the step is abandoned, and the next
+    step the same runner runs is step 1 again, stored once, with no gap in the history."""
+    from apps import counter_app
+
+    store = StoreWithHistory()
+    with trio.fail_after(WATCHDOG):
+        async with AppRunner(counter_app(limit=3, pause=1.0), checkpointer=store) as runner:
+            await runner.create_session(SESSION, VersionedState())
+            with trio.move_on_after(0.5) as deadline:
+                await runner.run_step(SESSION)  # the node sleeps 1 s: cut half-way
+            assert deadline.cancelled_caught
+            assert max(store.steps) == 0
+            result = await runner.run_step(SESSION)
+            assert result.report.step == 1
+            final = await runner.run_until_complete(SESSION)
+    assert final.extra["n"] == 3
+    assert sorted(store.steps) == [0, 1, 2, 3]
+    assert all(count == 1 for count in store.writes.values())
