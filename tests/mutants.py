@@ -126,7 +126,7 @@ MUTANTS: tuple[Mutant, ...] = (
     _decode("frontier", 'frontier=body["frontier"],', 'frontier=body["frontier"][:1],'),
     _decode(
         "versions_seen",
-        "versions_seen=FrozenMap(_seen_from_json(seen)),",
+        "versions_seen=frozen_versions_seen(seen),",
         "versions_seen=FrozenMap(),",
     ),
     _decode("join_state", 'join_state=body["join_state"],', "join_state={},"),

@@ -309,7 +309,7 @@ async def test_the_first_step_after_a_resume_stores_only_what_it_set(
     holds the entries that step set, as before the resume (a worker resumes sessions often)."""
     import json
 
-    from treadle.runtime.execution.scheduler import frozen_versions_seen
+    from treadle.runtime.checkpointers.checkpoint import frozen_versions_seen
     from treadle.runtime.graph.persistent import FrozenMap
 
     seen = FrozenMap({f"n{i}": (0, 0) for i in range(500)})

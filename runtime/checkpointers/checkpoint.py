@@ -38,6 +38,15 @@ def _versions_seen(value: Mapping[str, Iterable[int]]) -> dict[str, tuple[int, i
     return result
 
 
+def frozen_versions_seen(value: Mapping[str, Iterable[int]]) -> FrozenMap:
+    """``value`` as a session keeps its ``versions_seen``: a read-only :class:`FrozenMap` of
+    ``(int, int)`` (one already is is returned as it is). A malformed pair raises ValueError or
+    TypeError."""
+    if type(value) is FrozenMap:
+        return value
+    return FrozenMap(_versions_seen(value))
+
+
 def _versions_seen_field(value: Mapping[str, Iterable[int]]) -> Mapping[str, tuple[int, int]]:
     # One record per step: the scheduler hands over its read-only map of (int, int) pairs, and the
     # codec a fresh dict of them, taken as they are; documents read back from storage go through

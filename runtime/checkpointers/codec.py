@@ -19,7 +19,14 @@ from ..errors import CheckpointerError, ConcurrencyConflict
 from ..graph.frozen import strict_equal
 from ..graph.persistent import DELETED, FrozenMap, Log
 from ..graph.state import ErrorEvent, Message, VersionedState
-from .checkpoint import UNCHECKED, Checkpoint, Expected, StepInfo, parse_invocation
+from .checkpoint import (
+    UNCHECKED,
+    Checkpoint,
+    Expected,
+    StepInfo,
+    frozen_versions_seen,
+    parse_invocation,
+)
 
 SNAPSHOT: Final = "snapshot"
 DELTA: Final = "delta"
@@ -282,14 +289,6 @@ def _seen_changes(
 
 def _seen_json(seen: Mapping[str, tuple[int, int]]) -> dict[str, list[int]]:
     return {node: list(pair) for node, pair in seen.items()}
-
-
-def _seen_from_json(value: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
-    """Stored pairs as ``(int, int)``; a malformed one raises ValueError or TypeError."""
-    seen: dict[str, tuple[int, int]] = {}
-    for node, (messages, extra) in value.items():
-        seen[node] = (int(messages), int(extra))
-    return seen
 
 
 def _errors_json(errors: tuple[ErrorEvent, ...]) -> list[dict[str, Any]]:
@@ -561,7 +560,7 @@ class StepCodec:
                 frontier=body["frontier"],
                 # A persistent map, as a session keeps it: resumed, the session's next step makes
                 # its map from this one, and its delta stores only what that step set.
-                versions_seen=FrozenMap(_seen_from_json(seen)),
+                versions_seen=frozen_versions_seen(seen),
                 join_state=body["join_state"],
                 concurrency_limit=body["concurrency_limit"],
                 created_at=row.created_at,

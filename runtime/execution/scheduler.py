@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Literal, TypeVar
 
 import attrs
@@ -14,7 +14,7 @@ from ...actors.mailbox import MailboxReceiver, MailboxSender, open_mailbox
 from ...actors.perturb import Perturbation
 from ...actors.request import ReplyTo, reply
 from ..checkpointers.actor import CheckpointerActor
-from ..checkpointers.checkpoint import Checkpoint
+from ..checkpointers.checkpoint import Checkpoint, frozen_versions_seen
 from ..errors import (
     CheckpointBackendError,
     CheckpointerError,
@@ -51,13 +51,6 @@ log = logging.getLogger("treadle.scheduler")
 T = TypeVar("T")
 
 Durability = Literal["sync", "async", "exit"]
-
-
-def frozen_versions_seen(value: Mapping[str, Sequence[int]]) -> FrozenMap:
-    """``value`` as a session keeps its ``versions_seen``: a :class:`FrozenMap` of ``(int, int)``."""
-    if type(value) is FrozenMap:
-        return value
-    return FrozenMap((node, (int(pair[0]), int(pair[1]))) for node, pair in value.items())
 
 
 @attrs.define
