@@ -201,9 +201,9 @@ MUTANTS: tuple[Mutant, ...] = (
         "shutdown-skips-flush",
         "runtime/execution/runner.py",
         "            if not self._checkpoints.volatile:\n                await self._checkpoints.flush()\n"
-        "                for session_id in self._sessions:",
+        "                await self._checkpoints.release_leases(",
         "            if False:\n                await self._checkpoints.flush()\n"
-        "                for session_id in self._sessions:",
+        "                await self._checkpoints.release_leases(",
         (CANCEL_TEST,),
         "leaving a runner stores every step it acknowledged",
     ),

@@ -3,6 +3,7 @@ errors when the server cannot be reached."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -275,6 +276,110 @@ async def test_a_lease_dies_with_its_connection(postgres_url: str, pair: tuple[A
         "s",
     )
     assert rows == [("survivor",)]
+
+
+def lease_rows(url: str, schema: str) -> list[tuple[str, str]]:
+    return [
+        (sid, owner)
+        for sid, owner in query(
+            url, f'SELECT session_id, owner FROM "{schema}".session_leases ORDER BY session_id'
+        )
+    ]
+
+
+async def test_a_lease_is_taken_and_given_up_from_the_trio_thread(
+    pair: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second = pair
+
+    def no_thread(*args: Any) -> None:
+        raise AssertionError("the connection thread was asked")
+
+    monkeypatch.setattr(first, "_acquire_sync", no_thread)
+    monkeypatch.setattr(first._thread, "call", no_thread)
+    with trio.fail_after(30):
+        await first.acquire_lease("s", "me")
+        with pytest.raises(SessionLeased, match=r"\(me\)"):
+            await second.acquire_lease("s", "you")
+        await first.release_lease("s", "me")
+        await second.acquire_lease("s", "you")
+    assert first.held_leases() == {}
+
+
+async def test_many_leases_are_given_up_in_one_statement(
+    postgres_url: str, pair: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second = pair
+    statements: list[dict[str, Any]] = []
+    execute = first._give_up_leases.execute
+
+    async def counted(conn: Any, params: dict[str, Any], **kwargs: Any) -> Any:
+        statements.append(params)
+        return await execute(conn, params, **kwargs)
+
+    monkeypatch.setattr(first._give_up_leases, "execute", counted)
+    odd = "it's " + '"quoted", {braced}'  # as JSON and as an array literal would need escaping
+    with trio.fail_after(30):
+        for sid in ["a", "b", odd]:
+            await first.acquire_lease(sid, "me")
+        await first.acquire_lease("d", "other")
+        # Another owner's lease, and one never taken, are skipped.
+        await first.release_leases(["a", "b", odd, "d", "never"], "me")
+        assert len(statements) == 1
+        assert first.held_leases() == {"d": "other"}
+        assert lease_rows(postgres_url, first.schema) == [("d", "other")]
+        for sid in ["a", "b", odd]:
+            await second.acquire_lease(sid, "you")  # the session locks are free
+        with pytest.raises(SessionLeased):
+            await second.acquire_lease("d", "you")
+        await first.release_leases(["a", "b"], "me")  # held by nobody here: nothing is sent
+        assert len(statements) == 1
+
+
+async def test_a_lease_waits_for_a_connection_another_thread_is_using(
+    pair: tuple[Any, Any],
+) -> None:
+    first, second = pair
+    conn = first._require_conn()
+    # Another thread holds psycopg's lock of the connection for a while (a user's own query).
+    assert conn.lock.acquire(blocking=False)
+    releaser = threading.Timer(0.3, conn.lock.release)
+    releaser.start()
+    with trio.fail_after(30):
+        await first.acquire_lease("s", "me")  # taken in the connection thread, once it may
+        assert not conn.lock.locked()
+        with pytest.raises(SessionLeased):
+            await second.acquire_lease("s", "you")
+        assert conn.lock.acquire(blocking=False)
+        releaser = threading.Timer(0.3, conn.lock.release)
+        releaser.start()
+        await first.release_lease("s", "me")
+        assert not conn.lock.locked()
+        await second.acquire_lease("s", "you")
+    releaser.join()
+
+
+async def test_a_runner_gives_up_the_leases_of_all_its_sessions_at_once_on_closing(
+    postgres_url: str, pg_schema: str, pair: tuple[Any, Any]
+) -> None:
+    _, other = pair
+    calls: list[list[str]] = []
+
+    class Recording(PostgresCheckpointer):
+        async def release_leases(self, session_ids: Any, owner: str) -> None:
+            calls.append(list(session_ids))
+            await super().release_leases(session_ids, owner)
+
+    store = Recording(postgres_url, schema=pg_schema)
+    with trio.fail_after(30):
+        async with AppRunner(counter_app(pause=0), checkpointer=store) as runner:
+            for sid in ["a", "b", "c"]:
+                await runner.create_session(sid, VersionedState())
+            assert sorted(store.held_leases()) == ["a", "b", "c"]
+        assert calls == [["a", "b", "c"]]
+        assert lease_rows(postgres_url, pg_schema) == []
+        for sid in ["a", "b", "c"]:
+            await other.acquire_lease(sid, "next")
 
 
 @pytest.fixture

@@ -570,3 +570,13 @@ class CheckpointerActor:
         await self._call(
             "release_lease", lambda: self.checkpointer.release_lease(session_id, owner)
         )
+
+    async def release_leases(self, session_ids: Sequence[str], owner: str) -> None:
+        """Give up the leases of ``session_ids``: in one call where the checkpointer has
+        ``release_leases`` (PostgreSQL: one round trip), else one by one."""
+        release_many = getattr(self.checkpointer, "release_leases", None)
+        if release_many is None:
+            for session_id in session_ids:
+                await self.release_lease(session_id, owner)
+            return
+        await self._call("release_leases", lambda: release_many(session_ids, owner))

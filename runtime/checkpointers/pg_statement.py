@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 BIGINT: Final = 20
 TEXT: Final = 25
+FLOAT8: Final = 701
 """Parameter types (``pg_type`` OIDs); values travel as text."""
 
 _PLACEHOLDER = re.compile(r"%\((\w+)\)s")
@@ -38,8 +39,8 @@ class PreparedStatement:
     Args:
         name: The server-side name; unique among the connection's prepared statements.
         query: The SQL, with ``%(name)s`` placeholders (psycopg's named style).
-        types: Each placeholder's type (:data:`BIGINT`, :data:`TEXT`; a parameter's value is
-            sent as text and read as that type).
+        types: Each placeholder's type (:data:`BIGINT`, :data:`TEXT`, :data:`FLOAT8`; a
+            parameter's value is sent as text and read as that type).
     """
 
     def __init__(self, name: str, query: str, types: Mapping[str, int]) -> None:
@@ -62,11 +63,12 @@ class PreparedStatement:
     async def execute(
         self,
         conn: psycopg.Connection[Any],
-        params: Mapping[str, int | str | None],
+        params: Mapping[str, int | float | str | None],
         *,
         cancel_grace: float,
-    ) -> None:
-        """Run the statement on ``conn`` with ``params`` and wait for it to end.
+    ) -> list[tuple[str | None, ...]]:
+        """Run the statement on ``conn`` with ``params``, wait for it to end and return the rows
+        it returned (none for a statement that returns none), each value as text.
 
         Raises:
             psycopg.Error: The server refused the statement (the subclass for its SQLSTATE, with
@@ -80,9 +82,12 @@ class PreparedStatement:
             failed raises the cancellation. One that outlives the grace has its connection
             closed, so that nothing is left half-read; the next user reconnects.
         """
-        await execute_together(conn, [(self, params)], cancel_grace=cancel_grace)
+        [rows] = await execute_together(conn, [(self, params)], cancel_grace=cancel_grace)
+        return rows
 
-    def _values(self, params: Mapping[str, int | str | None], encoding: str) -> list[bytes | None]:
+    def _values(
+        self, params: Mapping[str, int | float | str | None], encoding: str
+    ) -> list[bytes | None]:
         return [
             None if value is None else str(value).encode(encoding)
             for value in map(params.get, self.params)
@@ -105,12 +110,12 @@ class PreparedStatement:
 
 async def execute_together(
     conn: psycopg.Connection[Any],
-    calls: Sequence[tuple[PreparedStatement, Mapping[str, int | str | None]]],
+    calls: Sequence[tuple[PreparedStatement, Mapping[str, int | float | str | None]]],
     *,
     cancel_grace: float,
-) -> None:
+) -> list[list[tuple[str | None, ...]]]:
     """Run each ``(statement, params)`` of ``calls`` on ``conn``, in order, in one transaction and
-    one round trip, and wait for them to end. Several go in libpq's pipeline mode with one sync
+    one round trip, wait for them to end and return each one's rows (values as text). Several go in libpq's pipeline mode with one sync
     point after the last: the statements up to a sync point are one implicit transaction, committed
     there, so that an error in any of them leaves none applied.
 
@@ -136,14 +141,27 @@ async def execute_together(
                 await statement._prepare(conn, encoding, cancel_grace)
             await trio.lowlevel.checkpoint_if_cancelled()  # cancelled as it prepared
         try:
-            await _send(conn, sends, encoding, cancel_grace)
+            results = await _send(conn, sends, encoding, cancel_grace)
         except errors.InvalidSqlStatementName:
             # Dropped meanwhile: psycopg sends DEALLOCATE ALL after a rollback. Nothing ran.
             for statement in statements:
                 await statement._prepare(conn, encoding, cancel_grace)
-            await _send(conn, sends, encoding, cancel_grace)
+            results = await _send(conn, sends, encoding, cancel_grace)
     finally:
         conn.lock.release()
+    return [_rows(result, encoding) for result in results]
+
+
+def _rows(result: pq.abc.PGresult, encoding: str) -> list[tuple[str | None, ...]]:
+    """The rows of ``result`` (text format), each value decoded, ``None`` for NULL."""
+    columns = range(result.nfields)
+    return [
+        tuple(
+            None if (value := result.get_value(row, column)) is None else value.decode(encoding)
+            for column in columns
+        )
+        for row in range(result.ntuples)
+    ]
 
 
 async def _send(
@@ -151,18 +169,17 @@ async def _send(
     sends: Sequence[tuple[bytes, list[bytes | None]]],
     encoding: str,
     cancel_grace: float,
-) -> None:
+) -> list[pq.abc.PGresult]:
     pgconn = conn.pgconn
     if len(sends) == 1:
         pgconn.send_query_prepared(*sends[0])
-        await _finish(conn, encoding, cancel_grace, pipeline=False)
-        return
+        return await _finish(conn, encoding, cancel_grace, pipeline=False)
     pgconn.enter_pipeline_mode()
     try:
         for name, values in sends:
             pgconn.send_query_prepared(name, values)
         pgconn.pipeline_sync()
-        await _finish(conn, encoding, cancel_grace, pipeline=True)
+        return await _finish(conn, encoding, cancel_grace, pipeline=True)
     finally:
         if not conn.closed:
             try:
@@ -175,9 +192,9 @@ async def _send(
 
 async def _finish(
     conn: psycopg.Connection[Any], encoding: str, cancel_grace: float, *, pipeline: bool
-) -> None:
-    """Send what libpq holds, read every result (up to the sync point, in pipeline mode), and raise
-    the first error among them."""
+) -> list[pq.abc.PGresult]:
+    """Send what libpq holds, read every result (up to the sync point, in pipeline mode), raise
+    the first error among them, else return them (one per statement)."""
     results: list[pq.abc.PGresult] = []  # kept across a cancellation: read once, never again
     try:
         await _flush_and_read(conn.pgconn, results, pipeline)
@@ -193,7 +210,7 @@ async def _finish(
             except Exception:
                 ended = False
             if ended:
-                return
+                return results
             raise
         conn.close()  # still running: nothing may read its results for the next statement
         raise
@@ -202,6 +219,7 @@ async def _finish(
         from psycopg import errors
 
         raise errors.error_from_result(error, encoding=encoding)
+    return results
 
 
 def _first_error(results: list[pq.abc.PGresult]) -> pq.abc.PGresult | None:

@@ -10,7 +10,7 @@ import hashlib
 import logging
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from importlib import resources
 from types import ModuleType
@@ -32,12 +32,13 @@ from .codec import (
     Draft,
     StepCodec,
     draft_steps,
+    dumps,
     load_step,
     messages_json,
     prune_session,
 )
 from .connection import ConnectionThread
-from .pg_statement import BIGINT, TEXT, PreparedStatement, execute_together
+from .pg_statement import BIGINT, FLOAT8, TEXT, PreparedStatement, execute_together
 from .sql import ROW_COLUMNS, RUN, SqlStepTx, dump_names, message_runs
 
 if TYPE_CHECKING:
@@ -237,6 +238,22 @@ _TAKE_LEASE: Final = (
 )
 
 _IS_STORED: Final = "SELECT EXISTS (SELECT 1 FROM sessions WHERE session_id = %(session_id)s)"
+# Give up leases: their rows, then their session locks. The sessions and the lock keys travel as
+# JSON arrays (one parameter however many; a runner closing gives up all of its leases at once).
+_GIVE_UP_LEASES: Final = (
+    "WITH gone AS (DELETE FROM session_leases WHERE owner = %(owner)s AND session_id IN "
+    "(SELECT json_array_elements_text(%(session_ids)s::json))) "
+    "SELECT count(pg_advisory_unlock(key::bigint)) "
+    "FROM json_array_elements_text(%(keys)s::json) AS key"
+)
+_LEASE_TYPES: Final = {
+    "key": BIGINT,
+    "session_id": TEXT,
+    "owner": TEXT,
+    "ttl": FLOAT8,
+    "session_ids": TEXT,
+    "keys": TEXT,
+}
 
 
 def _by_session(pair: tuple[Checkpoint, Draft]) -> str:
@@ -335,7 +352,8 @@ class PostgresCheckpointer(BatchingStore):
     connection lives in its connection thread (:class:`.ConnectionThread`), one call at a time; a
     running session's step, the hot write, is sent from the Trio thread between two of those calls
     instead (a prepared statement driven through libpq's non-blocking API, no thread hop), and so
-    are the steps of a group commit (those statements in pipeline mode, one transaction).
+    are the steps of a group commit (those statements in pipeline mode, one transaction) and the
+    leases taken and given up.
 
     Writers of one session are serialised by a transaction-scoped advisory lock, so of two writers
     expecting the same latest step exactly one wins. A step encoded on the head this store last
@@ -409,6 +427,12 @@ class PostgresCheckpointer(BatchingStore):
             name: PreparedStatement(name, sql, _PUT_DRAFT_TYPES)
             for name, sql in _DRAFT_STATEMENTS.items()
         }
+        # A lease taken and given up from the Trio thread (see acquire_lease).
+        self._take_lease = PreparedStatement("treadle_take_lease", _TAKE_LEASE, _LEASE_TYPES)
+        self._is_stored = PreparedStatement("treadle_is_stored", _IS_STORED, _LEASE_TYPES)
+        self._give_up_leases = PreparedStatement(
+            "treadle_give_up_leases", _GIVE_UP_LEASES, _LEASE_TYPES
+        )
 
     def __repr__(self) -> str:
         return f"PostgresCheckpointer({mask_url(self.url)!r}, schema={self.schema!r})"
@@ -957,37 +981,99 @@ class PostgresCheckpointer(BatchingStore):
     async def acquire_lease(self, session_id: str, owner: str) -> None:
         """Claim ``session_id`` for ``owner`` (idempotent for the same owner).
 
+        Taken from the Trio thread in one round trip (no thread hop), unless the lease is held
+        already (its row is renewed) or the connection must be made again first: then in the
+        connection thread.
+
         Raises:
             SessionLeased: Another connection (another process) holds it.
         """
-        await self._run(lambda: self._acquire_sync(session_id, owner))
-
-    def _release_sync(self, session_id: str, owner: str) -> None:
-        self._unstored.discard(session_id)
-        if self._lost_leases.get(session_id) == owner:
-            del self._lost_leases[session_id]
-        if self._leases.get(session_id) != owner:
-            return
-        conn = self._conn  # not _require_conn(): no reconnecting just to give a lease up
-        if conn is None:
+        thread = self._thread
+        if thread is None:
             raise self._not_open()
-        del self._leases[session_id]
-        if conn.closed:
-            # The connection is gone, and with it the session lock that was the lease: the server
-            # freed it when the connection ended. Its row stays until the next holder rewrites it.
-            return
+        async with thread.between_calls():
+            taken = await self._take_lease_here(session_id, owner, thread.cancel_grace)
+        if not taken:
+            await self._run(lambda: self._acquire_sync(session_id, owner))
+
+    async def _take_lease_here(self, session_id: str, owner: str, grace: float) -> bool:
+        """:meth:`_acquire_sync` for a lease not held yet, from the Trio thread; False, with
+        nothing sent, where it is for the connection thread to do."""
+        conn = self._conn
+        if session_id in self._leases or conn is None or conn.closed or conn.broken:
+            return False
+        params: dict[str, int | float | str | None] = {
+            "session_id": session_id,
+            "owner": owner,
+            "ttl": self.lease_ttl,
+            "key": _lock_key("lease", self.schema, session_id),
+        }
+        calls = [(self._take_lease, params)]
+        if self._pipelines:
+            # Whether the session is stored, in the same round trip (see _acquire_sync).
+            calls.append((self._is_stored, params))
+        self._unstored.discard(session_id)
         try:
-            # One round trip; the row goes whatever the order, as only its owner deletes it.
-            conn.execute(
-                "WITH gone AS (DELETE FROM session_leases WHERE session_id = %s AND owner = %s) "
-                "SELECT pg_advisory_unlock(%s)",
-                (session_id, owner, _lock_key("lease", self.schema, session_id)),
-            )
+            results = await execute_together(conn, calls, cancel_grace=grace)
+        except trio.BusyResourceError:
+            return False  # the connection is in use by another thread: the long way waits
         except _db_error() as exc:
-            raise self._error("cannot release the lease of a session on", exc) from exc
+            raise self._error("cannot take the lease of a session on", exc) from exc
+        [(got, holder)] = results[0]
+        if got != "t":
+            raise SessionLeased(session_id, holder or "another connection")
+        if len(results) > 1 and results[1] == [("f",)]:
+            self._unstored.add(session_id)
+        self._leases[session_id] = owner
+        return True
 
     async def release_lease(self, session_id: str, owner: str) -> None:
-        await self._run(lambda: self._release_sync(session_id, owner))
+        """Give up ``owner``'s lease of ``session_id``; nothing happens if it is not held."""
+        await self.release_leases([session_id], owner)
+
+    async def release_leases(self, session_ids: Iterable[str], owner: str) -> None:
+        """Give up ``owner``'s leases of ``session_ids`` (those it does not hold are skipped), in
+        one round trip from the Trio thread however many there are."""
+        thread = self._thread
+        if thread is None:
+            raise self._not_open()
+        async with thread.between_calls():
+            mine = []
+            for session_id in session_ids:
+                self._unstored.discard(session_id)
+                if self._lost_leases.get(session_id) == owner:
+                    del self._lost_leases[session_id]
+                if self._leases.get(session_id) == owner:
+                    del self._leases[session_id]
+                    mine.append(session_id)
+            conn = self._conn
+            if not mine or conn is None or conn.closed or conn.broken:
+                # The connection is gone, and with it the session locks that were the leases:
+                # the server freed them when it ended. Their rows stay until the next holders
+                # rewrite them.
+                return
+            params = {
+                "owner": owner,
+                "session_ids": dumps(mine),
+                "keys": dumps([_lock_key("lease", self.schema, sid) for sid in mine]),
+            }
+            try:
+                await self._give_up_leases.execute(conn, params, cancel_grace=thread.cancel_grace)
+                return
+            except trio.BusyResourceError:
+                pass  # the connection is in use by another thread: given up in the thread
+            except _db_error() as exc:
+                raise self._error("cannot release the lease of a session on", exc) from exc
+        await self._run(lambda: self._give_up_sync(params))
+
+    def _give_up_sync(self, params: dict[str, Any]) -> None:
+        conn = self._conn
+        if conn is None or conn.closed:
+            return
+        try:
+            conn.execute(_GIVE_UP_LEASES, params)
+        except _db_error() as exc:
+            raise self._error("cannot release the lease of a session on", exc) from exc
 
     def _renew_sync(self) -> None:
         if not self._leases:

@@ -333,8 +333,7 @@ class AppRunner:
             # The in-memory store keeps nothing past the process: no write to wait for, no lease.
             if not self._checkpoints.volatile:
                 await self._checkpoints.flush()
-                for session_id in self._sessions:
-                    await self._checkpoints.release_lease(session_id, self._owner)
+                await self._checkpoints.release_leases(list(self._sessions), self._owner)
         finally:
             await self.bus.aclose()
 
