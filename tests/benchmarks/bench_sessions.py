@@ -7,7 +7,10 @@ run; ``ttl`` relies on ``idle_session_ttl=0`` (retired by the runner as soon as 
 ``open`` keeps every session open (``idle_session_ttl=None, max_idle_sessions=None``), the
 behaviour before retirement.
 The in-memory checkpointer keeps each session's latest checkpoint, so with ``--ckpt memory`` the
-store itself grows; ``--ckpt none`` (``autosave=False``) measures the runner alone.
+store itself grows; ``--ckpt none`` (``autosave=False``) measures the runner alone. ``--ckpt
+postgres`` stores every step on PostgreSQL (``--postgres URL``, default
+``$TREADLE_TEST_POSTGRES_URL`` or the local server) in a schema of its own, dropped at the end:
+each open session holds a lease, which closing the runner gives up.
 """
 
 from __future__ import annotations
@@ -60,11 +63,22 @@ def build() -> Any:
     )
 
 
-async def main(sessions: int, batch: int, mode: str, ckpt: str) -> None:
+async def main(sessions: int, batch: int, mode: str, ckpt: str, url: str) -> None:
     ttl = {"close": None, "ttl": 0.0, "open": None}[mode]
     cap = None if mode == "open" else 1000
+    store: Any = None
+    if ckpt == "postgres":
+        from _pg_schemas import schema_name
+
+        from treadle.runtime.checkpointers import PostgresCheckpointer
+
+        store = PostgresCheckpointer(url, schema=schema_name())
     async with AppRunner(
-        build(), autosave=ckpt != "none", idle_session_ttl=ttl, max_idle_sessions=cap
+        build(),
+        checkpointer=store,
+        autosave=ckpt != "none",
+        idle_session_ttl=ttl,
+        max_idle_sessions=cap,
     ) as runner:
         started = time.perf_counter()
         for i in range(sessions):
@@ -95,6 +109,18 @@ if __name__ == "__main__":
     parser.add_argument("--sessions", type=int, default=100_000)
     parser.add_argument("--batch", type=int, default=10_000)
     parser.add_argument("--mode", choices=["close", "ttl", "open"], default="close")
-    parser.add_argument("--ckpt", choices=["memory", "none"], default="none")
+    parser.add_argument("--ckpt", choices=["memory", "postgres", "none"], default="none")
+    parser.add_argument(
+        "--postgres",
+        default=os.environ.get(
+            "TREADLE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+        ),
+    )
     args = parser.parse_args()
-    trio.run(main, args.sessions, args.batch, args.mode, args.ckpt)
+    try:
+        trio.run(main, args.sessions, args.batch, args.mode, args.ckpt, args.postgres)
+    finally:
+        if args.ckpt == "postgres":
+            from _pg_schemas import drop_run_schemas
+
+            drop_run_schemas(args.postgres)
