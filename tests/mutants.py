@@ -150,6 +150,14 @@ MUTANTS: tuple[Mutant, ...] = (
         "a step rebuilt from deltas has every versions_seen entry its steps set",
     ),
     Mutant(
+        "release-keeps-session-locks",
+        "runtime/checkpointers/postgres.py",
+        '"SELECT count(pg_advisory_unlock(key::bigint)) "',
+        '"SELECT count(key::bigint) "',
+        ("tests/test_checkpoint_postgres.py",),
+        "a lease given up frees its session for another process at once",
+    ),
+    Mutant(
         "gating-off",
         "runtime/execution/scheduler.py",
         "if node in (END, START) or core.versions_seen.get(node) == versions:",
