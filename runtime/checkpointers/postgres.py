@@ -1048,9 +1048,9 @@ class PostgresCheckpointer(BatchingStore):
                     mine.append(session_id)
             conn = self._conn
             if not mine or conn is None or conn.closed or conn.broken:
-                # The connection is gone, and with it the session locks that were the leases:
-                # the server freed them when it ended. Their rows stay until the next holders
-                # rewrite them.
+                # None held here; or the connection is gone, and with it the session locks that
+                # were the leases (the server freed them when it ended; their rows stay until the
+                # next holders rewrite them).
                 return
             params = {
                 "owner": owner,
