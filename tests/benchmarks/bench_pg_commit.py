@@ -7,7 +7,8 @@ every superstep is stored before the next starts (treadle ``durability="sync"``,
 the order swapped every round (the machine is shared and its speed drifts), each on a fresh schema
 (treadle) or fresh tables (LangGraph). Steps/s counts every stored superstep of every session over the
 wall time from the first session's creation to the last one's completion, runner start and close
-excluded. Each measurement runs in a fresh process. The table shows min/median/max over the rounds
+excluded. Each measurement runs in a fresh process; the run starts with a ``CHECKPOINT`` on the
+server and a 5 s pause, so that what earlier runs left to write does not land on its first rounds. The table shows min/median/max over the rounds
 and the per-round ratio treadle / LangGraph. ``--before DIR`` adds another treadle (``DIR`` holds a
 ``treadle`` folder, or a link to an older checkout) to every round, for before/after figures.
 
@@ -120,6 +121,21 @@ def measure(args: argparse.Namespace) -> None:
     print(json.dumps({"seconds": seconds}))
 
 
+def settle(url: str) -> None:
+    """Write out what earlier runs left in the server's buffers (``CHECKPOINT``) and let the
+    machine rest a moment, so that the server's own background writes do not fall on the first
+    rounds. Needs a role allowed to run ``CHECKPOINT``; without one the run starts at once."""
+    import psycopg
+
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("CHECKPOINT")
+    except psycopg.Error as exc:
+        print(f"no CHECKPOINT before the run ({exc.sqlstate}): starting at once", flush=True)
+        return
+    time.sleep(5)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", default="1,100", help="comma-separated session counts")
@@ -151,6 +167,7 @@ def main() -> None:
     if any(steps % 2 for steps in steps_for):
         raise SystemExit("--steps must be even (the loop ends after B)")
     libs = ["treadle", "langgraph"] + (["before"] if args.before else [])
+    settle(args.postgres)
     loads: list[float] = []
     rates: dict[tuple[int, str], list[float]] = {}
     ratios: dict[int, list[float]] = {}
