@@ -158,6 +158,14 @@ MUTANTS: tuple[Mutant, ...] = (
         "a lease given up frees its session for another process at once",
     ),
     Mutant(
+        "failed-take-keeps-session-lock",
+        "runtime/checkpointers/postgres.py",
+        "await self._drop_lock.execute(conn, params, cancel_grace=grace)",
+        "pass",
+        ("tests/test_checkpoint_postgres.py",),
+        "a lease take that fails or is cancelled leaves the session free for other processes",
+    ),
+    Mutant(
         "gating-off",
         "runtime/execution/scheduler.py",
         "if node in (END, START) or core.versions_seen.get(node) == versions:",

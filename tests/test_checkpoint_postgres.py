@@ -4,7 +4,8 @@ errors when the server cannot be reached."""
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import attrs
@@ -357,6 +358,65 @@ async def test_a_lease_waits_for_a_connection_another_thread_is_using(
         assert not conn.lock.locked()
         await second.acquire_lease("s", "you")
     releaser.join()
+
+
+@contextmanager
+def lease_row_held(url: str, schema: str) -> Iterator[psycopg.Connection[Any]]:
+    """Another connection (yielded) inserts session ``s``'s lease row and keeps its transaction
+    open until it rolls back: a statement taking that lease gets the session lock, then waits on
+    the row."""
+    with psycopg.connect(url) as other:
+        other.execute(
+            f'INSERT INTO "{schema}".session_leases (session_id, owner, expires_at) '
+            "VALUES ('s', 'blocker', now())"
+        )
+        yield other
+
+
+async def _never_here(*args: Any) -> bool:
+    return False  # every lease is taken the long way, in the connection thread
+
+
+@pytest.mark.parametrize("thread", [False, True], ids=["trio-thread", "connection-thread"])
+async def test_a_cancelled_lease_take_leaves_the_session_free(
+    postgres_url: str, pair: tuple[Any, Any], thread: bool
+) -> None:
+    first, second = pair
+    if thread:
+        first._take_lease_here = _never_here
+    with lease_row_held(postgres_url, first.schema) as blocker:
+        with trio.fail_after(30):
+            with trio.move_on_after(0.5) as scope:
+                await first.acquire_lease("s", "me")
+        assert scope.cancelled_caught
+        assert first.held_leases() == {}
+        blocker.rollback()
+    # The statement got the session lock before it waited on the row: given up with it.
+    with trio.fail_after(30):
+        await second.acquire_lease("s", "next")
+
+
+@pytest.mark.parametrize("thread", [False, True], ids=["trio-thread", "connection-thread"])
+async def test_a_lease_take_that_fails_leaves_the_session_free(
+    postgres_url: str, pg_schema: str, pair: tuple[Any, Any], nursery: trio.Nursery, thread: bool
+) -> None:
+    _, second = pair
+    store = PostgresCheckpointer(postgres_url, schema=pg_schema, lock_timeout=0.2)
+    await store.open(nursery)
+    if thread:
+        store._take_lease_here = _never_here
+    try:
+        with lease_row_held(postgres_url, pg_schema) as blocker:
+            with trio.fail_after(30):
+                # The wait on the row outlives lock_timeout: the statement fails.
+                with pytest.raises(CheckpointBackendError, match="cannot take the lease"):
+                    await store.acquire_lease("s", "me")
+            assert store.held_leases() == {}
+            blocker.rollback()
+        with trio.fail_after(30):
+            await second.acquire_lease("s", "next")
+    finally:
+        await store.aclose()
 
 
 async def test_a_runner_gives_up_the_leases_of_all_its_sessions_at_once_on_closing(

@@ -238,6 +238,8 @@ _TAKE_LEASE: Final = (
 )
 
 _IS_STORED: Final = "SELECT EXISTS (SELECT 1 FROM sessions WHERE session_id = %(session_id)s)"
+# A session lock that a failed _TAKE_LEASE may have got (see _drop_session_lock).
+_DROP_LOCK: Final = "SELECT pg_advisory_unlock(%(key)s)"
 # Give up leases: their rows, then their session locks. The sessions and the lock keys travel as
 # JSON arrays (one parameter however many; a runner closing gives up all of its leases at once).
 _GIVE_UP_LEASES: Final = (
@@ -254,6 +256,16 @@ _LEASE_TYPES: Final = {
     "session_ids": TEXT,
     "keys": TEXT,
 }
+
+
+def _drop_session_lock(conn: psycopg.Connection[tuple[Any, ...]], key: int) -> None:
+    """Give up the session lock ``key`` after a :data:`_TAKE_LEASE` that failed: it may have got
+    the lock before failing (waiting on the lease row past ``lock_timeout``, or cancelled), and a
+    session-level lock outlives its statement and its transaction. A no-op if it was not got (the
+    server only warns); best effort, as closing the connection frees it anyway."""
+    with contextlib.suppress(Exception):
+        if not conn.closed and not conn.broken:
+            conn.execute(_DROP_LOCK, {"key": key})
 
 
 def _by_session(pair: tuple[Checkpoint, Draft]) -> str:
@@ -430,6 +442,7 @@ class PostgresCheckpointer(BatchingStore):
         # A lease taken and given up from the Trio thread (see acquire_lease).
         self._take_lease = PreparedStatement("treadle_take_lease", _TAKE_LEASE, _LEASE_TYPES)
         self._is_stored = PreparedStatement("treadle_is_stored", _IS_STORED, _LEASE_TYPES)
+        self._drop_lock = PreparedStatement("treadle_drop_lease_lock", _DROP_LOCK, _LEASE_TYPES)
         self._give_up_leases = PreparedStatement(
             "treadle_give_up_leases", _GIVE_UP_LEASES, _LEASE_TYPES
         )
@@ -944,12 +957,8 @@ class PostgresCheckpointer(BatchingStore):
         held = self._leases.get(session_id)
         if held is not None and held != owner:
             raise SessionLeased(session_id, held)
-        params = {
-            "session_id": session_id,
-            "owner": owner,
-            "ttl": self.lease_ttl,
-            "key": _lock_key("lease", self.schema, session_id),
-        }
+        key = _lock_key("lease", self.schema, session_id)
+        params = {"session_id": session_id, "owner": owner, "ttl": self.lease_ttl, "key": key}
         self._unstored.discard(session_id)
         try:
             if held is not None:
@@ -968,6 +977,8 @@ class PostgresCheckpointer(BatchingStore):
             else:
                 self._check_taken(session_id, conn.execute(_TAKE_LEASE, params).fetchone())
         except _db_error() as exc:
+            if held is None:
+                _drop_session_lock(conn, key)
             raise self._error("cannot take the lease of a session on", exc) from exc
         self._leases[session_id] = owner
 
@@ -1017,8 +1028,11 @@ class PostgresCheckpointer(BatchingStore):
             results = await execute_together(conn, calls, cancel_grace=grace)
         except trio.BusyResourceError:
             return False  # the connection is in use by another thread: the long way waits
-        except _db_error() as exc:
-            raise self._error("cannot take the lease of a session on", exc) from exc
+        except BaseException as exc:
+            await self._drop_lock_here(conn, params, grace)
+            if isinstance(exc, _db_error()):
+                raise self._error("cannot take the lease of a session on", exc) from exc
+            raise
         [(got, holder)] = results[0]
         if got != "t":
             raise SessionLeased(session_id, holder or "another connection")
@@ -1026,6 +1040,19 @@ class PostgresCheckpointer(BatchingStore):
             self._unstored.add(session_id)
         self._leases[session_id] = owner
         return True
+
+    async def _drop_lock_here(
+        self,
+        conn: psycopg.Connection[Any],
+        params: dict[str, int | float | str | None],
+        grace: float,
+    ) -> None:
+        """:func:`_drop_session_lock` from the Trio thread, after a take that failed or was
+        cancelled: shielded, at most ``grace`` seconds."""
+        with trio.move_on_after(grace, shield=True):
+            with contextlib.suppress(Exception):
+                if not conn.closed and not conn.broken:
+                    await self._drop_lock.execute(conn, params, cancel_grace=grace)
 
     async def release_lease(self, session_id: str, owner: str) -> None:
         """Give up ``owner``'s lease of ``session_id``; nothing happens if it is not held."""
