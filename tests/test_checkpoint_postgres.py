@@ -419,6 +419,37 @@ async def test_a_lease_take_that_fails_leaves_the_session_free(
         await store.aclose()
 
 
+@pytest.mark.parametrize("thread", [False, True], ids=["trio-thread", "connection-thread"])
+async def test_a_lease_whose_row_cannot_be_deleted_still_frees_the_session(
+    postgres_url: str, pg_schema: str, pair: tuple[Any, Any], nursery: trio.Nursery, thread: bool
+) -> None:
+    _, second = pair
+    store = PostgresCheckpointer(postgres_url, schema=pg_schema, lock_timeout=0.2)
+    await store.open(nursery)
+    if thread:
+
+        async def busy(*args: Any, **kwargs: Any) -> None:
+            raise trio.BusyResourceError  # as when another thread uses the connection
+
+        store._give_up_leases.execute = busy  # given up in the connection thread instead
+    try:
+        with trio.fail_after(30):
+            await store.acquire_lease("s", "me")
+            with psycopg.connect(postgres_url) as blocker:
+                # An operator's transaction holds the lease row past the store's lock_timeout.
+                blocker.execute(
+                    f'SELECT * FROM "{pg_schema}".session_leases WHERE session_id = %s FOR UPDATE',
+                    ("s",),
+                )
+                await store.release_lease("s", "me")
+                assert store.held_leases() == {}
+                blocker.rollback()
+            await second.acquire_lease("s", "next")  # the lock was given up all the same
+            assert lease_rows(postgres_url, pg_schema) == [("s", "next")]
+    finally:
+        await store.aclose()
+
+
 async def test_a_runner_gives_up_the_leases_of_all_its_sessions_at_once_on_closing(
     postgres_url: str, pg_schema: str, pair: tuple[Any, Any]
 ) -> None:

@@ -248,6 +248,11 @@ _GIVE_UP_LEASES: Final = (
     "SELECT count(pg_advisory_unlock(key::bigint)) "
     "FROM json_array_elements_text(%(keys)s::json) AS key"
 )
+# The session locks of _GIVE_UP_LEASES alone, for when its rows cannot be deleted.
+_DROP_LOCKS: Final = (
+    "SELECT count(pg_advisory_unlock(key::bigint)) "
+    "FROM json_array_elements_text(%(keys)s::json) AS key"
+)
 _LEASE_TYPES: Final = {
     "key": BIGINT,
     "session_id": TEXT,
@@ -443,6 +448,7 @@ class PostgresCheckpointer(BatchingStore):
         self._take_lease = PreparedStatement("treadle_take_lease", _TAKE_LEASE, _LEASE_TYPES)
         self._is_stored = PreparedStatement("treadle_is_stored", _IS_STORED, _LEASE_TYPES)
         self._drop_lock = PreparedStatement("treadle_drop_lease_lock", _DROP_LOCK, _LEASE_TYPES)
+        self._drop_locks = PreparedStatement("treadle_drop_lease_locks", _DROP_LOCKS, _LEASE_TYPES)
         self._give_up_leases = PreparedStatement(
             "treadle_give_up_leases", _GIVE_UP_LEASES, _LEASE_TYPES
         )
@@ -1084,13 +1090,22 @@ class PostgresCheckpointer(BatchingStore):
                 "session_ids": dumps(mine),
                 "keys": dumps([_lock_key("lease", self.schema, sid) for sid in mine]),
             }
+            grace = thread.cancel_grace
             try:
-                await self._give_up_leases.execute(conn, params, cancel_grace=thread.cancel_grace)
+                await self._give_up_leases.execute(conn, params, cancel_grace=grace)
                 return
             except trio.BusyResourceError:
                 pass  # the connection is in use by another thread: given up in the thread
             except _db_error() as exc:
-                raise self._error("cannot release the lease of a session on", exc) from exc
+                # The rows could not be deleted (an operator's transaction holds one past
+                # lock_timeout, say). The session locks, which are the leases, go on their own;
+                # the rows stay until the next holders rewrite them, as after a crash.
+                try:
+                    await self._drop_locks.execute(conn, params, cancel_grace=grace)
+                except _db_error():
+                    raise self._error("cannot release the lease of a session on", exc) from exc
+                log.warning("leases given up, their rows left behind: %s", self._reason(exc))
+                return
         await self._run(lambda: self._give_up_sync(params))
 
     def _give_up_sync(self, params: dict[str, Any]) -> None:
@@ -1100,7 +1115,11 @@ class PostgresCheckpointer(BatchingStore):
         try:
             conn.execute(_GIVE_UP_LEASES, params)
         except _db_error() as exc:
-            raise self._error("cannot release the lease of a session on", exc) from exc
+            try:
+                conn.execute(_DROP_LOCKS, params)  # the locks alone, as release_leases does
+            except _db_error():
+                raise self._error("cannot release the lease of a session on", exc) from exc
+            log.warning("leases given up, their rows left behind: %s", self._reason(exc))
 
     def _renew_sync(self) -> None:
         if not self._leases:
