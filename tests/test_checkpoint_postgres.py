@@ -377,19 +377,41 @@ async def _never_here(*args: Any) -> bool:
     return False  # every lease is taken the long way, in the connection thread
 
 
+@pytest.fixture
+async def impatient(
+    postgres_url: str, pg_schema: str, nursery: trio.Nursery
+) -> AsyncIterator[PostgresCheckpointer]:
+    """A store on the pair's schema whose statements wait for a row lock at most 0.2 s."""
+    store = PostgresCheckpointer(postgres_url, schema=pg_schema, lock_timeout=0.2)
+    await store.open(nursery)
+    yield store
+    await store.aclose()
+
+
+@pytest.mark.parametrize("ending", ["cancelled", "failed"])
 @pytest.mark.parametrize("thread", [False, True], ids=["trio-thread", "connection-thread"])
-async def test_a_cancelled_lease_take_leaves_the_session_free(
-    postgres_url: str, pair: tuple[Any, Any], thread: bool
+async def test_a_lease_take_that_does_not_succeed_leaves_the_session_free(
+    postgres_url: str,
+    pair: tuple[Any, Any],
+    impatient: PostgresCheckpointer,
+    ending: str,
+    thread: bool,
 ) -> None:
     first, second = pair
+    store = first if ending == "cancelled" else impatient
     if thread:
-        first._take_lease_here = _never_here
-    with lease_row_held(postgres_url, first.schema) as blocker:
+        store._take_lease_here = _never_here
+    with lease_row_held(postgres_url, store.schema) as blocker:
         with trio.fail_after(30):
-            with trio.move_on_after(0.5) as scope:
-                await first.acquire_lease("s", "me")
-        assert scope.cancelled_caught
-        assert first.held_leases() == {}
+            if ending == "cancelled":
+                with trio.move_on_after(0.5) as scope:
+                    await store.acquire_lease("s", "me")
+                assert scope.cancelled_caught
+            else:
+                # The wait on the row outlives lock_timeout: the statement fails.
+                with pytest.raises(CheckpointBackendError, match="cannot take the lease"):
+                    await store.acquire_lease("s", "me")
+        assert store.held_leases() == {}
         blocker.rollback()
     # The statement got the session lock before it waited on the row: given up with it.
     with trio.fail_after(30):
@@ -397,57 +419,27 @@ async def test_a_cancelled_lease_take_leaves_the_session_free(
 
 
 @pytest.mark.parametrize("thread", [False, True], ids=["trio-thread", "connection-thread"])
-async def test_a_lease_take_that_fails_leaves_the_session_free(
-    postgres_url: str, pg_schema: str, pair: tuple[Any, Any], nursery: trio.Nursery, thread: bool
-) -> None:
-    _, second = pair
-    store = PostgresCheckpointer(postgres_url, schema=pg_schema, lock_timeout=0.2)
-    await store.open(nursery)
-    if thread:
-        store._take_lease_here = _never_here
-    try:
-        with lease_row_held(postgres_url, pg_schema) as blocker:
-            with trio.fail_after(30):
-                # The wait on the row outlives lock_timeout: the statement fails.
-                with pytest.raises(CheckpointBackendError, match="cannot take the lease"):
-                    await store.acquire_lease("s", "me")
-            assert store.held_leases() == {}
-            blocker.rollback()
-        with trio.fail_after(30):
-            await second.acquire_lease("s", "next")
-    finally:
-        await store.aclose()
-
-
-@pytest.mark.parametrize("thread", [False, True], ids=["trio-thread", "connection-thread"])
 async def test_a_lease_whose_row_cannot_be_deleted_still_frees_the_session(
-    postgres_url: str, pg_schema: str, pair: tuple[Any, Any], nursery: trio.Nursery, thread: bool
+    postgres_url: str, pair: tuple[Any, Any], impatient: PostgresCheckpointer, thread: bool
 ) -> None:
     _, second = pair
-    store = PostgresCheckpointer(postgres_url, schema=pg_schema, lock_timeout=0.2)
-    await store.open(nursery)
     if thread:
 
         async def busy(*args: Any, **kwargs: Any) -> None:
             raise trio.BusyResourceError  # as when another thread uses the connection
 
-        store._give_up_leases.execute = busy  # given up in the connection thread instead
-    try:
-        with trio.fail_after(30):
-            await store.acquire_lease("s", "me")
-            with psycopg.connect(postgres_url) as blocker:
-                # An operator's transaction holds the lease row past the store's lock_timeout.
-                blocker.execute(
-                    f'SELECT * FROM "{pg_schema}".session_leases WHERE session_id = %s FOR UPDATE',
-                    ("s",),
-                )
-                await store.release_lease("s", "me")
-                assert store.held_leases() == {}
-                blocker.rollback()
-            await second.acquire_lease("s", "next")  # the lock was given up all the same
-            assert lease_rows(postgres_url, pg_schema) == [("s", "next")]
-    finally:
-        await store.aclose()
+        impatient._give_up_leases.execute = busy  # given up in the connection thread instead
+    leases = f'"{impatient.schema}".session_leases'
+    with trio.fail_after(30):
+        await impatient.acquire_lease("s", "me")
+        with psycopg.connect(postgres_url) as blocker:
+            # An operator's transaction holds the lease row past the store's lock_timeout.
+            blocker.execute(f"SELECT * FROM {leases} WHERE session_id = 's' FOR UPDATE")
+            await impatient.release_lease("s", "me")
+            assert impatient.held_leases() == {}
+            blocker.rollback()
+        await second.acquire_lease("s", "next")  # the lock was given up all the same
+        assert lease_rows(postgres_url, impatient.schema) == [("s", "next")]
 
 
 async def test_a_runner_gives_up_the_leases_of_all_its_sessions_at_once_on_closing(
