@@ -240,18 +240,16 @@ _TAKE_LEASE: Final = (
 _IS_STORED: Final = "SELECT EXISTS (SELECT 1 FROM sessions WHERE session_id = %(session_id)s)"
 # A session lock that a failed _TAKE_LEASE may have got (see _drop_session_lock).
 _DROP_LOCK: Final = "SELECT pg_advisory_unlock(%(key)s)"
-# Give up leases: their rows, then their session locks. The sessions and the lock keys travel as
-# JSON arrays (one parameter however many; a runner closing gives up all of its leases at once).
-_GIVE_UP_LEASES: Final = (
-    "WITH gone AS (DELETE FROM session_leases WHERE owner = %(owner)s AND session_id IN "
-    "(SELECT json_array_elements_text(%(session_ids)s::json))) "
-    "SELECT count(pg_advisory_unlock(key::bigint)) "
-    "FROM json_array_elements_text(%(keys)s::json) AS key"
-)
-# The session locks of _GIVE_UP_LEASES alone, for when its rows cannot be deleted.
+# Give up session locks (leases), their keys a JSON array: one parameter however many there are.
 _DROP_LOCKS: Final = (
     "SELECT count(pg_advisory_unlock(key::bigint)) "
     "FROM json_array_elements_text(%(keys)s::json) AS key"
+)
+# Give up leases: their rows, then their session locks (a runner closing gives up all of its
+# leases at once). When the rows cannot be deleted, _DROP_LOCKS alone gives up the locks.
+_GIVE_UP_LEASES: Final = (
+    "WITH gone AS (DELETE FROM session_leases WHERE owner = %(owner)s AND session_id IN "
+    "(SELECT json_array_elements_text(%(session_ids)s::json))) " + _DROP_LOCKS
 )
 _LEASE_TYPES: Final = {
     "key": BIGINT,
