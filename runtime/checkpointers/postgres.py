@@ -245,8 +245,10 @@ _DROP_LOCKS: Final = (
     "SELECT count(pg_advisory_unlock(key::bigint)) "
     "FROM json_array_elements_text(%(keys)s::json) AS key"
 )
-# Give up leases: their rows, then their session locks (a runner closing gives up all of its
-# leases at once). When the rows cannot be deleted, _DROP_LOCKS alone gives up the locks.
+# Give up leases: their rows and their session locks (a runner closing gives up all of its
+# leases at once). When the rows cannot be deleted the statement fails; PostgreSQL 15 has run the
+# unlocks by then (a WITH's DELETE is finished after the main query), an order its manual does not
+# promise, so _DROP_LOCKS is then sent as well.
 _GIVE_UP_LEASES: Final = (
     "WITH gone AS (DELETE FROM session_leases WHERE owner = %(owner)s AND session_id IN "
     "(SELECT json_array_elements_text(%(session_ids)s::json))) " + _DROP_LOCKS
@@ -1096,8 +1098,8 @@ class PostgresCheckpointer(BatchingStore):
                 pass  # the connection is in use by another thread: given up in the thread
             except _db_error() as exc:
                 # The rows could not be deleted (an operator's transaction holds one past
-                # lock_timeout, say). The session locks, which are the leases, go on their own;
-                # the rows stay until the next holders rewrite them, as after a crash.
+                # lock_timeout, say). The session locks, which are the leases, are given up all
+                # the same; the rows stay until the next holders rewrite them, as after a crash.
                 try:
                     await self._drop_locks.execute(conn, params, cancel_grace=grace)
                 except _db_error():
