@@ -388,17 +388,35 @@ async def impatient(
     await store.aclose()
 
 
-@pytest.mark.parametrize("ending", ["cancelled", "failed"])
-@pytest.mark.parametrize("thread", [False, True], ids=["trio-thread", "connection-thread"])
+@pytest.fixture(params=["cancelled", "failed"])
+def ending(request: pytest.FixtureRequest) -> str:
+    """How a statement that waits on a lease row ends: its caller cancels, or lock_timeout."""
+    return str(request.param)
+
+
+@pytest.fixture(params=[False, True], ids=["trio-thread", "connection-thread"])
+def thread(request: pytest.FixtureRequest) -> bool:
+    """Whether the statement is made to run in the connection thread instead of the Trio one."""
+    return bool(request.param)
+
+
+@pytest.fixture
+def waiting_store(
+    ending: str, pair: tuple[Any, Any], impatient: PostgresCheckpointer
+) -> PostgresCheckpointer:
+    """The store whose wait on a lease row ends as ``ending`` says: the impatient one fails after
+    0.2 s; the pair's first waits long enough for its caller to cancel."""
+    return pair[0] if ending == "cancelled" else impatient
+
+
 async def test_a_lease_take_that_does_not_succeed_leaves_the_session_free(
     postgres_url: str,
     pair: tuple[Any, Any],
-    impatient: PostgresCheckpointer,
+    waiting_store: PostgresCheckpointer,
     ending: str,
     thread: bool,
 ) -> None:
-    first, second = pair
-    store = first if ending == "cancelled" else impatient
+    store, second = waiting_store, pair[1]
     if thread:
         store._take_lease_here = _never_here
     with lease_row_held(postgres_url, store.schema) as blocker:
@@ -418,17 +436,10 @@ async def test_a_lease_take_that_does_not_succeed_leaves_the_session_free(
         await second.acquire_lease("s", "next")
 
 
-@pytest.mark.parametrize("ending", ["cancelled", "failed"])
-@pytest.mark.parametrize("thread", [False, True], ids=["trio-thread", "connection-thread"])
 async def test_a_lease_whose_row_cannot_be_deleted_still_frees_the_session(
-    postgres_url: str,
-    pair: tuple[Any, Any],
-    impatient: PostgresCheckpointer,
-    ending: str,
-    thread: bool,
+    postgres_url: str, pair: tuple[Any, Any], waiting_store: PostgresCheckpointer, thread: bool
 ) -> None:
-    first, second = pair
-    store = first if ending == "cancelled" else impatient
+    store, second = waiting_store, pair[1]
     if thread:
 
         async def busy(*args: Any, **kwargs: Any) -> None:

@@ -115,9 +115,10 @@ async def execute_together(
     cancel_grace: float,
 ) -> list[list[tuple[str | None, ...]]]:
     """Run each ``(statement, params)`` of ``calls`` on ``conn``, in order, in one transaction and
-    one round trip, wait for them to end and return each one's rows (values as text). Several go in libpq's pipeline mode with one sync
-    point after the last: the statements up to a sync point are one implicit transaction, committed
-    there, so that an error in any of them leaves none applied.
+    one round trip, wait for them to end and return each one's rows (values as text). Several go
+    in libpq's pipeline mode with one sync point after the last: the statements up to a sync point
+    are one implicit transaction, committed there, so that an error in any of them leaves none
+    applied.
 
     Raises and cancels as :meth:`PreparedStatement.execute` does; a cancelled group that still
     committed returns normally, one that failed was rolled back whole.

@@ -10,7 +10,7 @@ import hashlib
 import logging
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from importlib import resources
 from types import ModuleType
@@ -263,14 +263,16 @@ _LEASE_TYPES: Final = {
 }
 
 
-def _drop_session_lock(conn: psycopg.Connection[tuple[Any, ...]], key: int) -> None:
-    """Give up the session lock ``key`` after a :data:`_TAKE_LEASE` that failed: it may have got
-    the lock before failing (waiting on the lease row past ``lock_timeout``, or cancelled), and a
-    session-level lock outlives its statement and its transaction. A no-op if it was not got (the
-    server only warns); best effort, as closing the connection frees it anyway."""
+def _drop_session_lock(
+    conn: psycopg.Connection[tuple[Any, ...]], params: Mapping[str, object]
+) -> None:
+    """Give up the session lock of a :data:`_TAKE_LEASE` (run with ``params``) that failed: it
+    may have got the lock before failing (waiting on the lease row past ``lock_timeout``, or
+    cancelled), and a session-level lock outlives its statement and its transaction. A no-op if it
+    was not got (the server only warns); best effort, as closing the connection frees it anyway."""
     with contextlib.suppress(Exception):
         if not conn.closed and not conn.broken:
-            conn.execute(_DROP_LOCK, {"key": key})
+            conn.execute(_DROP_LOCK, params)
 
 
 def _by_session(pair: tuple[Checkpoint, Draft]) -> str:
@@ -963,8 +965,7 @@ class PostgresCheckpointer(BatchingStore):
         held = self._leases.get(session_id)
         if held is not None and held != owner:
             raise SessionLeased(session_id, held)
-        key = _lock_key("lease", self.schema, session_id)
-        params = {"session_id": session_id, "owner": owner, "ttl": self.lease_ttl, "key": key}
+        params = self._lease_params(session_id, owner)
         self._unstored.discard(session_id)
         try:
             if held is not None:
@@ -984,7 +985,7 @@ class PostgresCheckpointer(BatchingStore):
                 self._check_taken(session_id, conn.execute(_TAKE_LEASE, params).fetchone())
         except _db_error() as exc:
             if held is None:
-                _drop_session_lock(conn, key)
+                _drop_session_lock(conn, params)
             raise self._error("cannot take the lease of a session on", exc) from exc
         self._leases[session_id] = owner
 
@@ -1013,18 +1014,22 @@ class PostgresCheckpointer(BatchingStore):
         if not taken:
             await self._run(lambda: self._acquire_sync(session_id, owner))
 
+    def _lease_params(self, session_id: str, owner: str) -> dict[str, int | float | str | None]:
+        """The parameters of :data:`_TAKE_LEASE` (and :data:`_IS_STORED`, :data:`_DROP_LOCK`)."""
+        return {
+            "session_id": session_id,
+            "owner": owner,
+            "ttl": self.lease_ttl,
+            "key": _lock_key("lease", self.schema, session_id),
+        }
+
     async def _take_lease_here(self, session_id: str, owner: str, grace: float) -> bool:
         """:meth:`_acquire_sync` for a lease not held yet, from the Trio thread; False, with
         nothing sent, where it is for the connection thread to do."""
         conn = self._conn
         if session_id in self._leases or conn is None or conn.closed or conn.broken:
             return False
-        params: dict[str, int | float | str | None] = {
-            "session_id": session_id,
-            "owner": owner,
-            "ttl": self.lease_ttl,
-            "key": _lock_key("lease", self.schema, session_id),
-        }
+        params = self._lease_params(session_id, owner)
         calls = [(self._take_lease, params)]
         if self._pipelines:
             # Whether the session is stored, in the same round trip (see _acquire_sync).
