@@ -160,10 +160,26 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "failed-take-keeps-session-lock",
         "runtime/checkpointers/postgres.py",
-        "await self._drop_lock.execute(conn, params, cancel_grace=grace)",
+        "await self._drop_lock_here(conn, params, grace)",
         "pass",
         ("tests/test_checkpoint_postgres.py",),
         "a lease take that fails or is cancelled leaves the session free for other processes",
+    ),
+    Mutant(
+        "cancelled-release-keeps-session-locks",
+        "runtime/checkpointers/postgres.py",
+        "self._drop_locks)\n                raise",
+        "self._drop_locks) if False else None\n                raise",
+        ("tests/test_checkpoint_postgres.py",),
+        "a lease release cancelled before its statement is sent still frees the sessions",
+    ),
+    Mutant(
+        "cancelled-thread-release-keeps-session-locks",
+        "runtime/checkpointers/postgres.py",
+        "await self._drop_locks_after(thread, mine)",
+        "pass",
+        ("tests/test_checkpoint_postgres.py",),
+        "the same, for a release given up in the connection thread",
     ),
     Mutant(
         "gating-off",

@@ -463,6 +463,39 @@ async def test_a_lease_whose_row_cannot_be_deleted_still_frees_the_session(
         assert lease_rows(postgres_url, store.schema) == [("s", "next")]
 
 
+async def _busy(*args: Any, **kwargs: Any) -> None:
+    raise trio.BusyResourceError  # as when another thread uses the connection
+
+
+async def test_a_release_cancelled_before_its_statement_is_sent_still_frees_the_sessions(
+    postgres_url: str, pair: tuple[Any, Any], thread: bool
+) -> None:
+    first, second = pair
+    if thread:
+        first._give_up_leases.execute = _busy  # given up in the connection thread instead
+    scope = trio.CancelScope()
+
+    async def release() -> None:
+        with scope:
+            await first.release_leases(["s", "t"], "me")
+
+    with trio.fail_after(30):
+        await first.acquire_lease("s", "me")
+        await first.acquire_lease("t", "me")
+        async with trio.open_nursery() as nursery:
+            async with first._thread.between_calls():
+                nursery.start_soon(release)
+                await trio.testing.wait_all_tasks_blocked()  # waiting for its turn
+            # The release has its turn now and runs next: it is cancelled after taking it and
+            # before sending anything (as a runner's close_session abandoned by its caller).
+            scope.cancel()
+        assert scope.cancelled_caught
+        assert first.held_leases() == {}
+        for sid in ["s", "t"]:
+            await second.acquire_lease(sid, "next")  # the session locks went all the same
+        assert lease_rows(postgres_url, first.schema) == [("s", "next"), ("t", "next")]
+
+
 async def test_a_runner_gives_up_the_leases_of_all_its_sessions_at_once_on_closing(
     postgres_url: str, pg_schema: str, pair: tuple[Any, Any]
 ) -> None:

@@ -1055,15 +1055,17 @@ class PostgresCheckpointer(BatchingStore):
     async def _drop_lock_here(
         self,
         conn: psycopg.Connection[Any],
-        params: dict[str, int | float | str | None],
+        params: Mapping[str, int | float | str | None],
         grace: float,
+        statement: PreparedStatement | None = None,
     ) -> None:
-        """:func:`_drop_session_lock` from the Trio thread, after a take that failed or was
-        cancelled: shielded, at most ``grace`` seconds."""
+        """:func:`_drop_session_lock` (or ``statement``, :data:`_DROP_LOCKS`) from the Trio
+        thread, after a take that failed or was cancelled, or a release that was cancelled:
+        shielded, at most ``grace`` seconds."""
         with trio.move_on_after(grace, shield=True):
             with contextlib.suppress(Exception):
                 if not conn.closed and not conn.broken:
-                    await self._drop_lock.execute(conn, params, cancel_grace=grace)
+                    await (statement or self._drop_lock).execute(conn, params, cancel_grace=grace)
 
     async def release_lease(self, session_id: str, owner: str) -> None:
         """Give up ``owner``'s lease of ``session_id``; nothing happens if it is not held."""
@@ -1111,7 +1113,36 @@ class PostgresCheckpointer(BatchingStore):
                     raise self._error("cannot release the lease of a session on", exc) from exc
                 log.warning("leases given up, their rows left behind: %s", self._reason(exc))
                 return
-        await self._run(lambda: self._give_up_sync(params))
+            except BaseException:
+                # Cancelled before the statement went out, or while it ran: the leases are
+                # forgotten here, so their session locks go now (unlocking one already given up
+                # does nothing), else they would stay held until the connection ends.
+                await self._drop_lock_here(conn, params, grace, self._drop_locks)
+                raise
+        try:
+            await self._run(lambda: self._give_up_sync(params))
+        except BaseException:
+            await self._drop_locks_after(thread, mine)
+            raise
+
+    async def _drop_locks_after(
+        self,
+        thread: ConnectionThread[psycopg.Connection[tuple[Any, ...]]],
+        session_ids: list[str],
+    ) -> None:
+        """After a release in the connection thread that was cancelled or failed: give up the
+        session locks of ``session_ids`` from the Trio thread (those not taken again meanwhile:
+        unlocking one of those would give up the new lease), shielded, at most the cancel grace."""
+        grace = thread.cancel_grace
+        with trio.move_on_after(grace, shield=True):
+            with contextlib.suppress(Exception):
+                async with thread.between_calls():
+                    free = [sid for sid in session_ids if sid not in self._leases]
+                    conn = self._conn
+                    if free and conn is not None:
+                        keys = [_lock_key("lease", self.schema, sid) for sid in free]
+                        params = {"keys": dumps(keys)}
+                        await self._drop_lock_here(conn, params, grace, self._drop_locks)
 
     def _give_up_sync(self, params: dict[str, Any]) -> None:
         conn = self._conn
