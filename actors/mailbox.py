@@ -562,14 +562,15 @@ class open_mailbox(tuple[MailboxSender[T], MailboxReceiver[T]]):
         if overflow is Overflow.BLOCK:
             if capacity < 0:
                 raise ValueError(f"mailbox {name!r}: capacity must be >= 0, not {capacity}")
-            core = _BlockCore[T](name, capacity, overflow)
+            # Not _BlockCore[T](...): calling a subscripted class costs ~1 µs a mailbox.
+            core: _BlockCore[T] = _BlockCore(name, capacity, overflow)
             return _BlockSender(core, perturb), _BlockReceiver(core, perturb)
         if overflow is Overflow.DROP_OLDEST:
             if capacity < 1:
                 raise ValueError(
                     f"mailbox {name!r}: a drop-oldest mailbox needs capacity >= 1, not {capacity}"
                 )
-            state = _BlockCore[T](name, capacity, overflow)
+            state: _BlockCore[T] = _BlockCore(name, capacity, overflow)
             return _DropOldestSender(state, perturb), _DropOldestReceiver(state, perturb)
         raise TypeError(f"mailbox {name!r}: overflow must be an Overflow, not {overflow!r}")
 

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import attrs
 import trio
 
-from ...actors.mailbox import MailboxSender, open_mailbox
+from ...actors.mailbox import MailboxReceiver, MailboxSender, open_mailbox
 from ...actors.perturb import Perturbation
 from ..events.bus import EventBus
 from ..graph.builder import CompiledGraph
@@ -113,7 +113,10 @@ class NodePool:
             yield from mailboxes
 
     def _start(self, node: str, first: Execute) -> NodeMailbox:
-        mailbox, inbox = open_mailbox[Execute | None](1, name=f"node {node}", perturb=self.perturb)
+        # Not open_mailbox[...](...): calling a subscripted class costs time on every node spawn.
+        mailbox: NodeMailbox
+        inbox: MailboxReceiver[Execute | None]
+        mailbox, inbox = open_mailbox(1, name=f"node {node}", perturb=self.perturb)
         actor = functools.partial(
             node_actor,
             self.graph.nodes[node],
