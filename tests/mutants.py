@@ -166,6 +166,14 @@ MUTANTS: tuple[Mutant, ...] = (
         "a lease take that fails or is cancelled leaves the session free for other processes",
     ),
     Mutant(
+        "cancelled-retire-keeps-lease",
+        "runtime/execution/runner.py",
+        "with trio.move_on_after(_RELEASE_GRACE, shield=True):",
+        "with trio.move_on_after(_RELEASE_GRACE):",
+        ("tests/test_checkpoint_postgres.py",),
+        "a close_session cut short while giving up the lease gives it up all the same",
+    ),
+    Mutant(
         "cancelled-release-keeps-session-locks",
         "runtime/checkpointers/postgres.py",
         "self._drop_locks)\n                raise",

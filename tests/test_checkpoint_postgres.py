@@ -17,7 +17,7 @@ from apps import counter_app
 from treadle import AppRunner
 from treadle.runtime.checkpointers import PostgresCheckpointer
 from treadle.runtime.checkpointers.checkpoint import Checkpoint
-from treadle.runtime.checkpointers.postgres import _PostgresTx, migrations
+from treadle.runtime.checkpointers.postgres import _lock_key, _PostgresTx, migrations
 from treadle.runtime.errors import CheckpointBackendError, SessionLeased
 from treadle.runtime.graph.state import Message, VersionedState
 
@@ -517,6 +517,48 @@ async def test_a_runner_gives_up_the_leases_of_all_its_sessions_at_once_on_closi
         assert lease_rows(postgres_url, pg_schema) == []
         for sid in ["a", "b", "c"]:
             await other.acquire_lease(sid, "next")
+
+
+async def test_a_cancelled_close_session_keeps_the_lease_or_gives_it_up_whole(
+    postgres_url: str, pg_schema: str, pair: tuple[Any, Any]
+) -> None:
+    _, other = pair
+
+    class SlowToRelease(PostgresCheckpointer):
+        slow = False
+
+        async def release_lease(self, session_id: str, owner: str) -> None:
+            if self.slow:
+                await trio.sleep(0.3)  # the store is busy a while
+            await super().release_lease(session_id, owner)
+
+    store = SlowToRelease(postgres_url, schema=pg_schema)
+    with trio.fail_after(30):
+        async with AppRunner(
+            counter_app(limit=3, pause=0), checkpointer=store, durability="async"
+        ) as runner:
+            await runner.create_session("s", VersionedState())
+            await runner.checkpoints.flush()
+            with psycopg.connect(postgres_url, autocommit=True) as blocker:
+                # Another writer holds the session's write lock: the step's write waits for it.
+                blocker.execute(
+                    "SELECT pg_advisory_lock(%s)", (_lock_key("write", pg_schema, "s"),)
+                )
+                await runner.run_step("s")  # acknowledged before it is stored
+                with trio.move_on_after(0.3) as scope:
+                    await runner.close_session("s")
+                assert scope.cancelled_caught
+                # Cut short before its writes were stored: the session is still open, and leased.
+                assert runner.sessions() == ["s"]
+                with pytest.raises(SessionLeased):
+                    await other.acquire_lease("s", "next")
+            store.slow = True
+            with trio.move_on_after(0.1):
+                # Cut short while giving up the lease: it is given up all the same.
+                await runner.close_session("s")
+            assert runner.sessions() == []
+            await other.acquire_lease("s", "next")
+            assert (await other.load_latest("s")).step == 1
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -121,26 +122,59 @@ async def test_many_sessions_one_after_another_hold_no_tasks(autojump_clock: Any
             assert _task_count() == baseline
 
 
+def _counting(checkpointer: Any, durability: str = "sync") -> AppRunner:
+    return AppRunner(
+        counter_app(limit=3, pause=0), checkpointer=checkpointer, durability=durability
+    )
+
+
+async def _step_another_runner_sees(db: Path) -> int:
+    """The step of session ``s`` that a second runner on ``db`` loads (it closes it again)."""
+    async with _counting(f"sqlite:///{db}") as other:
+        await other.create_session("s", VersionedState())
+        step = (await other.get_session("s")).step
+        await other.close_session("s")
+        return step
+
+
 async def test_a_retired_session_releases_its_lease_and_reloads_from_sqlite(
     tmp_path: Path,
 ) -> None:
     db = tmp_path / "runs.db"
     with trio.fail_after(30):
-        async with AppRunner(
-            counter_app(limit=3, pause=0), checkpointer=SQLiteCheckpointer(db), durability="exit"
-        ) as runner:
+        async with _counting(SQLiteCheckpointer(db), durability="exit") as runner:
             await runner.create_session("s", VersionedState())
             await runner.run_step("s")
             await runner.close_session("s")
             # Under durability="exit" closing writes the session: another runner sees step 1.
-            async with AppRunner(
-                counter_app(limit=3, pause=0), checkpointer=f"sqlite:///{db}"
-            ) as other:
-                await other.create_session("s", VersionedState())
-                assert (await other.get_session("s")).step == 1
-                await other.close_session("s")
+            assert await _step_another_runner_sees(db) == 1
             final = await runner.run_until_complete("s")
             assert final.extra["n"] == 3
+
+
+async def test_a_close_cancelled_while_writing_leaves_the_session_open(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "runs.db"
+    with trio.fail_after(30):
+        async with _counting(SQLiteCheckpointer(db), durability="async") as runner:
+            await runner.create_session("s", VersionedState())
+            await runner.checkpoints.flush()  # step 0 is stored
+            # Another process holds the database's write lock: the step's write waits for it.
+            blocker = sqlite3.connect(db, isolation_level=None)
+            blocker.execute("BEGIN IMMEDIATE")
+            await runner.run_step("s")  # acknowledged before it is stored
+            with trio.move_on_after(0.5) as scope:
+                await runner.close_session("s")
+            assert scope.cancelled_caught
+            # Cut short while waiting for the write, the close left the session as it was: open
+            # (a store with leases still holds its lease; see test_checkpoint_postgres.py).
+            assert runner.sessions() == ["s"]
+            blocker.execute("ROLLBACK")
+            blocker.close()
+            await runner.close_session("s")
+            assert runner.sessions() == []
+            assert await _step_another_runner_sees(db) == 1  # the write was waited for
 
 
 async def test_an_unknown_session_is_still_not_found(autojump_clock: Any) -> None:

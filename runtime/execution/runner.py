@@ -83,6 +83,8 @@ T = TypeVar("T")
 _DURABILITY = ("sync", "async", "exit")
 # How long a clean exit waits for queued checkpoint writes and sink deliveries before cancelling.
 _SHUTDOWN_GRACE = 10.0
+# How long retiring a session whose caller was cancelled still waits to give up its lease.
+_RELEASE_GRACE = 5.0
 
 
 @attrs.frozen
@@ -552,14 +554,19 @@ class AppRunner:
         entry = self._sessions[session_id]
         changing = self._changing[session_id] = trio.Event()
         try:
-            self._idle.pop(session_id, None)
+            # Its writes first: a retirement cut short (cancelled, or a write that failed) leaves
+            # the session open as it was, and leased here, so that nothing is lost or locked out.
             if self.durability == "exit":
                 await ask(entry.inbox, FlushCheckpoint, actor=f"scheduler of {session_id!r}")
+            if not self._checkpoints.volatile:
+                await self._checkpoints.flush()
+            self._idle.pop(session_id, None)
             del self._sessions[session_id]
             entry.inbox.close()  # the scheduler ends, and the node actors it still holds
             if not self._checkpoints.volatile:
-                await self._checkpoints.flush()
-                await self._checkpoints.release_lease(session_id, self._owner)
+                # Clean-up: done even if the caller is cancelled meanwhile, within a bound.
+                with trio.move_on_after(_RELEASE_GRACE, shield=True):
+                    await self._checkpoints.release_lease(session_id, self._owner)
         finally:
             del self._changing[session_id]
             changing.set()
