@@ -14,11 +14,11 @@ import pytest
 import trio
 from apps import counter_app
 
-from treadle import AppRunner
+from treadle import END, START, AppRunner, GraphBuilder, NoStartNodes
 from treadle.runtime.checkpointers import PostgresCheckpointer
 from treadle.runtime.checkpointers.checkpoint import Checkpoint
 from treadle.runtime.checkpointers.postgres import _lock_key, _PostgresTx, migrations
-from treadle.runtime.errors import CheckpointBackendError, SessionLeased
+from treadle.runtime.errors import CheckpointBackendError, SessionExists, SessionLeased
 from treadle.runtime.graph.state import Message, VersionedState
 
 pytest_plugins = ["pg_fixtures"]
@@ -373,6 +373,15 @@ def lease_row_held(url: str, schema: str) -> Iterator[psycopg.Connection[Any]]:
         yield other
 
 
+@contextmanager
+def write_lock_held(url: str, schema: str, session_id: str) -> Iterator[None]:
+    """Another writer holds the write lock of ``session_id`` until the block ends: a write of
+    that session waits for it (up to ``lock_timeout``)."""
+    with psycopg.connect(url, autocommit=True) as other:
+        other.execute("SELECT pg_advisory_lock(%s)", (_lock_key("write", schema, session_id),))
+        yield
+
+
 async def _never_here(*args: Any) -> bool:
     return False  # every lease is taken the long way, in the connection thread
 
@@ -539,11 +548,7 @@ async def test_a_cancelled_close_session_keeps_the_lease_or_gives_it_up_whole(
         ) as runner:
             await runner.create_session("s", VersionedState())
             await runner.checkpoints.flush()
-            with psycopg.connect(postgres_url, autocommit=True) as blocker:
-                # Another writer holds the session's write lock: the step's write waits for it.
-                blocker.execute(
-                    "SELECT pg_advisory_lock(%s)", (_lock_key("write", pg_schema, "s"),)
-                )
+            with write_lock_held(postgres_url, pg_schema, "s"):  # the step's write waits
                 await runner.run_step("s")  # acknowledged before it is stored
                 with trio.move_on_after(0.3) as scope:
                     await runner.close_session("s")
@@ -559,6 +564,94 @@ async def test_a_cancelled_close_session_keeps_the_lease_or_gives_it_up_whole(
             assert runner.sessions() == []
             await other.acquire_lease("s", "next")
             assert (await other.load_latest("s")).step == 1
+
+
+def _no_start_app() -> Any:
+    async def a(snapshot: Any, ctx: Any) -> None:
+        return None
+
+    def nowhere(snapshot: Any) -> list[str]:
+        return []
+
+    return (
+        GraphBuilder()
+        .add_node("a", a)
+        .add_conditional_edges(START, nowhere, path_map=["a"])
+        .add_edge("a", END)
+        .compile()
+    )
+
+
+async def test_a_session_that_fails_to_open_gives_its_lease_up(
+    postgres_url: str, pg_schema: str, pair: tuple[Any, Any]
+) -> None:
+    _, other = pair
+    store = PostgresCheckpointer(postgres_url, schema=pg_schema)
+    with trio.fail_after(30):
+        async with AppRunner(_no_start_app(), checkpointer=store) as runner:
+            with pytest.raises(NoStartNodes):
+                await runner.create_session("s", VersionedState())
+            assert store.held_leases() == {}
+            await other.acquire_lease("s", "next")
+
+
+@pytest.mark.parametrize("opening", ["create_session", "fork"])
+async def test_a_session_opening_cancelled_before_its_first_step_is_stored_gives_its_lease_up(
+    postgres_url: str, pg_schema: str, pair: tuple[Any, Any], opening: str
+) -> None:
+    _, other = pair
+    store = PostgresCheckpointer(postgres_url, schema=pg_schema)
+    with trio.fail_after(30):
+        async with AppRunner(counter_app(pause=0), checkpointer=store) as runner:
+            await runner.create_session("origin", VersionedState())
+            with write_lock_held(postgres_url, pg_schema, "s"):  # the first write waits
+                with trio.move_on_after(0.3) as scope:
+                    if opening == "fork":
+                        await runner.fork("origin", 0, "s")
+                    else:
+                        await runner.create_session("s", VersionedState())
+                assert scope.cancelled_caught
+            assert runner.sessions() == ["origin"]
+            assert store.held_leases() == {"origin": runner.owner}
+            await other.acquire_lease("s", "next")
+
+
+async def test_a_fork_onto_a_session_being_opened_waits_and_leaves_it_its_lease(
+    postgres_url: str, pg_schema: str, pair: tuple[Any, Any]
+) -> None:
+    _, other = pair
+    store = PostgresCheckpointer(postgres_url, schema=pg_schema)
+    waiting = (  # statements of this database waiting for a lock
+        "SELECT count(*) FROM pg_locks JOIN pg_stat_activity USING (pid) "
+        "WHERE NOT granted AND datname = current_database()"
+    )
+    refused: list[SessionExists] = []
+
+    async def fork() -> None:
+        try:
+            await runner.fork("origin", 0, "s")
+        except SessionExists as exc:
+            refused.append(exc)
+
+    with trio.fail_after(30):
+        async with AppRunner(counter_app(pause=0), checkpointer=store) as runner:
+            await runner.create_session("origin", VersionedState())
+            async with trio.open_nursery() as nursery:
+                with lease_row_held(postgres_url, pg_schema) as blocker:
+                    nursery.start_soon(runner.create_session, "s", VersionedState())
+                    while query(postgres_url, waiting) == [(0,)]:
+                        await trio.sleep(0.01)  # taking its lease waits on the row
+                    # The fork's first call queues behind it: the fork goes on while the session
+                    # is still being opened.
+                    nursery.start_soon(fork)
+                    await trio.testing.wait_all_tasks_blocked()
+                    blocker.rollback()
+            # The fork waited for the opening to end and found the session open (not waiting, it
+            # opened the session a second time over the first), and left its lease alone.
+            assert runner.sessions() == ["origin", "s"]
+            assert [str(exc) for exc in refused] == [str(SessionExists("s"))]
+            with pytest.raises(SessionLeased):
+                await other.acquire_lease("s", "next")
 
 
 @pytest.fixture

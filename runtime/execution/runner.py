@@ -412,23 +412,55 @@ class AppRunner:
         ``reload`` (a retired session used again) a session that is not stored is not found.
         With ``iterative_entry`` the session is an iterative one starting at that entry."""
         config = self._require_open()
-        if not self._checkpoints.volatile:
+        leased = not self._checkpoints.volatile
+        if leased:
             await self._checkpoints.acquire_lease(session_id, self._owner)
+        try:
+            return await self._open_leased(
+                session_id, state, concurrency_limit, config,
+                allow_graph_change=allow_graph_change, reload=reload, iterative_entry=iterative_entry,
+            )  # fmt: skip
+        except BaseException:
+            # The session did not open (not found, another graph's, no start nodes, its first
+            # write failed or was cancelled): no other process may find it leased by this runner.
+            if leased:
+                await self._drop_unopened(session_id)
+            raise
+
+    async def _give_up_lease(self, session_id: str) -> None:
+        """Release the lease of a session this runner does not run (any more). Clean-up: it goes
+        on when the caller is cancelled meanwhile, for at most ``_RELEASE_GRACE`` seconds."""
+        with trio.move_on_after(_RELEASE_GRACE, shield=True):
+            await self._checkpoints.release_lease(session_id, self._owner)
+
+    async def _drop_unopened(self, session_id: str) -> None:
+        """:meth:`_give_up_lease` for a session that failed to open: the error raised is the
+        opening's, so one in giving up the lease is logged (the lease ends with the connection)."""
+        try:
+            await self._give_up_lease(session_id)
+        except Exception as exc:
+            _log.warning("could not give up the lease of session %r: %s", session_id, exc)
+
+    async def _open_leased(
+        self,
+        session_id: str,
+        state: VersionedState | None,
+        concurrency_limit: int | None,
+        config: SchedulerConfig,
+        *,
+        allow_graph_change: bool,
+        reload: bool,
+        iterative_entry: str | None,
+    ) -> SessionInit:
+        """:meth:`_open` once the session's lease is held (if the checkpointer has leases)."""
         stored = await self._checkpoints.load_latest(session_id)
         if stored is not None:
-            try:
-                _check_graph(stored, config, allow_graph_change)
-                if iterative_entry is not None and stored.invocation is None:
-                    raise NotIterative(session_id)
-            except (GraphMismatch, NotIterative):
-                if not self._checkpoints.volatile:
-                    await self._checkpoints.release_lease(session_id, self._owner)
-                raise
+            _check_graph(stored, config, allow_graph_change)
+            if iterative_entry is not None and stored.invocation is None:
+                raise NotIterative(session_id)
             await self._spawn(SessionCore.from_checkpoint(stored), config, fresh=False)
             return Resumed(stored.step)
         if reload:
-            if not self._checkpoints.volatile:
-                await self._checkpoints.release_lease(session_id, self._owner)
             raise SessionNotFound(session_id)
         state = state if state is not None else VersionedState()
         if iterative_entry is None:
@@ -564,9 +596,7 @@ class AppRunner:
             del self._sessions[session_id]
             entry.inbox.close()  # the scheduler ends, and the node actors it still holds
             if not self._checkpoints.volatile:
-                # Clean-up: done even if the caller is cancelled meanwhile, within a bound.
-                with trio.move_on_after(_RELEASE_GRACE, shield=True):
-                    await self._checkpoints.release_lease(session_id, self._owner)
+                await self._give_up_lease(session_id)
         finally:
             del self._changing[session_id]
             changing.set()
@@ -808,17 +838,34 @@ class AppRunner:
             raise SessionExists(new_session_id)
         stored = await self._checkpoints.load(session_id, step)
         _check_graph(stored, config, allow_graph_change)
+        # As _create does: not while the new id is being opened or retired by another call, whose
+        # lease this one would share and then give up.
+        await self._settled(new_session_id)
+        if new_session_id in self._sessions:
+            raise SessionExists(new_session_id)
+        changing = self._changing[new_session_id] = trio.Event()
+        try:
+            await self._open_fork(attrs.evolve(stored, session_id=new_session_id), config)
+        finally:
+            del self._changing[new_session_id]
+            changing.set()
+        return Resumed(step)
+
+    async def _open_fork(self, record: Checkpoint, config: SchedulerConfig) -> None:
+        """Store ``record`` as the first step of its new session and spawn it, under its lease."""
+        new_session_id = record.session_id
         await self._checkpoints.acquire_lease(new_session_id, self._owner)
-        record = attrs.evolve(stored, session_id=new_session_id)
         try:
             # Written only if nothing is stored under the new id: the check and the write are one
             # transaction, so a session stored meanwhile by another process is not overwritten.
-            await self._checkpoints.save_with_concurrency_check(record, None)
-        except ConcurrencyConflict:
-            await self._checkpoints.release_lease(new_session_id, self._owner)
-            raise SessionExists(new_session_id, where="stored in the checkpointer") from None
-        await self._spawn(SessionCore.from_checkpoint(record), config, fresh=False)
-        return Resumed(step)
+            try:
+                await self._checkpoints.save_with_concurrency_check(record, None)
+            except ConcurrencyConflict:
+                raise SessionExists(new_session_id, where="stored in the checkpointer") from None
+            await self._spawn(SessionCore.from_checkpoint(record), config, fresh=False)
+        except BaseException:
+            await self._drop_unopened(new_session_id)  # as in _open
+            raise
 
     # -- events and metadata -----------------------------------------------------------------------
 
