@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -137,44 +139,47 @@ async def _step_another_runner_sees(db: Path) -> int:
         return step
 
 
+@asynccontextmanager
+async def _session_on_sqlite(db: Path, durability: str) -> AsyncIterator[AppRunner]:
+    """A counting runner on ``db`` with session ``s`` open, all under a 30 s watchdog."""
+    with trio.fail_after(30):
+        async with _counting(SQLiteCheckpointer(db), durability=durability) as runner:
+            await runner.create_session("s", VersionedState())
+            yield runner
+
+
 async def test_a_retired_session_releases_its_lease_and_reloads_from_sqlite(
     tmp_path: Path,
 ) -> None:
     db = tmp_path / "runs.db"
-    with trio.fail_after(30):
-        async with _counting(SQLiteCheckpointer(db), durability="exit") as runner:
-            await runner.create_session("s", VersionedState())
-            await runner.run_step("s")
-            await runner.close_session("s")
-            # Under durability="exit" closing writes the session: another runner sees step 1.
-            assert await _step_another_runner_sees(db) == 1
-            final = await runner.run_until_complete("s")
-            assert final.extra["n"] == 3
+    async with _session_on_sqlite(db, "exit") as runner:
+        await runner.run_step("s")
+        await runner.close_session("s")
+        # Under durability="exit" closing writes the session: another runner sees step 1.
+        assert await _step_another_runner_sees(db) == 1
+        final = await runner.run_until_complete("s")
+        assert final.extra["n"] == 3
 
 
-async def test_a_close_cancelled_while_writing_leaves_the_session_open(
-    tmp_path: Path,
-) -> None:
+async def test_a_close_cancelled_while_writing_leaves_the_session_open(tmp_path: Path) -> None:
     db = tmp_path / "runs.db"
-    with trio.fail_after(30):
-        async with _counting(SQLiteCheckpointer(db), durability="async") as runner:
-            await runner.create_session("s", VersionedState())
-            await runner.checkpoints.flush()  # step 0 is stored
-            # Another process holds the database's write lock: the step's write waits for it.
-            blocker = sqlite3.connect(db, isolation_level=None)
-            blocker.execute("BEGIN IMMEDIATE")
-            await runner.run_step("s")  # acknowledged before it is stored
-            with trio.move_on_after(0.5) as scope:
-                await runner.close_session("s")
-            assert scope.cancelled_caught
-            # Cut short while waiting for the write, the close left the session as it was: open
-            # (a store with leases still holds its lease; see test_checkpoint_postgres.py).
-            assert runner.sessions() == ["s"]
-            blocker.execute("ROLLBACK")
-            blocker.close()
+    async with _session_on_sqlite(db, "async") as runner:
+        await runner.checkpoints.flush()  # step 0 is stored
+        # Another process holds the database's write lock: the step's write waits for it.
+        blocker = sqlite3.connect(db, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        await runner.run_step("s")  # acknowledged before it is stored
+        with trio.move_on_after(0.5) as scope:
             await runner.close_session("s")
-            assert runner.sessions() == []
-            assert await _step_another_runner_sees(db) == 1  # the write was waited for
+        assert scope.cancelled_caught
+        # Cut short while waiting for the write, the close left the session as it was: open
+        # (a store with leases still holds its lease; see test_checkpoint_postgres.py).
+        assert runner.sessions() == ["s"]
+        blocker.execute("ROLLBACK")
+        blocker.close()
+        await runner.close_session("s")
+        assert runner.sessions() == []
+        assert await _step_another_runner_sees(db) == 1  # the write was waited for
 
 
 async def test_an_unknown_session_is_still_not_found(autojump_clock: Any) -> None:
