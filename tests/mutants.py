@@ -160,7 +160,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "failed-take-keeps-session-lock",
         "runtime/checkpointers/postgres.py",
-        "await self._drop_lock_here(conn, params, grace)",
+        "await self._drop_locks_here(conn, self._drop_lock, params, grace)",
         "pass",
         ("tests/test_checkpoint_postgres.py",),
         "a lease take that fails or is cancelled leaves the session free for other processes",
@@ -200,8 +200,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "cancelled-release-keeps-session-locks",
         "runtime/checkpointers/postgres.py",
-        "self._drop_locks)\n                raise",
-        "self._drop_locks) if False else None\n                raise",
+        "self._drop_locks, params, grace)\n                raise",
+        "self._drop_locks, params, grace) if False else None\n                raise",
         ("tests/test_checkpoint_postgres.py",),
         "a lease release cancelled before its statement is sent still frees the sessions",
     ),

@@ -1040,7 +1040,7 @@ class PostgresCheckpointer(BatchingStore):
         except trio.BusyResourceError:
             return False  # the connection is in use by another thread: the long way waits
         except BaseException as exc:
-            await self._drop_lock_here(conn, params, grace)
+            await self._drop_locks_here(conn, self._drop_lock, params, grace)
             if isinstance(exc, _db_error()):
                 raise self._error("cannot take the lease of a session on", exc) from exc
             raise
@@ -1052,20 +1052,20 @@ class PostgresCheckpointer(BatchingStore):
         self._leases[session_id] = owner
         return True
 
-    async def _drop_lock_here(
+    async def _drop_locks_here(
         self,
         conn: psycopg.Connection[Any],
+        statement: PreparedStatement,
         params: Mapping[str, int | float | str | None],
         grace: float,
-        statement: PreparedStatement | None = None,
     ) -> None:
-        """:func:`_drop_session_lock` (or ``statement``, :data:`_DROP_LOCKS`) from the Trio
-        thread, after a take that failed or was cancelled, or a release that was cancelled:
-        shielded, at most ``grace`` seconds."""
+        """Give up session locks with ``statement`` (:data:`_DROP_LOCK`, :data:`_DROP_LOCKS`) from
+        the Trio thread, after a take that failed or was cancelled, or a release that was
+        cancelled: shielded, at most ``grace`` seconds; best effort, as :func:`_drop_session_lock`."""
         with trio.move_on_after(grace, shield=True):
             with contextlib.suppress(Exception):
                 if not conn.closed and not conn.broken:
-                    await (statement or self._drop_lock).execute(conn, params, cancel_grace=grace)
+                    await statement.execute(conn, params, cancel_grace=grace)
 
     async def release_lease(self, session_id: str, owner: str) -> None:
         """Give up ``owner``'s lease of ``session_id``; nothing happens if it is not held."""
@@ -1117,7 +1117,7 @@ class PostgresCheckpointer(BatchingStore):
                 # Cancelled before the statement went out, or while it ran: the leases are
                 # forgotten here, so their session locks go now (unlocking one already given up
                 # does nothing), else they would stay held until the connection ends.
-                await self._drop_lock_here(conn, params, grace, self._drop_locks)
+                await self._drop_locks_here(conn, self._drop_locks, params, grace)
                 raise
         try:
             await self._run(lambda: self._give_up_sync(params))
@@ -1142,7 +1142,7 @@ class PostgresCheckpointer(BatchingStore):
                     if free and conn is not None:
                         keys = [_lock_key("lease", self.schema, sid) for sid in free]
                         params = {"keys": dumps(keys)}
-                        await self._drop_lock_here(conn, params, grace, self._drop_locks)
+                        await self._drop_locks_here(conn, self._drop_locks, params, grace)
 
     def _give_up_sync(self, params: dict[str, Any]) -> None:
         conn = self._conn

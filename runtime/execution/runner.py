@@ -10,7 +10,7 @@ import math
 import os
 import socket
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Any, TypeVar
@@ -83,7 +83,8 @@ T = TypeVar("T")
 _DURABILITY = ("sync", "async", "exit")
 # How long a clean exit waits for queued checkpoint writes and sink deliveries before cancelling.
 _SHUTDOWN_GRACE = 10.0
-# How long retiring a session whose caller was cancelled still waits to give up its lease.
+# How long giving up the lease of a session retired, or not opened, still waits once its caller
+# is cancelled.
 _RELEASE_GRACE = 5.0
 
 
@@ -385,8 +386,7 @@ class AppRunner:
             else:
                 view = await self._use(session_id, _view)
             return Resumed(view.step)
-        changing = self._changing[session_id] = trio.Event()
-        try:
+        with self._changing_session(session_id):
             return await self._open(
                 session_id,
                 state,
@@ -394,9 +394,6 @@ class AppRunner:
                 allow_graph_change=allow_graph_change,
                 iterative_entry=iterative_entry,
             )
-        finally:
-            del self._changing[session_id]
-            changing.set()
 
     async def _open(
         self,
@@ -584,8 +581,7 @@ class AppRunner:
 
     async def _retire(self, session_id: str) -> None:
         entry = self._sessions[session_id]
-        changing = self._changing[session_id] = trio.Event()
-        try:
+        with self._changing_session(session_id):
             # Its writes first: a retirement cut short (cancelled, or a write that failed) leaves
             # the session open as it was, and leased here, so that nothing is lost or locked out.
             if self.durability == "exit":
@@ -597,9 +593,6 @@ class AppRunner:
             entry.inbox.close()  # the scheduler ends, and the node actors it still holds
             if not self._checkpoints.volatile:
                 await self._give_up_lease(session_id)
-        finally:
-            del self._changing[session_id]
-            changing.set()
 
     @property
     def _retires(self) -> bool:
@@ -652,12 +645,8 @@ class AppRunner:
         if entry is None:
             if not self.autosave:
                 raise SessionNotFound(session_id)
-            changing = self._changing[session_id] = trio.Event()
-            try:
+            with self._changing_session(session_id):
                 await self._open(session_id, None, None, reload=True)
-            finally:
-                del self._changing[session_id]
-                changing.set()
             entry = self._sessions[session_id]
         if entry.busy == 0:
             entry.quiet = trio.Event()
@@ -685,6 +674,16 @@ class AppRunner:
         """Wait while ``session_id`` is being opened or retired."""
         while (changing := self._changing.get(session_id)) is not None:
             await changing.wait()
+
+    @contextlib.contextmanager
+    def _changing_session(self, session_id: str) -> Iterator[None]:
+        """Mark ``session_id`` as being opened or retired for the block: :meth:`_settled` waits."""
+        changing = self._changing[session_id] = trio.Event()
+        try:
+            yield
+        finally:
+            del self._changing[session_id]
+            changing.set()
 
     # -- iterative sessions (SPEC 4.5; the work happens in iterative.py) --------------------------
 
@@ -843,12 +842,8 @@ class AppRunner:
         await self._settled(new_session_id)
         if new_session_id in self._sessions:
             raise SessionExists(new_session_id)
-        changing = self._changing[new_session_id] = trio.Event()
-        try:
+        with self._changing_session(new_session_id):
             await self._open_fork(attrs.evolve(stored, session_id=new_session_id), config)
-        finally:
-            del self._changing[new_session_id]
-            changing.set()
         return Resumed(step)
 
     async def _open_fork(self, record: Checkpoint, config: SchedulerConfig) -> None:
